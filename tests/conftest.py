@@ -1,0 +1,34 @@
+"""Test configuration: everything runs offline. These variables must be set before any HF import."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_EVALUATE_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+REFERENCE_DIR = SHARED / "reference"
+DATA_DIR = SHARED / "data"
+
+
+def require_shared(path: Path) -> Path:
+    """Skip (with the reason) where ../shared is absent, e.g. on a user's clone."""
+    if not path.exists():
+        pytest.skip(f"{path} is absent: this test needs the project's ../shared folder")
+    return path
+
+
+@pytest.fixture
+def reference_dir() -> Path:
+    return require_shared(REFERENCE_DIR)
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return require_shared(DATA_DIR)
