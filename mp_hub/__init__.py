@@ -1,0 +1,32 @@
+"""mp_hub: MetaPerturb (Ryu et al., NeurIPS 2020) for the Hugging Face Hub."""
+
+__version__ = "0.1.0"
+
+from .config import MetaPerturbConfig  # noqa: E402
+from .errors import (  # noqa: E402
+    AttachError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DistributedError,
+    InvalidInputError,
+    MetaPerturbError,
+    NotCachedError,
+)
+from .perturb import MetaPerturb  # noqa: E402
+from .site import PerturbSite  # noqa: E402
+
+__all__ = [
+    "AttachError",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DistributedError",
+    "InvalidInputError",
+    "MetaPerturb",
+    "MetaPerturbConfig",
+    "MetaPerturbError",
+    "NotCachedError",
+    "PerturbSite",
+    "__version__",
+]

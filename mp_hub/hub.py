@@ -1,0 +1,201 @@
+"""Hub I/O: resolve a local dir, a zoo name or a Hub repo id to files; save / load strictly / push φ.
+
+Loading reads safetensors only. A pickle (`.pth`, `.bin`) is refused here; `mp-hub convert-official`
+is the one place that reads one, with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import CONFIG_NAME
+from .errors import CheckpointError, ConfigError, NotCachedError
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".pkl", ".ckpt")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def resolve_file(
+    id_or_dir: str | os.PathLike,
+    filename: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> Path:
+    """Path of `filename` in a local directory, or downloaded (or found in the HF cache) from a Hub repo."""
+    local = Path(id_or_dir)
+    if local.is_file():
+        kind = "a pickle" if local.suffix in PICKLE_SUFFIXES else "a file"
+        raise CheckpointError(
+            f"{local} is {kind}, not a directory: pass the folder that holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+            + (" (convert an authors' .pth with `mp-hub convert-official PATH OUT_DIR`)" if kind == "a pickle" else "")
+        )
+    if local.is_dir():
+        path = local / filename
+        if not path.is_file():
+            raise CheckpointError(f"{local} has no {filename}" + _pickle_hint(local, filename))
+        return path
+    repo_id = str(id_or_dir)
+    try:
+        return Path(
+            hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache_dir,
+                local_files_only=local_files_only,
+                token=token,
+                force_download=force_download,
+                library_name="mp_hub",
+            )
+        )
+    except LocalEntryNotFoundError as err:
+        why = "HF_HUB_OFFLINE is set" if _offline() else "local_files_only=True or the Hub is unreachable"
+        raise NotCachedError(
+            f"{filename} of '{repo_id}' is not in the local Hugging Face cache and {why}; "
+            f"download it once online, or pass a local directory (no such directory: {local.resolve()})"
+        ) from err
+    except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
+        raise CheckpointError(f"could not get {filename} of Hub repo '{repo_id}': {err}") from err
+    except ValueError as err:  # HFValidationError: not a valid repo id, and no such directory either
+        raise CheckpointError(
+            f"'{id_or_dir}' is neither an existing directory nor a valid Hub repo id ({err})"
+        ) from err
+
+
+def _pickle_hint(directory: Path, filename: str) -> str:
+    if filename != WEIGHTS_NAME:
+        return ""
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        return (
+            f"; it holds {', '.join(pickles)}: mp_hub loads safetensors only "
+            "(convert an authors' checkpoint with `mp-hub convert-official PATH OUT_DIR`)"
+        )
+    return ""
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is corrupted, truncated or not a safetensors file: {err}") from err
+
+
+def load_state_dict_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `state` into `module`, refusing missing keys, unexpected keys and wrong shapes (named)."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not match the model: missing keys {missing}, unexpected keys {unexpected}")
+    wrong = [f"{k}: expected {tuple(v.shape)}, got {tuple(state[k].shape)}" for k, v in expected.items()
+             if v.shape != state[k].shape]
+    if wrong:
+        raise CheckpointError(f"{source} has tensors of the wrong shape: " + "; ".join(wrong))
+    bad_dtype = [f"{k}: {state[k].dtype}" for k in state if not state[k].is_floating_point()]
+    if bad_dtype:
+        raise CheckpointError(f"{source} has non-floating tensors: " + "; ".join(bad_dtype))
+    module.load_state_dict(state, strict=True)
+
+
+def push_folder(
+    save: Any, repo_id: str, *, private: bool | None, token: str | None, commit_message: str, api: HfApi | None = None
+):
+    """Save into a temporary folder with `save(folder)` and upload it to `repo_id` in one commit."""
+    api = api or HfApi(token=token)
+    api.create_repo(repo_id, private=private, token=token, exist_ok=True)
+    with tempfile.TemporaryDirectory() as folder:
+        save(folder)
+        return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, token=token)
+
+
+class PhiHubMixin:
+    """save_pretrained / from_pretrained / push_to_hub for φ. Strict, safetensors-only, card on every save."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *, card_extra: dict | None = None) -> Path:
+        from .cards import render_phi_card
+
+        directory = Path(save_directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        # Write to temp names, then rename: a run killed mid-save never leaves a half-written φ.
+        tmp_weights = directory / f".{WEIGHTS_NAME}.tmp"
+        save_file(state, str(tmp_weights), metadata={"format": "pt", "library": "mp_hub"})
+        self.config.save(directory)
+        os.replace(tmp_weights, directory / WEIGHTS_NAME)
+        (directory / CARD_NAME).write_text(render_phi_card(self.config, self.num_parameters(), **(card_extra or {})))
+        logger.info("saved φ (%d parameters) to %s", self.num_parameters(), directory)
+        return directory
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained: str | os.PathLike,
+        *,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        force_download: bool = False,
+    ):
+        """Load φ from a local dir, a zoo name (`mp-hub zoo`) or a Hub repo id; strict; eval mode."""
+        from .zoo import bundled_path
+
+        source = bundled_path(str(pretrained)) or pretrained
+        hub_kwargs = dict(
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+            force_download=force_download,
+        )
+        config_path = resolve_file(source, CONFIG_NAME, **hub_kwargs)
+        weights_path = resolve_file(source, WEIGHTS_NAME, **hub_kwargs)
+        try:
+            config = cls.config_class.from_json_file(config_path)
+        except ConfigError as err:
+            raise CheckpointError(f"the config of '{pretrained}' is invalid: {err}") from err
+        phi = cls(config)
+        load_state_dict_strict(phi, load_safetensors(weights_path), f"'{pretrained}' ({weights_path.name})")
+        phi.source_id = str(pretrained)
+        return phi.eval()
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload MetaPerturb φ with mp_hub",
+        api: HfApi | None = None,
+    ):
+        """Upload safetensors + config + card to `repo_id` in one commit; returns the CommitInfo."""
+        return push_folder(
+            self.save_pretrained, repo_id, private=private, token=token, commit_message=commit_message, api=api
+        )

@@ -1,0 +1,5 @@
+"""Regularizers used as baselines next to MetaPerturb (timm is not a dependency, so they are written here)."""
+
+from .dropblock import DropBlock2d, drop_block, linear_drop_prob, set_drop_prob
+
+__all__ = ["DropBlock2d", "drop_block", "linear_drop_prob", "set_drop_prob"]

@@ -1,0 +1,127 @@
+"""`PerturbSite`: one insertion point of φ, with its own state.
+
+φ is shared and is *not* a submodule of the site (it is registered once, by whoever owns the sites, e.g.
+`mp_hub.attach`); the site owns what is specific to its place in the network: running statistics of the
+scale features, the normalisers C₀ and H₀, κ and the inference mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import functional as MF
+from .errors import ConfigError, InvalidInputError
+from .perturb import MetaPerturb
+
+INFERENCE_MODES = ("mc", "mean", "off")
+
+
+class PerturbSite(nn.Module):
+    """Apply φ at one place: y = min(x ⊙ (κ·(s ⊙ softplus(μ + ε)) + 1 − κ), clip).
+
+    Statistics: in training mode the scale uses the batch statistics of the features and updates the
+    running ones (momentum 0.1, like BatchNorm); in eval mode it uses the running ones. A training batch
+    of one has no variance: it uses the running statistics and leaves them unchanged.
+
+    `inference_mode` chooses what to do with the noise, in training and eval alike:
+      "mc"   sample ε ~ N(0, 1) on every call (the authors' behaviour; average several passes at test time);
+      "mean" a deterministic single pass: z is replaced by E[softplus(μ + ε)] (the expected multiplier);
+      "off"  identity.
+    """
+
+    def __init__(
+        self,
+        phi: MetaPerturb,
+        channels: int,
+        *,
+        spatial_norm: float,
+        channel_norm: float | None = None,
+        noise_coeff: float = 1.0,
+        clip_value: float | None = None,
+        momentum: float = 0.1,
+        inference_mode: str = "mc",
+    ):
+        super().__init__()
+        if not isinstance(phi, MetaPerturb):
+            raise ConfigError(f"phi must be a MetaPerturb, got {type(phi).__name__}")
+        if not isinstance(channels, int) or channels < 1:
+            raise ConfigError(f"channels must be a positive int, got {channels!r}")
+        if spatial_norm is None or not spatial_norm > 0:
+            raise ConfigError(f"spatial_norm (H0, the model's input image size) must be > 0, got {spatial_norm!r}")
+        self.__dict__["_phi"] = phi  # shared: kept out of this module's parameters and state_dict on purpose
+        self.channels = channels
+        self.spatial_norm = float(spatial_norm)
+        self.channel_norm = float(channel_norm if channel_norm is not None else phi.config.channel_norm)
+        if not self.channel_norm > 0:
+            raise ConfigError(f"channel_norm (C0) must be > 0, got {self.channel_norm!r}")
+        self.clip_value = float(clip_value if clip_value is not None else phi.config.clip_value)
+        self.momentum = momentum
+        h_dim = phi.config.h_dim
+        self.register_buffer("running_mean", torch.zeros(channels, h_dim))
+        self.register_buffer("running_var", torch.ones(channels, h_dim))
+        self.register_buffer("noise_coeff", torch.tensor(1.0))
+        self.set_noise_coeff(noise_coeff)
+        self.inference_mode = "mc"
+        self.set_inference_mode(inference_mode)
+
+    @property
+    def phi(self) -> MetaPerturb:
+        return self._phi
+
+    def set_noise_coeff(self, value: float) -> None:
+        if not 0.0 <= float(value) <= 1.0:
+            raise ConfigError(f"noise_coeff κ must be in [0, 1], got {value!r}")
+        self.noise_coeff.fill_(float(value))
+
+    def set_inference_mode(self, mode: str) -> None:
+        if mode not in INFERENCE_MODES:
+            raise ConfigError(f"inference_mode must be one of {INFERENCE_MODES}, got {mode!r}")
+        self.inference_mode = mode
+
+    def extra_repr(self) -> str:
+        return (
+            f"channels={self.channels}, channel_norm={self.channel_norm:g}, spatial_norm={self.spatial_norm:g}, "
+            f"clip_value={self.clip_value:g}, inference_mode={self.inference_mode!r}"
+        )
+
+    def _check_input(self, x: Tensor, noise: Tensor | None) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise InvalidInputError(f"PerturbSite expects x of shape (B, C, H, W), got {shape}")
+        if not x.is_floating_point():
+            raise InvalidInputError(f"PerturbSite expects a floating-point x, got {x.dtype}")
+        if x.shape[1] != self.channels:
+            raise InvalidInputError(f"this site was built for {self.channels} channels, x has {x.shape[1]}")
+        if noise is not None and noise.shape != x.shape:
+            raise InvalidInputError(f"noise must have x's shape {tuple(x.shape)}, got {tuple(noise.shape)}")
+
+    def statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Feature mean/var for the scale: batch ones in training (updating the running ones), else running."""
+        batch = x.shape[0]
+        if not self.training or batch < 2:
+            return self.running_mean, self.running_var
+        if not torch.isfinite(x).all():
+            raise InvalidInputError("x has non-finite values (inf or nan) at a PerturbSite during training")
+        mean, var = MF.batch_moments(self.phi.channel_scale.features(x))
+        MF.update_running_stats(self.running_mean, self.running_var, mean, var, batch, self.momentum)
+        return mean, var
+
+    def scale(self, x: Tensor) -> Tensor:
+        mean, var = self.statistics(x)
+        return self.phi.channel_scale(
+            mean, var, height=x.shape[-2], channel_norm=self.channel_norm, spatial_norm=self.spatial_norm
+        )
+
+    def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
+        self._check_input(x, noise)
+        if self.inference_mode == "off":
+            return x
+        mu = self.phi.noise_generator(x)
+        scale = self.scale(x).to(x.dtype)
+        if self.inference_mode == "mean":
+            z = MF.expected_softplus(mu)
+        else:
+            z = F.softplus(mu + (torch.randn_like(mu) if noise is None else noise))
+        return MF.apply_perturbation(x, z, scale, self.noise_coeff, self.clip_value)

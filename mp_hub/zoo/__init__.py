@@ -1,0 +1,65 @@
+"""Named φ checkpoints. Bundled ones load offline: `MetaPerturb.from_pretrained("<name>")`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BUNDLED_DIR = Path(__file__).parent / "bundled"
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    hub_id: str | None
+    source_dataset: str
+    architecture: str
+    steps: int
+    license: str
+    bundled: str | None = None  # folder name under mp_hub/zoo/bundled
+    how_to_get: str = ""
+    results: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bundled_path(self) -> Path | None:
+        return BUNDLED_DIR / self.bundled if self.bundled else None
+
+
+_REGISTRY: dict[str, ZooEntry] = {}
+
+
+def register(entry: ZooEntry) -> ZooEntry:
+    _REGISTRY[entry.name] = entry
+    return entry
+
+
+def entries() -> list[ZooEntry]:
+    return list(_REGISTRY.values())
+
+
+def get(name: str) -> ZooEntry | None:
+    return _REGISTRY.get(name)
+
+
+def bundled_path(name: str) -> Path | None:
+    """The bundled folder of zoo entry `name`, or None when `name` is not a bundled zoo entry."""
+    entry = _REGISTRY.get(name)
+    if entry is None or entry.bundled_path is None:
+        return None
+    return entry.bundled_path if entry.bundled_path.is_dir() else None
+
+
+register(
+    ZooEntry(
+        name="metaperturb-official-tinyimagenet",
+        hub_id=None,
+        source_dataset="Tiny ImageNet (10 tasks, 'halves' split)",
+        architecture="ResNet-20 (CIFAR)",
+        steps=750,
+        license="none stated by the authors: not redistributable",
+        how_to_get=(
+            "download checkpoints/src/tiny_imagenet_resnet20_final/perturb_750.pth from the authors' repository "
+            "JWoong148/MetaPerturb, then `mp-hub convert-official perturb_750.pth ./metaperturb-official`"
+        ),
+    )
+)
