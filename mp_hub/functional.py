@@ -78,8 +78,8 @@ def update_running_stats(
 # exact for polynomials up to degree 9, error < 1e-4 on softplus over the μ range φ produces.
 _GH_NODES = (-2.8569700138728056, -1.355626179974266, 0.0, 1.355626179974266, 2.8569700138728056)
 _GH_WEIGHTS = tuple(
-    w / math.sqrt(math.pi) for w in (0.019953242059045913, 0.39361932315224116, 0.9453087204829419,
-                                     0.39361932315224116, 0.019953242059045913)
+    w / math.sqrt(math.pi)
+    for w in (0.019953242059045913, 0.39361932315224116, 0.9453087204829419, 0.39361932315224116, 0.019953242059045913)
 )
 
 
@@ -91,7 +91,9 @@ def expected_softplus(mu: Tensor) -> Tensor:
     return out
 
 
-def apply_perturbation(x: Tensor, noise: Tensor, scale: Tensor, noise_coeff: float | Tensor, clip_value: float) -> Tensor:
+def apply_perturbation(
+    x: Tensor, noise: Tensor, scale: Tensor, noise_coeff: float | Tensor, clip_value: float
+) -> Tensor:
     """y = min(x ⊙ (κ·(s ⊙ z) + 1 − κ), clip), with z the (softplus) noise and s per channel."""
     multiplier = (noise * scale.view(1, -1, 1, 1) - 1) * noise_coeff + 1
     return torch.clamp(x * multiplier, max=clip_value)

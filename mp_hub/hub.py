@@ -113,9 +113,14 @@ def load_state_dict_strict(module: torch.nn.Module, state: dict[str, torch.Tenso
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{source} does not match the model: missing keys {missing}, unexpected keys {unexpected}")
-    wrong = [f"{k}: expected {tuple(v.shape)}, got {tuple(state[k].shape)}" for k, v in expected.items()
-             if v.shape != state[k].shape]
+        raise CheckpointError(
+            f"{source} does not match the model: missing keys {missing}, unexpected keys {unexpected}"
+        )
+    wrong = [
+        f"{k}: expected {tuple(v.shape)}, got {tuple(state[k].shape)}"
+        for k, v in expected.items()
+        if v.shape != state[k].shape
+    ]
     if wrong:
         raise CheckpointError(f"{source} has tensors of the wrong shape: " + "; ".join(wrong))
     bad_dtype = [f"{k}: {state[k].dtype}" for k in state if not state[k].is_floating_point()]

@@ -103,9 +103,7 @@ def reliability_diagram_data(probs: torch.Tensor, labels: torch.Tensor, n_bins: 
     return [ReliabilityBin(lo[b], hi[b], conf[b], acc[b], n[b]) for b in range(n_bins)]
 
 
-def plot_reliability_diagram(
-    probs: torch.Tensor, labels: torch.Tensor, path: str | Path, n_bins: int = 15
-) -> Path:
+def plot_reliability_diagram(probs: torch.Tensor, labels: torch.Tensor, path: str | Path, n_bins: int = 15) -> Path:
     """Write a reliability diagram (accuracy per confidence bin vs. the diagonal, ECE in the title) as a PNG.
 
     matplotlib is imported here, lazily, and drawn with the Agg canvas; returns ``path``.
