@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
+# The φ that recipes/transfer.py uses when no --perturb_model_id is given (bundled once meta-trained).
+DEFAULT_PHI = "metaperturb-glyphs10-resnet20"
 
 
 @dataclass(frozen=True)
