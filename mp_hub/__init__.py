@@ -2,6 +2,7 @@
 
 __version__ = "0.1.0"
 
+from .attach import AttachedPerturbation, attach  # noqa: E402
 from .config import MetaPerturbConfig  # noqa: E402
 from .errors import (  # noqa: E402
     AttachError,
@@ -14,10 +15,13 @@ from .errors import (  # noqa: E402
     NotCachedError,
 )
 from .perturb import MetaPerturb  # noqa: E402
+from .perturbed_io import load_perturbed, save_perturbed  # noqa: E402
+from .resolvers import register_resolver  # noqa: E402
 from .site import PerturbSite  # noqa: E402
 
 __all__ = [
     "AttachError",
+    "AttachedPerturbation",
     "CheckpointError",
     "ConfigError",
     "DataError",
@@ -29,4 +33,8 @@ __all__ = [
     "NotCachedError",
     "PerturbSite",
     "__version__",
+    "attach",
+    "load_perturbed",
+    "register_resolver",
+    "save_perturbed",
 ]

@@ -1,0 +1,273 @@
+"""One-call save and reload of a model with φ attached.
+
+A saved folder holds the base model exactly as `model.save_pretrained` writes it (base weights only, so plain
+transformers still loads it), plus
+  metaperturb.safetensors   φ once (`phi.*`) and every site's buffers (`sites.<key>.*`),
+  metaperturb_config.json   how to attach again: resolver, targets, placement, C₀, H₀, κ, inference mode, φ's
+                            config and source id, the base model id and the site names,
+  README.md                 a model card (`model_cards/perturbed_model_card.md`).
+`load_perturbed` rebuilds model + φ + sites and loads metaperturb.safetensors strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+from safetensors.torch import save_file
+from torch import nn
+
+from .attach import PHI_ATTR, SITES_ATTR, AttachedPerturbation, attach, find_handle, sites_state_module
+from .cards import TEMPLATES, _cell
+from .config import MetaPerturbConfig
+from .errors import AttachError, CheckpointError, ConfigError
+from .hub import CARD_NAME, WEIGHTS_NAME, load_safetensors, load_state_dict_strict, resolve_file
+from .perturb import MetaPerturb
+
+logger = logging.getLogger(__name__)
+
+PERTURB_WEIGHTS = "metaperturb.safetensors"
+PERTURB_CONFIG = "metaperturb_config.json"
+FORMAT_VERSION = 1
+TAGS = ["metaperturb", "mp_hub", "image-classification"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _is_transformers_model(model: nn.Module) -> bool:
+    return callable(getattr(model, "save_pretrained", None)) and hasattr(model, "config")
+
+
+def base_state_dict(model: nn.Module) -> dict[str, Any]:
+    """The model's state dict without φ and the sites: the keys of the untouched model."""
+    skip = (f"{PHI_ATTR}.", f"{SITES_ATTR}.")
+    return {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
+
+
+def perturbation_config(handle: AttachedPerturbation) -> dict[str, Any]:
+    from . import __version__
+
+    model, targets = handle.model, handle.targets
+    return {
+        "format_version": FORMAT_VERSION,
+        "mp_hub_version": __version__,
+        "resolver": handle.resolver,
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+        "model_class": type(model).__name__,
+        "model_module": type(model).__module__,
+        "base_format": "transformers" if _is_transformers_model(model) else "safetensors",
+        "targets": targets if targets is None or isinstance(targets, str) else list(targets),
+        "placement": handle.placement,
+        "spatial_norm": handle.spatial_norm,
+        "channel_norm": handle.channel_norm,
+        "inference_mode": handle.inference_mode,
+        "noise_coeff": handle.noise_coeff,
+        "trainable_phi": handle.trainable_phi,
+        "phi_config": handle.phi.config.to_dict(),
+        "phi_source_id": getattr(handle.phi, "source_id", None),
+        "base_model_id": handle.base_model_id,
+        "sites": [r.name for r in handle.sites],
+    }
+
+
+def _hub_id(value: str | None) -> str | None:
+    """`value` if it looks like a Hub repo id (not a local path): only those go in the card's `base_model`."""
+    if not value or not _REPO_ID.match(str(value)) or Path(str(value)).exists():
+        return None
+    return str(value)
+
+
+def render_perturbed_card(handle: AttachedPerturbation, config: dict[str, Any], repo_id: str) -> str:
+    from . import __version__
+
+    base_model = _hub_id(config["base_model_id"])
+    model_class = config["model_class"]
+    card_data = ModelCardData(
+        library_name="transformers" if config["base_format"] == "transformers" else "mp_hub",
+        base_model=base_model,
+        tags=list(TAGS),
+        pipeline_tag="image-classification" if model_class.endswith("ForImageClassification") else None,
+    )
+    rows = [
+        ("base model", base_model or config["base_model_id"] or "not recorded"),
+        ("φ source", config["phi_source_id"] or "not recorded"),
+        ("resolver", config["resolver"]),
+        ("targets", _cell(config["targets"]) if config["targets"] is not None else "(resolver)"),
+        ("C₀ (channel_norm)", f"{config['channel_norm']:g}"),
+        ("H₀ (spatial_norm)", f"{config['spatial_norm']:g}"),
+        ("κ (noise_coeff)", f"{config['noise_coeff']:g}"),
+        ("inference mode", config["inference_mode"]),
+        ("φ trainable", str(config["trainable_phi"]).lower()),
+    ]
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "perturbed_model_card.md"),
+        title=f"{model_class} + MetaPerturb φ",
+        base_model=base_model,
+        model_class=model_class,
+        transformers_loadable=config["base_format"] == "transformers"
+        and config["model_module"].startswith("transformers."),
+        repo_id=repo_id,
+        num_sites=len(handle.sites),
+        mp_hub_version=__version__,
+        phi_parameters=sum(p.numel() for p in handle.phi_parameters()),
+        phi_id=config["phi_source_id"],
+        rows=rows,
+        sites=handle.sites,
+    )
+    return str(card)
+
+
+def save_attached(
+    handle: AttachedPerturbation, save_directory: str | os.PathLike, *, repo_id: str = "path/to/this/folder", **kwargs
+) -> Path:
+    """What `handle.save_pretrained` does; `kwargs` go to the model's own `save_pretrained`."""
+    directory = Path(save_directory)
+    model, base = handle.model, base_state_dict(handle.model)
+    if not kwargs.get("is_main_process", True):  # like transformers: other ranks write nothing
+        return directory
+    directory.mkdir(parents=True, exist_ok=True)
+    if _is_transformers_model(model):
+        model.save_pretrained(directory, state_dict=base, **kwargs)
+    else:  # a plain nn.Module: its weights alone, reloaded into a model the caller builds (load_perturbed(model=))
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in base.items()}, str(directory / WEIGHTS_NAME))
+    state = {k: v.detach().cpu().contiguous() for k, v in sites_state_module(handle).state_dict().items()}
+    tmp = directory / f".{PERTURB_WEIGHTS}.tmp"  # temp name + rename: a killed save leaves no half-written file
+    save_file(state, str(tmp), metadata={"format": "pt", "library": "mp_hub"})
+    os.replace(tmp, directory / PERTURB_WEIGHTS)
+    config = perturbation_config(handle)
+    (directory / PERTURB_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (directory / CARD_NAME).write_text(render_perturbed_card(handle, config, repo_id))
+    logger.info("saved %s with φ at %d sites to %s", config["model_class"], len(handle.sites), directory)
+    return directory
+
+
+def save_perturbed(model: nn.Module, save_directory: str | os.PathLike, **kwargs) -> Path:
+    """`handle.save_pretrained` for the handle attached to `model` (also through a DDP / compile wrapper)."""
+    for candidate in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
+        handle = find_handle(candidate) if isinstance(candidate, nn.Module) else None
+        if handle is not None:
+            return handle.save_pretrained(save_directory, **kwargs)
+    raise AttachError(f"no φ is attached to this {type(model).__name__}: call mp_hub.attach(model, phi) first")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path} is not a readable JSON file: {err}") from err
+    needed = {
+        "format_version",
+        "model_class",
+        "model_module",
+        "base_format",
+        "sites",
+        "phi_config",
+        "placement",
+        "spatial_norm",
+        "channel_norm",
+        "inference_mode",
+        "trainable_phi",
+        "targets",
+    }
+    missing = sorted(needed - set(config)) if isinstance(config, dict) else sorted(needed)
+    if missing:
+        raise CheckpointError(f"{path} lacks the keys {missing}: it was not written by mp_hub's save_pretrained")
+    if config["format_version"] > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format {config['format_version']}; this mp_hub reads up to {FORMAT_VERSION}: upgrade mp_hub"
+        )
+    return config
+
+
+def _load_base_model(source: str, config: dict[str, Any], hub_kwargs: dict[str, Any]) -> nn.Module:
+    import transformers
+
+    from . import models as mp_models  # registers the CIFAR model types with the Auto classes
+
+    if config["base_format"] != "transformers":
+        raise CheckpointError(
+            f"'{source}' holds a plain {config['model_class']} (not a transformers model): build "
+            "one and pass it, load_perturbed(source, model=my_model)"
+        )
+    namespace = mp_models if config["model_module"].startswith("mp_hub.") else transformers
+    model_class = getattr(namespace, config["model_class"], None) or transformers.AutoModelForImageClassification
+    try:
+        return model_class.from_pretrained(source, **hub_kwargs)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(
+            f"could not load the base model of '{source}' with {model_class.__name__}: {err}"
+        ) from err
+
+
+def _load_base_weights(model: nn.Module, source: str, hub_kwargs: dict[str, Any]) -> None:
+    path = resolve_file(source, WEIGHTS_NAME, **hub_kwargs)
+    try:
+        model.load_state_dict(load_safetensors(path), strict=True)
+    except RuntimeError as err:  # missing / unexpected keys or wrong shapes, named by torch
+        raise CheckpointError(f"{path} does not fit the given {type(model).__name__}: {err}") from err
+
+
+def load_perturbed(
+    pretrained: str | os.PathLike,
+    *,
+    model: nn.Module | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    force_download: bool = False,
+) -> tuple[nn.Module, AttachedPerturbation]:
+    """(model, handle) from a folder or Hub repo written by `handle.save_pretrained` / `push_to_hub`.
+
+    The base model comes from its own files (its transformers class, else AutoModelForImageClassification);
+    pass `model=` to load the weights into a model you built (required for a plain nn.Module). φ and the
+    sites are then loaded strictly: missing or unexpected keys raise `CheckpointError`. The model is returned in
+    eval mode, like `from_pretrained`.
+    """
+    hub_kwargs = dict(
+        revision=revision,
+        cache_dir=cache_dir,
+        local_files_only=local_files_only,
+        token=token,
+        force_download=force_download,
+    )
+    source = str(pretrained)
+    config = _read_config(resolve_file(source, PERTURB_CONFIG, **hub_kwargs))
+    weights = resolve_file(source, PERTURB_WEIGHTS, **hub_kwargs)
+    if model is None:
+        model = _load_base_model(source, config, hub_kwargs)
+    else:
+        _load_base_weights(model, source, hub_kwargs)
+    try:
+        phi = MetaPerturb(MetaPerturbConfig.from_dict(config["phi_config"]))
+    except ConfigError as err:
+        raise CheckpointError(f"the φ config in {PERTURB_CONFIG} of '{source}' is invalid: {err}") from err
+    if config.get("phi_source_id"):
+        phi.source_id = config["phi_source_id"]
+    handle = attach(
+        model,
+        phi,
+        targets=config["targets"],
+        placement=config["placement"],
+        spatial_norm=config["spatial_norm"],
+        channel_norm=config["channel_norm"],
+        inference_mode=config["inference_mode"],
+        trainable_phi=config["trainable_phi"],
+    )
+    try:
+        names = [r.name for r in handle.sites]
+        if names != config["sites"]:
+            raise CheckpointError(f"'{source}' was saved with sites {config['sites']}, the rebuilt model has {names}")
+        state = load_safetensors(weights)
+        load_state_dict_strict(sites_state_module(handle), state, f"'{source}' ({PERTURB_WEIGHTS})")
+    except CheckpointError:
+        handle.detach()
+        raise
+    handle.base_model_id = config.get("base_model_id") or handle.base_model_id
+    model.eval()  # like from_pretrained, also for a model passed in
+    return model, handle

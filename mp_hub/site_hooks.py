@@ -1,0 +1,74 @@
+"""The forward (pre-)hooks that apply a `PerturbSite`, and the rule for finding the tensor in a module's output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from .errors import AttachError
+from .resolvers import Adapter
+from .site import PerturbSite
+
+
+@dataclass
+class SiteRecord:
+    name: str  # the hooked module's name in the model
+    key: str  # the site's key in `model.metaperturb_sites`
+    channels: int
+    placement: str  # "input" (pre-hook on the module's first input) or "output" (hook on its output)
+    spatial: tuple[int, int] | None = None  # (h, w) from the config, then of the latest batch
+
+
+def split_output(output, where: str) -> tuple[Tensor, Callable[[Tensor], object]]:
+    """The tensor to perturb in a module's output, and how to put the perturbed one back."""
+    if isinstance(output, Tensor):
+        return output, lambda y: y
+    if isinstance(output, Mapping) and output:  # a transformers ModelOutput (an OrderedDict) or a dict
+        key = next(iter(output))
+
+        def put_mapping(y: Tensor):
+            output[key] = y  # a fresh object from this call: nobody else holds it yet
+            return output
+
+        return output[key], put_mapping
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        if hasattr(output, "_fields"):  # namedtuple
+            return output[0], lambda y: output._replace(**{output._fields[0]: y})
+        return output[0], lambda y: type(output)((y, *output[1:]))
+    raise AttachError(
+        f"cannot perturb the output of {where}: expected a tensor, tuple or ModelOutput, got {type(output).__name__}"
+    )
+
+
+class SiteHook:
+    """Forward (pre-)hook applying one site; does nothing while the handle is disabled."""
+
+    def __init__(self, handle, record: SiteRecord, site: PerturbSite, adapter: Adapter):
+        # handle: anything with a bool `enabled` (the AttachedPerturbation); it is an attribute, not a closure
+        # variable, so copy.deepcopy(model) maps it (and the site) to the copy's own
+        self.handle, self.record, self.site, self.adapter = handle, record, site, adapter
+
+    def perturb(self, fmap: Tensor) -> Tensor:
+        if not isinstance(fmap, Tensor) or fmap.dim() != 4 or fmap.shape[1] != self.site.channels:
+            shape = tuple(fmap.shape) if isinstance(fmap, Tensor) else type(fmap).__name__
+            raise AttachError(
+                f"site {self.record.name!r} expects a (B, {self.site.channels}, H, W) feature map, got {shape}; "
+                "with targets=, name modules that carry (B, C, H, W) feature maps"
+            )
+        self.record.spatial = (int(fmap.shape[-2]), int(fmap.shape[-1]))
+        return self.site(fmap)  # call the module, so hooks on the site see its input
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output=None):
+        if not self.handle.enabled:
+            return None
+        if self.record.placement == "output":
+            x, put_back = split_output(output, self.record.name)
+            return put_back(self.adapter(x, self.perturb, args, kwargs))
+        if not args or not isinstance(args[0], Tensor):
+            raise AttachError(
+                f"site {self.record.name!r} (placement='input') needs a tensor as first positional "
+                f"input of the module; got {type(args[0]).__name__ if args else 'no positional input'}"
+            )
+        return (self.adapter(args[0], self.perturb, args, kwargs), *args[1:]), kwargs

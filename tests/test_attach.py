@@ -1,0 +1,335 @@
+"""mp_hub.attach on every supported architecture (tiny models from configs): sites, gradients, detach, save/reload."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors import safe_open
+from torch import nn
+from transformers import (
+    AutoModelForImageClassification,
+    ConvNextConfig,
+    ConvNextV2Config,
+    DeiTConfig,
+    DeiTForImageClassification,
+    Dinov2Config,
+    Dinov2WithRegistersConfig,
+    EfficientNetConfig,
+    MobileNetV2Config,
+    RegNetConfig,
+    ResNetConfig,
+    SwinConfig,
+    ViTConfig,
+)
+
+import mp_hub
+from mp_hub import AttachError, MetaPerturb
+from mp_hub.models import (
+    CifarConv4Config,
+    CifarConv4ForImageClassification,
+    CifarResNetConfig,
+    CifarResNetForImageClassification,
+    CifarVggConfig,
+    CifarVggForImageClassification,
+)
+
+VIT = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8, num_labels=3)
+
+
+class TinyNet(nn.Module):
+    """A plain nn.Module (no config): reached through targets=."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(
+            *[nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU()) for a, b in ((3, 8), (8, 8))]
+        )
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.blocks(x).mean((2, 3)))
+
+
+def _auto(config):
+    return lambda: AutoModelForImageClassification.from_config(config)
+
+
+def _efficientnet_config():
+    return EfficientNetConfig(width_coefficient=0.1, depth_coefficient=0.3, hidden_dim=128, image_size=32, num_labels=3)
+
+
+def _efficientnet():
+    model = AutoModelForImageClassification.from_config(_efficientnet_config())
+    for module in model.modules():  # its init draws BN weights from N(0, 0.02): at this depth the logits are all 0
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+    return model
+
+
+# name -> (build, expected number of sites (= blocks, counted from the config), attach kwargs)
+ARCHS = {
+    "resnet_basic": (
+        _auto(
+            ResNetConfig(
+                embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2], layer_type="basic", image_size=32, num_labels=3
+            )
+        ),
+        3,
+        {},
+    ),
+    "resnet_bottleneck": (
+        _auto(ResNetConfig(embedding_size=8, hidden_sizes=[16, 32], depths=[1, 1], image_size=32, num_labels=3)),
+        2,
+        {},
+    ),
+    "convnext": (
+        _auto(
+            ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 2], num_stages=2, patch_size=2, image_size=32, num_labels=3)
+        ),
+        3,
+        {},
+    ),
+    "convnextv2": (
+        _auto(
+            ConvNextV2Config(
+                hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, patch_size=2, image_size=32, num_labels=3
+            )
+        ),
+        2,
+        {},
+    ),
+    "regnet": (
+        _auto(
+            RegNetConfig(
+                embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2], groups_width=8, image_size=32, num_labels=3
+            )
+        ),
+        3,
+        {},
+    ),
+    "mobilenet_v2": (_auto(MobileNetV2Config(depth_multiplier=0.1, min_depth=4, image_size=32, num_labels=3)), 16, {}),
+    "efficientnet": (
+        _efficientnet,
+        sum(math.ceil(0.3 * r) for r in _efficientnet_config().num_block_repeats),
+        {},
+    ),
+    "vit": (_auto(ViTConfig(intermediate_size=32, **VIT)), 2, {}),
+    "deit": (lambda: DeiTForImageClassification(DeiTConfig(intermediate_size=32, **VIT)), 2, {}),
+    "dinov2": (_auto(Dinov2Config(mlp_ratio=2, **VIT)), 2, {}),
+    "dinov2_registers": (_auto(Dinov2WithRegistersConfig(mlp_ratio=2, num_register_tokens=2, **VIT)), 2, {}),
+    "swin": (
+        _auto(
+            SwinConfig(
+                embed_dim=8, depths=[1, 2], num_heads=[1, 2], window_size=2, patch_size=4, image_size=32, num_labels=3
+            )
+        ),
+        3,
+        {},
+    ),
+    "cifar_resnet": (
+        lambda: CifarResNetForImageClassification(CifarResNetConfig(depth=8, hidden_sizes=[4, 8, 8], num_labels=3)),
+        3,
+        {},
+    ),
+    "cifar_vgg": (
+        lambda: CifarVggForImageClassification(CifarVggConfig(hidden_sizes=[4, 8, 8], pool_after=[0, 2], num_labels=3)),
+        3,
+        {},
+    ),
+    "cifar_conv4": (lambda: CifarConv4ForImageClassification(CifarConv4Config(hidden_size=8, num_labels=3)), 4, {}),
+    "plain_targets": (TinyNet, 2, dict(targets=r"blocks\.\d+\.1", spatial_norm=32)),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny tensors: with 2 intra-op threads on a busy 2-core machine, OpenMP spin-waits make each conv ~100× slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def logits(model, x):
+    out = model(x)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def build(name):
+    factory, n_sites, kwargs = ARCHS[name]
+    torch.manual_seed(0)
+    return factory(), n_sites, kwargs
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+
+
+def _grad_names(model, x):
+    model.zero_grad(set_to_none=True)
+    logits(model, x).square().mean().backward()
+    return {n for n, p in model.named_parameters() if p.grad is not None and not n.startswith("metaperturb_")}
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_sites_forward_backward_and_gradients(arch, pixels):
+    model, n_sites, kwargs = build(arch)
+    model.train()
+    plain_grads = _grad_names(model, pixels)  # which θ get gradients without φ
+    phi = MetaPerturb()
+    handle = mp_hub.attach(model, phi, **kwargs)
+    assert len(handle.sites) == n_sites and len(model.metaperturb_sites) == n_sites
+    assert model.metaperturb_phi is phi and all(site.phi is phi for site in model.metaperturb_sites.values())
+    assert _grad_names(model, pixels) == plain_grads and plain_grads  # φ does not cut any gradient path
+    assert all(p.grad is None and not p.requires_grad for p in handle.phi_parameters())
+    assert all(r.spatial is not None for r in handle.sites)  # known after the first forward
+    assert {id(p) for p in handle.model_parameters()}.isdisjoint(id(p) for p in phi.parameters())
+    assert len(handle.model_parameters()) + len(handle.phi_parameters()) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_detach_restores_outputs_and_save_reload_is_exact(arch, pixels, tmp_path):
+    model, _, kwargs = build(arch)
+    model.eval()
+    with torch.no_grad():
+        reference = logits(model, pixels)
+    keys = set(model.state_dict())
+    handle = mp_hub.attach(model, MetaPerturb(), **kwargs)
+    with torch.no_grad():
+        for site in handle.site_modules().values():  # only the sites train: the model's BN statistics stay put
+            site.train()
+        logits(model, pixels)  # updates the sites' running statistics: non-trivial state to save
+        model.eval()
+        handle.set_noise_coeff(0.5)
+        torch.manual_seed(7)
+        perturbed = logits(model, pixels)
+        with handle.disabled():
+            assert torch.equal(logits(model, pixels), reference)
+    assert not torch.equal(perturbed, reference)
+
+    handle.save_pretrained(tmp_path)
+    reloaded, handle2 = mp_hub.load_perturbed(tmp_path, **({"model": TinyNet()} if "targets" in kwargs else {}))
+    assert type(reloaded) is type(model) and [r.name for r in handle2.sites] == [r.name for r in handle.sites]
+    assert handle2.noise_coeff == 0.5 and not reloaded.training
+    with torch.no_grad():
+        torch.manual_seed(7)
+        assert torch.equal(logits(reloaded, pixels), perturbed)
+
+    handle.detach()
+    assert set(model.state_dict()) == keys and not hasattr(model, "metaperturb_phi")
+    with torch.no_grad():
+        assert torch.equal(logits(model, pixels), reference)
+
+
+def _capture_input(module, store):
+    return module.register_forward_pre_hook(lambda m, args: store.append(args[0].detach().clone()))
+
+
+@pytest.mark.parametrize("arch", ["resnet_basic", "resnet_bottleneck", "regnet", "cifar_resnet"])
+def test_site_sees_the_residual_sum_before_the_block_relu(arch, pixels):
+    model, _, _ = build(arch)
+    model.eval()
+    handle = mp_hub.attach(model, MetaPerturb())
+    record = handle.sites[-1]
+    block = model.get_submodule(record.name.rsplit(".", 1)[0])
+    block_in, site_in = [], []
+    _capture_input(block, block_in)
+    _capture_input(handle.site_modules()[record.name], site_in)
+    with torch.no_grad():
+        logits(model, pixels)
+        x = block_in[0]
+        if arch == "cifar_resnet":
+            by_hand = block.bn2(block.conv2(block.inner_activation(block.bn1(block.conv1(x))))) + block.shortcut(x)
+        else:
+            by_hand = block.layer(x) + block.shortcut(x)
+    assert torch.equal(site_in[0], by_hand)
+
+
+@pytest.mark.parametrize("arch, prefix", [("vit", 1), ("deit", 2), ("dinov2", 1), ("dinov2_registers", 3)])
+def test_vit_prefix_tokens_pass_through(arch, prefix, pixels):
+    model, _, _ = build(arch)
+    model.eval()
+    handle = mp_hub.attach(model, MetaPerturb())
+    layer = model.get_submodule(handle.sites[0].name)
+    before, after = [], []
+    layer.register_forward_hook(lambda m, a, out: before.append(out.clone()), prepend=True)  # runs before φ
+    layer.register_forward_hook(lambda m, a, out: after.append(out.clone()))  # runs after φ
+    with torch.no_grad():
+        logits(model, pixels)
+    assert torch.equal(after[0][:, :prefix], before[0][:, :prefix])
+    assert not torch.equal(after[0][:, prefix:], before[0][:, prefix:])
+    assert handle.sites[0].spatial == (4, 4)
+
+
+def test_vit_token_count_that_is_not_a_grid(pixels):
+    model, _, _ = build("vit")
+    mp_hub.attach(model, MetaPerturb())
+    with pytest.raises(AttachError, match="do not form a grid"):
+        model.get_submodule("vit.layers.0")(torch.randn(1, 1 + 7, 16))
+
+
+def test_nothing_matched_lists_candidates():
+    with pytest.raises(AttachError, match=r"matched no module.*blocks\.0"):
+        mp_hub.attach(TinyNet(), MetaPerturb(), targets=r"block\.\d+", spatial_norm=32)
+
+
+def test_unknown_architecture_shows_how_to_pass_targets():
+    with pytest.raises(AttachError, match=r'targets=r"encoder\\.layer\\.\\d\+"'):
+        mp_hub.attach(TinyNet(), MetaPerturb())
+
+
+def test_attaching_twice_is_refused():
+    model, _, _ = build("cifar_conv4")
+    handle = mp_hub.attach(model, MetaPerturb())
+    with pytest.raises(AttachError, match="already attached"):
+        mp_hub.attach(model, MetaPerturb())
+    handle.detach()
+    mp_hub.attach(model, MetaPerturb())  # fine again after detach
+
+
+def test_unknown_spatial_norm_asks_for_it():
+    with pytest.raises(AttachError, match="spatial_norm="):
+        mp_hub.attach(TinyNet(), MetaPerturb(), targets=["blocks.0.1"])
+
+
+def test_load_is_strict_and_names_the_keys(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model, _, _ = build("cifar_conv4")
+    mp_hub.attach(model, MetaPerturb())
+    mp_hub.save_perturbed(model, tmp_path)
+    path = tmp_path / "metaperturb.safetensors"
+    state = load_file(path)
+    assert sum(k.startswith("phi.") for k in state) == 6 and sum(k.startswith("sites.") for k in state) == 12
+    state.pop("sites.conv4-blocks-1-activation.running_var")
+    state["sites.extra.running_mean"] = torch.zeros(1)
+    save_file(state, path)
+    with pytest.raises(mp_hub.CheckpointError, match=r"conv4-blocks-1-activation\.running_var.*sites\.extra"):
+        mp_hub.load_perturbed(tmp_path)
+
+
+def test_saved_folder_loads_in_plain_transformers_and_has_card(tmp_path, pixels):
+    model, _, _ = build("resnet_basic")
+    model.config._name_or_path = "org/tiny-resnet"
+    phi = MetaPerturb()
+    phi.source_id = "org/metaperturb-phi"
+    handle = mp_hub.attach(model, phi, channel_norm=32, inference_mode="mean")
+    handle.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        assert not any(k.startswith("metaperturb") for k in f.keys())
+    plain = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    model.eval()
+    with torch.no_grad(), handle.disabled():
+        assert torch.equal(logits(plain, pixels), logits(model, pixels))
+    card = (tmp_path / "README.md").read_text()
+    assert "base_model: org/tiny-resnet" in card and "- metaperturb" in card and "- mp_hub" in card
+    assert "org/metaperturb-phi" in card
+    config = json.loads((tmp_path / "metaperturb_config.json").read_text())
+    assert config["channel_norm"] == 32 and config["spatial_norm"] == 32 and config["inference_mode"] == "mean"
+    assert config["base_model_id"] == "org/tiny-resnet" and config["resolver"] == "resnet"
+    assert config["phi_config"]["h_dim"] == 4 and len(config["sites"]) == 3
+    _, handle2 = mp_hub.load_perturbed(tmp_path)
+    assert handle2.channel_norm == 32 and handle2.inference_mode == "mean"
+    assert handle2.phi.source_id == "org/metaperturb-phi" and handle2.base_model_id == "org/tiny-resnet"
