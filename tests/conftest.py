@@ -11,6 +11,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# Tests use tiny tensors: one thread is as fast and avoids oversubscribing a 2-core machine when
+# a test launches worker processes of its own.
+torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE_DIR = SHARED / "reference"
