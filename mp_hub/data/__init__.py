@@ -10,13 +10,21 @@ from .loading import (
     normalize,
     samples_per_class_subset,
 )
+from .tasks import SPLIT_SCHEMES, TaskData, TaskSpec, class_lists_hash, derive_seed, split_tasks, task_images
 
 __all__ = [
     "ImageTensors",
+    "SPLIT_SCHEMES",
+    "TaskData",
+    "TaskSpec",
     "augment_batch",
     "check_columns",
+    "class_lists_hash",
     "decode_images",
+    "derive_seed",
     "load_image_dataset",
     "normalize",
     "samples_per_class_subset",
+    "split_tasks",
+    "task_images",
 ]
