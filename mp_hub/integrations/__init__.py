@@ -1,0 +1,5 @@
+"""Integrations with training frameworks. `MetaPerturbCallback` needs transformers (a dependency anyway)."""
+
+from .trainer import MetaPerturbCallback
+
+__all__ = ["MetaPerturbCallback"]

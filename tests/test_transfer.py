@@ -1,0 +1,253 @@
+"""recipes/transfer.py end to end (accelerate launch, offline, 2-3 steps on the shipped Fashion-MNIST tiny),
+exact resume, and a typed error for each bad input."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+
+import mp_hub
+from mp_hub import MetaPerturb, zoo
+from mp_hub.errors import AttachError, CheckpointError, ConfigError, DataError, NotCachedError
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "transfer.py"
+# Tiny everywhere: 32 train / 20 eval images, batch 8, 2 MC passes.
+SMALL = [
+    "--max_train_samples", "32", "--max_eval_samples", "20", "--per_device_train_batch_size", "8",
+    "--per_device_eval_batch_size", "20", "--eval_mc_samples", "2", "--periodic_eval_mc_samples", "2",
+]  # fmt: skip
+RESNET8 = ["--model_type", "cifar_resnet20", "--model_config_overrides", '{"depth": 8}']
+TINY_VIT = [
+    "--model_type", "vit", "--image_size", "32", "--model_config_overrides",
+    '{"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32, "patch_size": 8}',
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def phi_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return MetaPerturb().save_pretrained(tmp_path_factory.mktemp("phi") / "phi")
+
+
+@pytest.fixture(scope="module")
+def recipe():
+    spec = importlib.util.spec_from_file_location("transfer_recipe", RECIPE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def launch(args: list[str]) -> subprocess.CompletedProcess:
+    """`accelerate launch recipes/transfer.py ARGS` on the CPU, one process, offline."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(RECIPE), *args]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def check_report(out: Path, stdout: str, regularizer: str) -> dict:
+    results = json.loads((out / "all_results.json").read_text())
+    for key in ("eval_accuracy", "eval_nll", "eval_ece"):
+        assert 0.0 <= results[key] < 10.0
+    assert results["regularizer"] == regularizer and results["eval_samples"] == 20
+    assert "accuracy" in stdout and "ECE" in stdout
+    for png in ("reliability_diagram.png", "training_curve.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = ModelCard.load(out / "README.md")
+    metrics = {m.metric_type: m.metric_value for m in card.data.eval_results}
+    assert set(metrics) == {"accuracy", "nll", "ece"}
+    assert metrics["accuracy"] == pytest.approx(results["eval_accuracy"], abs=1e-6)
+    assert "reliability_diagram.png" in card.text and "training_curve.png" in card.text
+    assert "recipes/transfer.py" in card.text and regularizer in card.text
+    return results
+
+
+def test_recipe_metaperturb_resnet20(tmp_path, phi_dir):
+    out = tmp_path / "out"
+    proc = launch([*SMALL, "--perturb_model_id", str(phi_dir), "--max_train_steps", "2", "--eval_steps", "1",
+                   "--output_dir", str(out)])  # fmt: skip
+    results = check_report(out, proc.stdout, "metaperturb")
+    assert results["eval_mc_samples"] == 2 and results["train_steps"] == 2
+    assert str(phi_dir) in (out / "README.md").read_text()
+    model, handle = mp_hub.load_perturbed(out)
+    assert type(model).__name__ == "CifarResNetForImageClassification" and len(handle.sites) == 9
+    saved_phi = MetaPerturb.from_pretrained(phi_dir)
+    for a, b in zip(handle.phi_parameters(), saved_phi.parameters()):
+        assert torch.equal(a, b)  # φ was frozen
+    model.eval()
+    handle.set_inference_mode("mean")
+    assert torch.isfinite(model(pixel_values=torch.zeros(2, 3, 32, 32)).logits).all()
+
+
+@pytest.mark.parametrize("regularizer", ["dropblock", "none"])
+def test_recipe_baselines_save_plain_models(tmp_path, regularizer):
+    from transformers import AutoModelForImageClassification
+
+    import mp_hub.models  # noqa: F401  (registers cifar_resnet with the Auto classes)
+
+    out = tmp_path / "out"
+    proc = launch([*SMALL, *RESNET8, "--regularizer", regularizer, "--max_train_steps", "2", "--output_dir", str(out)])
+    check_report(out, proc.stdout, regularizer)
+    assert not (out / "metaperturb.safetensors").exists()
+    model = AutoModelForImageClassification.from_pretrained(out)
+    assert not hasattr(model, "regularizer_sites")
+    saved = load_file(str(out / "model.safetensors"))
+    assert set(saved) == set(model.state_dict())
+
+
+def test_recipe_tiny_vit(tmp_path, phi_dir):
+    out = tmp_path / "out"
+    proc = launch([*SMALL, *TINY_VIT, "--perturb_model_id", str(phi_dir), "--max_train_steps", "2",
+                   "--inference_mode", "mean", "--output_dir", str(out)])  # fmt: skip
+    results = check_report(out, proc.stdout, "metaperturb")
+    assert results["eval_mc_samples"] == 1  # "mean": one deterministic pass
+    model, handle = mp_hub.load_perturbed(out)
+    assert type(model).__name__ == "ViTForImageClassification" and len(handle.sites) == 2
+    assert handle.inference_mode == "mean"
+
+
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path, phi_dir, recipe):
+    base = [*SMALL, *RESNET8, "--perturb_model_id", str(phi_dir), "--max_train_steps", "4", "--eval_steps", "1"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert recipe.main([*base, "--output_dir", str(full)]) == 0
+    assert recipe.main([*base, "--output_dir", str(split), "--stop_after_steps", "2"]) == 0
+    assert not (split / "all_results.json").exists()
+    assert sorted(p.name for p in (split / "checkpoints").iterdir()) == ["step_2"]  # no temporary folder left
+    assert recipe.main([*base, "--output_dir", str(split), "--resume_from_checkpoint", "latest"]) == 0
+    for name in ("model.safetensors", "metaperturb.safetensors"):
+        a, b = load_file(str(full / name)), load_file(str(split / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    drop = {"train_runtime_s", "resumed_from_step"}
+    ra, rb = (json.loads((d / "all_results.json").read_text()) for d in (full, split))
+    assert ra["resumed_from_step"] is None and rb["resumed_from_step"] == 2
+    assert {k: v for k, v in ra.items() if k not in drop} == {k: v for k, v in rb.items() if k not in drop}
+    # a checkpoint only resumes the run that wrote it
+    step_2 = str(split / "checkpoints" / "step_2")
+    argv = [*base, "--output_dir", str(split), "--resume_from_checkpoint", step_2, "--seed", "1"]
+    args = recipe.arguments.parse_args(argv)
+    with pytest.raises(CheckpointError, match="different run"):
+        recipe.run(args)
+
+
+def _run(recipe, tmp_path, *extra):
+    return recipe.run(recipe.arguments.parse_args([*SMALL, "--output_dir", str(tmp_path / "out"), *extra]))
+
+
+def test_error_phi_not_cached(tmp_path, recipe):
+    with pytest.raises(NotCachedError, match="mp-hub zoo"):
+        _run(recipe, tmp_path, "--perturb_model_id", "nobody/no-such-phi")
+
+
+def test_error_default_phi_missing_says_how_to_get_one(tmp_path, recipe):
+    if zoo.bundled_path(zoo.DEFAULT_PHI) is not None:
+        pytest.skip("the default φ is bundled")
+    with pytest.raises(CheckpointError, match="not bundled") as err:
+        _run(recipe, tmp_path)
+    assert "--perturb_model_id" in str(err.value) and "meta_train" in str(err.value)
+
+
+def test_error_missing_column(tmp_path, recipe, phi_dir):
+    with pytest.raises(DataError, match="no label column 'fine_label'"):
+        _run(recipe, tmp_path, "--perturb_model_id", str(phi_dir), "--label_column_name", "fine_label")
+
+
+def test_error_samples_per_class_too_large(tmp_path, recipe, phi_dir):
+    with pytest.raises(DataError, match="larger than class"):
+        recipe.run(recipe.arguments.parse_args(["--samples_per_class", "101", "--output_dir", str(tmp_path)]))
+
+
+def test_error_no_resolvable_sites(tmp_path, recipe, phi_dir):
+    overrides = '{"hidden_sizes": [8, 8, 8, 8], "depths": [1, 1, 1, 1]}'
+    with pytest.raises(AttachError, match="no resolver"):
+        _run(recipe, tmp_path, "--perturb_model_id", str(phi_dir), "--model_type", "poolformer",
+             "--model_config_overrides", overrides)  # fmt: skip
+
+
+def test_main_prints_typed_error(tmp_path, recipe, capsys):
+    assert recipe.main([*SMALL, "--perturb_model_id", "nobody/no-such-phi", "--output_dir", str(tmp_path)]) == 2
+    assert "error (NotCachedError)" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def local_hub_resnet(tmp_path_factory) -> Path:
+    """A tiny transformers ResNet (5 labels) with an image processor, saved like a Hub repo."""
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("hub") / "tiny-resnet"
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic", num_labels=5)
+    ResNetForImageClassification(config).save_pretrained(folder)
+    processor = ConvNextImageProcessor(size={"shortest_edge": 32}, image_mean=[0.4, 0.4, 0.4], image_std=[0.3] * 3)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_fine_tune_pretrained_model_and_push(tmp_path, recipe, phi_dir, local_hub_resnet, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, **kwargs):
+            calls.append(("create_repo", repo_id))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+            assert (Path(kwargs["folder_path"]) / "README.md").is_file()  # everything is written before the push
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    out = tmp_path / "out"
+    base = [*SMALL, "--perturb_model_id", str(phi_dir), "--model_name_or_path", str(local_hub_resnet)]
+    with pytest.raises(ConfigError, match="--ignore_mismatched_sizes"):  # 5 pretrained labels, 10 classes here
+        recipe.run(recipe.arguments.parse_args([*base, "--output_dir", str(out)]))
+    argv = [*base, "--ignore_mismatched_sizes", "--max_train_steps", "2", "--output_dir", str(out)]
+    assert recipe.main([*argv, "--push_to_hub", "--hub_model_id", "me/tiny", "--hub_token", "hf_secret"]) == 0
+    assert [c[0] for c in calls] == ["init", "create_repo", "upload_folder"] and calls[1][1] == "me/tiny"
+    upload = calls[2][1]
+    assert upload["repo_id"] == "me/tiny" and Path(upload["folder_path"]) == out
+    assert "checkpoints/*" in upload["ignore_patterns"]
+    card = (out / "README.md").read_text()
+    assert "hf_secret" not in card and "<HUB_TOKEN>" in card  # the token never reaches the card
+    assert "base_model" not in ModelCard.load(out / "README.md").data.to_dict()  # a local folder is no Hub id
+    assert (out / "preprocessor_config.json").is_file()
+    model, handle = mp_hub.load_perturbed(out)
+    assert type(model).__name__ == "ResNetForImageClassification" and model.config.num_labels == 10
+    assert len(handle.sites) == 2 and handle.spatial_norm == 32  # H0 from the image processor's size
+
+
+@pytest.mark.slow
+def test_two_processes_stopped_and_resumed_equals_uninterrupted(tmp_path, phi_dir):
+    """torchrun with 2 CPU processes (gloo): sharded batches, gathered evaluation, per-rank RNG files, exact resume."""
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
+    base = [*SMALL, *RESNET8, "--perturb_model_id", str(phi_dir), "--max_train_steps", "4", "--eval_steps", "1"]
+
+    def torchrun(*args):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(RECIPE), *base, *args]
+        proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+
+    full, split = tmp_path / "full", tmp_path / "split"
+    torchrun("--output_dir", str(full))
+    torchrun("--output_dir", str(split), "--stop_after_steps", "2")
+    assert {p.name for p in (split / "checkpoints" / "step_2").glob("random_states_*")} == {
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }
+    torchrun("--output_dir", str(split), "--resume_from_checkpoint", "latest")
+    for name in ("model.safetensors", "metaperturb.safetensors"):
+        a, b = load_file(str(full / name)), load_file(str(split / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert json.loads((full / "all_results.json").read_text())["eval_samples"] == 20  # no duplicates gathered
