@@ -54,6 +54,7 @@ def render_phi_card(
     title: str | None = None,
     images: list[str] | None = None,
     reproduction: str | None = None,
+    extra_markdown: str | None = None,
 ) -> str:
     prov = config.provenance
     results = prov.get("results", [])
@@ -81,5 +82,6 @@ def render_phi_card(
         results_table=results_markdown(results),
         images=images or [],
         reproduction=reproduction,
+        extra_markdown=extra_markdown,
     )
     return str(card)

@@ -37,6 +37,12 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").upper() in {"1", "ON", "YES", "TRUE"}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def resolve_file(
     id_or_dir: str | os.PathLike,
     filename: str,
@@ -152,6 +158,7 @@ class PhiHubMixin:
         # Write to temp names, then rename: a run killed mid-save never leaves a half-written φ.
         tmp_weights = directory / f".{WEIGHTS_NAME}.tmp"
         save_file(state, str(tmp_weights), metadata={"format": "pt", "library": "mp_hub"})
+        os.chmod(tmp_weights, 0o666 & ~_umask())  # safetensors creates 0600; a saved model is meant to be shared
         self.config.save(directory)
         os.replace(tmp_weights, directory / WEIGHTS_NAME)
         (directory / CARD_NAME).write_text(render_phi_card(self.config, self.num_parameters(), **(card_extra or {})))
@@ -170,9 +177,9 @@ class PhiHubMixin:
         force_download: bool = False,
     ):
         """Load φ from a local dir, a zoo name (`mp-hub zoo`) or a Hub repo id; strict; eval mode."""
-        from .zoo import bundled_path
+        from .zoo import resolve
 
-        source = bundled_path(str(pretrained)) or pretrained
+        source = pretrained if Path(pretrained).exists() else (resolve(str(pretrained)) or pretrained)
         hub_kwargs = dict(
             revision=revision,
             cache_dir=cache_dir,

@@ -51,6 +51,19 @@ def bundled_path(name: str) -> Path | None:
     return entry.bundled_path if entry.bundled_path.is_dir() else None
 
 
+def resolve(name: str) -> str | Path | None:
+    """Where zoo entry `name` loads from (its bundled folder, else its Hub id); None if `name` is no zoo entry."""
+    from ..errors import CheckpointError
+
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        return None
+    source = bundled_path(name) or entry.hub_id
+    if source is None:
+        raise CheckpointError(f"zoo entry '{name}' is not bundled and has no Hub id; to get it: {entry.how_to_get}")
+    return source
+
+
 register(
     ZooEntry(
         name="metaperturb-official-tinyimagenet",
@@ -63,5 +76,18 @@ register(
             "download checkpoints/src/tiny_imagenet_resnet20_final/perturb_750.pth from the authors' repository "
             "JWoong148/MetaPerturb, then `mp-hub convert-official perturb_750.pth ./metaperturb-official`"
         ),
+    )
+)
+
+register(
+    ZooEntry(
+        name=DEFAULT_PHI,
+        hub_id=None,
+        source_dataset="glyphs10 (10 class-disjoint font-script tasks, ../shared/data/glyphs10)",
+        architecture="CIFAR ResNet-20, 32 px",
+        steps=150,
+        license="apache-2.0",
+        bundled=DEFAULT_PHI,
+        how_to_get="bundled with mp_hub; the card in mp_hub/zoo/bundled/ has the reproduction commands",
     )
 )

@@ -1,0 +1,192 @@
+"""Does φ regularize? Train CIFAR ResNet-20 from scratch on small real targets with and without it.
+
+    python benchmarks/transfer_gain.py                         # the full table (see --help for the budget)
+    python benchmarks/transfer_gain.py --seeds 0 --max_train_steps 20 --eval_mc_samples 2   # a smoke run
+
+Targets: `fashion_mnist` and `mnist` from ../shared/data, 100 training images per class (the same subset for
+every run, seed 0) and 2,000 test images (200 per class). Each run is `recipes/transfer.py` in a subprocess
+(one torch thread, `--jobs` at a time) with a fixed step budget; MetaPerturb runs are then evaluated a second
+time in one-pass "mean" mode from their saved folder. Regularizers: none, DropBlock, MetaPerturb with the zoo
+φ, MetaPerturb with the authors' φ (converted from ../shared/reference/perturb_750.pth). Also a tiny ViT from
+scratch on fashion_mnist, none vs MetaPerturb. Prints a table (mean ± std over seeds) and a final JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mp_hub import MetaPerturb, load_perturbed  # noqa: E402
+from mp_hub.data import decode_images, samples_per_class_subset  # noqa: E402
+from mp_hub.evaluation import compute_metrics  # noqa: E402
+from mp_hub.inference import mean_predict  # noqa: E402
+from mp_hub.zoo import DEFAULT_PHI  # noqa: E402
+from mp_hub.zoo.bundle import benchmark_markdown  # noqa: E402
+
+TINY_VIT = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 128,
+            "patch_size": 4}  # fmt: skip
+
+
+def build_target(shared: Path, name: str, out: Path, train_per_class: int, test_per_class: int) -> Path:
+    """A Hub-layout folder with the fixed s-dataset train subset and a class-balanced test subset."""
+    from datasets import load_dataset
+
+    if (out / "data" / "test-00000-of-00001.parquet").exists():
+        return out
+    source = load_dataset(str(shared / "data" / name))
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    for split, per_class in (("train", train_per_class), ("test", test_per_class)):
+        labels = torch.as_tensor(source[split]["label"])
+        subset = source[split].select(samples_per_class_subset(labels, per_class, seed=0).tolist())
+        subset.to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
+    return out
+
+
+def run_transfer(args, target: str, data_dir: Path, regularizer: str, phi: str | None, seed: int, model: str) -> dict:
+    out = args.work_dir / "runs" / f"{target}-{model}-{regularizer}-{Path(phi).name if phi else 'none'}-s{seed}"
+    results_file = out / "all_results.json"
+    if not results_file.exists():
+        command = [
+            sys.executable, str(ROOT / "recipes" / "transfer.py"), "--dataset_dir", str(data_dir),
+            "--image_size", "32", "--no_flip", "--seed", str(seed), "--output_dir", str(out),
+            "--per_device_train_batch_size", str(args.batch_size), "--max_train_steps", str(args.max_train_steps),
+            "--eval_mc_samples", str(args.eval_mc_samples), "--eval_steps", str(args.max_train_steps),
+            "--regularizer", "metaperturb" if regularizer == "metaperturb" else regularizer,
+        ]  # fmt: skip
+        if model == "resnet20":
+            command += ["--model_type", "cifar_resnet20"]
+        else:
+            command += ["--model_type", "vit", "--model_config_overrides", json.dumps(TINY_VIT)]
+        if phi:
+            command += ["--perturb_model_id", phi]
+        env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+        log = out.with_suffix(".log")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as handle:
+            done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"run failed ({done.returncode}); see {log}")
+    results = json.loads(results_file.read_text())
+    row = {
+        "target": target,
+        "model": model,
+        "regularizer": regularizer if not phi else f"metaperturb:{Path(phi).name}",
+        "seed": seed,
+        "accuracy_mc": results["eval_accuracy"],
+        "ece_mc": results["eval_ece"],
+        "nll_mc": results["eval_nll"],
+        "train_runtime_s": results.get("train_runtime_s"),
+    }
+    if regularizer == "metaperturb":
+        row.update(mean_mode_metrics(out, args.work_dir / "decoded" / f"{target}.pt"))
+    return row
+
+
+def mean_mode_metrics(run_dir: Path, decoded: Path) -> dict:
+    torch.set_num_threads(1)
+    images, labels = torch.load(decoded)
+    model, _ = load_perturbed(run_dir)
+    model.eval()
+    probs = torch.cat([mean_predict(model, images[i : i + 500]) for i in range(0, len(images), 500)])
+    metrics = compute_metrics(probs, labels)
+    return {"accuracy_mean": metrics["accuracy"], "ece_mean": metrics["ece"]}
+
+
+def decode_test(data_dir: Path, out: Path) -> None:
+    """The test images exactly as the recipe feeds them (RGB, 32 px, [-1, 1]), for the mean-mode evaluation."""
+    from datasets import load_dataset
+
+    from mp_hub.data import normalize
+
+    if out.exists():
+        return
+    tensors = decode_images(load_dataset(str(data_dir))["test"], "image", "label", 32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save((normalize(tensors.images), tensors.labels), out)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["target"], row["model"], row["regularizer"]), []).append(row)
+    table = []
+    for (target, model, regularizer), members in groups.items():
+        entry = {"target": target, "model": model, "regularizer": regularizer, "seeds": len(members)}
+        for key in ("accuracy_mc", "accuracy_mean", "ece_mc", "ece_mean"):
+            values = torch.tensor([m[key] for m in members if key in m], dtype=torch.float64)
+            if len(values):
+                entry[key] = (values.mean().item(), values.std().item() if len(values) > 1 else 0.0)
+        table.append(entry)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--shared_dir", type=Path, default=ROOT.parent / "shared")
+    parser.add_argument("--work_dir", type=Path, default=ROOT / "runs" / "transfer_gain")
+    parser.add_argument("--targets", nargs="+", default=["fashion_mnist", "mnist"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--zoo_phi", default=DEFAULT_PHI, help="zoo name or folder of the φ to test")
+    parser.add_argument("--max_train_steps", type=int, default=300)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--eval_mc_samples", type=int, default=100)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
+    parser.add_argument("--no_vit", action="store_true", help="skip the tiny-ViT rows")
+    args = parser.parse_args()
+    started = time.time()
+
+    official = args.work_dir / "phi" / "official"
+    if not (official / "model.safetensors").exists():
+        MetaPerturb.from_official(args.shared_dir / "reference" / "perturb_750.pth").save_pretrained(official)
+    zoo_phi = args.zoo_phi
+    MetaPerturb.from_pretrained(zoo_phi)  # fail early, with the loader's own message, if it is missing
+
+    data_dirs = {}
+    for target in args.targets:
+        data_dirs[target] = build_target(args.shared_dir, target, args.work_dir / "data" / target, 100, 200)
+        decode_test(data_dirs[target], args.work_dir / "decoded" / f"{target}.pt")
+    # Seed-major order: an interrupted benchmark has every row at the same number of seeds (rerun to resume;
+    # finished runs are read back from their all_results.json).
+    jobs = []
+    for seed in args.seeds:
+        for target, data_dir in data_dirs.items():
+            for regularizer, phi in (("none", None), ("dropblock", None), ("metaperturb", zoo_phi),
+                                     ("metaperturb", str(official))):  # fmt: skip
+                jobs.append((target, data_dir, regularizer, phi, seed, "resnet20"))
+            if not args.no_vit and target == args.targets[0]:
+                jobs += [
+                    (target, data_dir, "none", None, seed, "vit"),
+                    (target, data_dir, "metaperturb", zoo_phi, seed, "vit"),
+                ]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        rows = list(pool.map(lambda job: run_transfer(args, *job), jobs))
+    table = summarize(rows)
+    print(benchmark_markdown(table, vars(args)))
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    summary = {
+        "benchmark": "transfer_gain",
+        "commit": commit,
+        "max_train_steps": args.max_train_steps,
+        "batch_size": args.batch_size,
+        "eval_mc_samples": args.eval_mc_samples,
+        "wall_time_s": round(time.time() - started, 1),
+        "table": table,
+        "runs": rows,
+    }
+    (args.work_dir / "transfer_gain.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
