@@ -1,0 +1,45 @@
+"""The zoo: the bundled φ loads offline by name, entries list, unbundled entries explain how to get them."""
+
+import json
+
+import pytest
+
+from mp_hub import CheckpointError, MetaPerturb, zoo
+from mp_hub.cli import main as cli_main
+
+
+def test_default_phi_is_bundled_and_loads_offline_by_name():
+    phi = MetaPerturb.from_pretrained(zoo.DEFAULT_PHI)
+    assert phi.num_parameters() == 82 and not phi.training
+    prov = phi.config.provenance
+    assert prov["source_dataset"] == "glyphs10" and prov["architecture"] == "cifar_resnet20"
+    assert prov["selection"]["selected"].endswith(f"seed{prov['seed']}")
+    assert prov["site_channels"] == [16, 64]
+
+
+def test_bundled_folder_is_hub_ready():
+    folder = zoo.bundled_path(zoo.DEFAULT_PHI)
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.safetensors", "config.json", "README.md", "meta_train_curves.png"} <= names
+    card = (folder / "README.md").read_text()
+    assert "library_name: mp_hub" in card and "glyphs10" in card
+    assert "selection" in json.loads((folder / "config.json").read_text())["provenance"]
+
+
+def test_unbundled_entry_without_hub_id_explains_how_to_get_it():
+    with pytest.raises(CheckpointError, match="convert-official"):
+        MetaPerturb.from_pretrained("metaperturb-official-tinyimagenet")
+
+
+def test_a_local_directory_wins_over_a_zoo_name(tmp_path, monkeypatch):
+    MetaPerturb().save_pretrained(tmp_path / zoo.DEFAULT_PHI)
+    monkeypatch.chdir(tmp_path)
+    loaded = MetaPerturb.from_pretrained(zoo.DEFAULT_PHI)
+    assert "selection" not in loaded.config.provenance
+
+
+def test_cli_zoo_lists_both_entries(capsys):
+    assert cli_main(["zoo"]) == 0
+    out = capsys.readouterr().out
+    assert f"{zoo.DEFAULT_PHI}\n" in out and "bundled (offline)" in out
+    assert "metaperturb-official-tinyimagenet" in out and "not downloadable" in out
