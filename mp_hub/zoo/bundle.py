@@ -39,6 +39,23 @@ def _percent(entry: dict, key: str) -> str:
     return f"{entry[key][0] * 100:.2f} ± {entry[key][1] * 100:.2f}" if key in entry else "—"
 
 
+def selection_markdown(selection: dict) -> str:
+    lines = [
+        "## Selection",
+        "",
+        f"Rule: {selection['rule']}. Validation target: {selection['validation_target']} "
+        f"({selection.get('max_train_steps')} steps, MC-{selection.get('eval_mc_samples')}; "
+        "`benchmarks/select_phi.py`).",
+        "",
+        "| candidate | validation accuracy (%) | ECE (%) | |",
+        "|---|---|---|---|",
+    ]
+    for candidate, score in selection["scores"].items():
+        mark = "selected" if candidate == selection["selected"] else ""
+        lines.append(f"| {candidate} | {score['accuracy'] * 100:.1f} | {score['ece'] * 100:.1f} | {mark} |")
+    return "\n".join(lines)
+
+
 def model_index_rows(table: list[dict], phi_label: str) -> list[dict]:
     rows = []
     for e in table:
@@ -74,6 +91,7 @@ def bundle(
     extra = []
     if selection:
         prov["selection"] = {k: selection[k] for k in ("rule", "validation_target", "scores", "selected")}
+        extra.append(selection_markdown(selection))
     if benchmark:
         prov["results"] = model_index_rows(benchmark["table"], f"metaperturb:{name}")
         extra.append(benchmark_markdown(benchmark["table"], benchmark))
