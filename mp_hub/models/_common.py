@@ -1,13 +1,15 @@
-"""Pieces shared by the CIFAR-style source models: weight init, the conv-BN-ReLU(-pool) block, the head's output."""
+"""Pieces shared by the CIFAR-style source models: weight init, the conv-BN-ReLU(-pool) block, the base models'
+layer loop and output, and the classification head (Linear on the base model's `pooler_output`)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import ImageClassifierOutputWithNoAttention
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention, ImageClassifierOutputWithNoAttention
 
 from ..errors import ConfigError
 
@@ -37,6 +39,37 @@ def pooled_size(image_size: int, num_pools: int, family: str) -> int:
     raise ConfigError(
         f"{family}: image_size={image_size} is too small for {num_pools} 2×2 max-pools; "
         f"use image_size >= {2**num_pools} (resize the images, e.g. 28×28 → 32×32)"
+    )
+
+
+def classifier_layer(in_features: int, num_labels: int) -> nn.Module:
+    """The head's Linear(in_features, num_labels), or Identity when num_labels is 0 (features out)."""
+    return nn.Linear(in_features, num_labels) if num_labels > 0 else nn.Identity()
+
+
+def run_layers(
+    hidden_state: torch.Tensor,
+    layers: Iterable[nn.Module],
+    output_hidden_states: bool,
+    return_dict: bool,
+    *,
+    pooler: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    first_hidden_states: tuple[torch.Tensor, ...] = (),
+) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
+    """A base model's body and output: `layers` in turn, `pooler_output` = flatten(pooler(last feature map)).
+
+    The hidden states (when asked for) are `first_hidden_states` followed by each layer's output.
+    """
+    hidden_states = first_hidden_states if output_hidden_states else None
+    for layer in layers:
+        hidden_state = layer(hidden_state)
+        if output_hidden_states:
+            hidden_states = hidden_states + (hidden_state,)
+    pooled = torch.flatten(hidden_state if pooler is None else pooler(hidden_state), 1)
+    if not return_dict:
+        return (hidden_state, pooled) + ((hidden_states,) if hidden_states is not None else ())
+    return BaseModelOutputWithPoolingAndNoAttention(
+        last_hidden_state=hidden_state, pooler_output=pooled, hidden_states=hidden_states
     )
 
 
@@ -112,3 +145,40 @@ class CifarPreTrainedModel(PreTrainedModel):
             return_dict = getattr(self.config, "return_dict", True)
             return_dict = True if return_dict is None else bool(return_dict)
         return output_hidden_states, return_dict
+
+
+class CifarConvStackModel(CifarPreTrainedModel):
+    """Base of the base models that are a stack of `CifarConvBlock`s (`self.blocks`, Conv4 and VGG).
+
+    `pooler_output` is the flattened last feature map; the hidden states are the blocks' outputs.
+    """
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
+        output_hidden_states, return_dict = self._resolve_flags(output_hidden_states, return_dict)
+        return run_layers(pixel_values, self.blocks, output_hidden_states, return_dict)
+
+
+class CifarImageClassifier(CifarPreTrainedModel):
+    """Base of the `...ForImageClassification` heads: `self.classifier` on the base model's `pooler_output`.
+
+    The base model is the attribute named by `base_model_prefix` (`resnet`, `vgg`, `conv4`).
+    """
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ):
+        output_hidden_states, return_dict = self._resolve_flags(output_hidden_states, return_dict)
+        outputs = self.base_model(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(outputs.pooler_output)
+        return self._classifier_output(logits, labels, outputs.hidden_states, return_dict, kwargs)

@@ -28,7 +28,7 @@ from transformers import PretrainedConfig
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from ..errors import ConfigError
-from ._common import CifarPreTrainedModel, check_positive_int
+from ._common import CifarImageClassifier, CifarPreTrainedModel, check_positive_int, classifier_layer, run_layers
 
 RESNET_DEPTHS = (20, 32, 44, 56)
 
@@ -174,40 +174,22 @@ class CifarResNetModel(CifarResNetPreTrainedModel):
     ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
         output_hidden_states, return_dict = self._resolve_flags(output_hidden_states, return_dict)
         hidden_state = self.stem(pixel_values)
-        hidden_states = (hidden_state,) if output_hidden_states else None
-        for stage in self.stages:
-            hidden_state = stage(hidden_state)
-            if output_hidden_states:
-                hidden_states = hidden_states + (hidden_state,)
-        pooled = torch.flatten(self.pooler(hidden_state), 1)
-        if not return_dict:
-            return (hidden_state, pooled) + ((hidden_states,) if hidden_states is not None else ())
-        return BaseModelOutputWithPoolingAndNoAttention(
-            last_hidden_state=hidden_state, pooler_output=pooled, hidden_states=hidden_states
+        return run_layers(
+            hidden_state,
+            self.stages,
+            output_hidden_states,
+            return_dict,
+            pooler=self.pooler,
+            first_hidden_states=(hidden_state,),
         )
 
 
-class CifarResNetForImageClassification(CifarResNetPreTrainedModel):
+class CifarResNetForImageClassification(CifarResNetPreTrainedModel, CifarImageClassifier):
     """CIFAR ResNet + Linear classifier; returns `ImageClassifierOutputWithNoAttention`."""
 
     def __init__(self, config: CifarResNetConfig):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.resnet = CifarResNetModel(config)
-        self.classifier = (
-            nn.Linear(config.hidden_sizes[-1], config.num_labels) if config.num_labels > 0 else nn.Identity()
-        )
+        self.classifier = classifier_layer(config.hidden_sizes[-1], config.num_labels)
         self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ):
-        output_hidden_states, return_dict = self._resolve_flags(output_hidden_states, return_dict)
-        outputs = self.resnet(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.classifier(outputs.pooler_output)
-        return self._classifier_output(logits, labels, outputs.hidden_states, return_dict, kwargs)

@@ -15,12 +15,18 @@ Authors' state-dict keys map as `conv_layers.{i}.*` → `conv4.blocks.{i}.*`, `f
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from transformers import PretrainedConfig
-from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
-from ._common import CifarConvBlock, CifarPreTrainedModel, check_positive_int, pooled_size
+from ._common import (
+    CifarConvBlock,
+    CifarConvStackModel,
+    CifarImageClassifier,
+    CifarPreTrainedModel,
+    check_positive_int,
+    classifier_layer,
+    pooled_size,
+)
 
 
 class CifarConv4Config(PretrainedConfig):
@@ -57,7 +63,7 @@ class CifarConv4PreTrainedModel(CifarPreTrainedModel):
     _no_split_modules = ["CifarConvBlock"]
 
 
-class CifarConv4Model(CifarConv4PreTrainedModel):
+class CifarConv4Model(CifarConv4PreTrainedModel, CifarConvStackModel):
     """The conv blocks; `pooler_output` is the flattened last feature map."""
 
     def __init__(self, config: CifarConv4Config):
@@ -73,29 +79,8 @@ class CifarConv4Model(CifarConv4PreTrainedModel):
         )
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
-        output_hidden_states, return_dict = self._resolve_flags(output_hidden_states, return_dict)
-        hidden_state = pixel_values
-        hidden_states = () if output_hidden_states else None
-        for block in self.blocks:
-            hidden_state = block(hidden_state)
-            if output_hidden_states:
-                hidden_states = hidden_states + (hidden_state,)
-        pooled = torch.flatten(hidden_state, 1)
-        if not return_dict:
-            return (hidden_state, pooled) + ((hidden_states,) if hidden_states is not None else ())
-        return BaseModelOutputWithPoolingAndNoAttention(
-            last_hidden_state=hidden_state, pooler_output=pooled, hidden_states=hidden_states
-        )
 
-
-class CifarConv4ForImageClassification(CifarConv4PreTrainedModel):
+class CifarConv4ForImageClassification(CifarConv4PreTrainedModel, CifarImageClassifier):
     """Conv4 + Linear classifier on the flattened features; returns `ImageClassifierOutputWithNoAttention`."""
 
     def __init__(self, config: CifarConv4Config):
@@ -103,18 +88,5 @@ class CifarConv4ForImageClassification(CifarConv4PreTrainedModel):
         self.num_labels = config.num_labels
         self.conv4 = CifarConv4Model(config)
         in_features = config.hidden_size * config.feature_size**2
-        self.classifier = nn.Linear(in_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = classifier_layer(in_features, config.num_labels)
         self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ):
-        output_hidden_states, return_dict = self._resolve_flags(output_hidden_states, return_dict)
-        outputs = self.conv4(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.classifier(outputs.pooler_output)
-        return self._classifier_output(logits, labels, outputs.hidden_states, return_dict, kwargs)

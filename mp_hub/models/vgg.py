@@ -18,13 +18,19 @@ Authors' state-dict keys map as `conv_layers.{i}.*` → `vgg.blocks.{i}.*`, `fc`
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from transformers import PretrainedConfig
-from transformers.modeling_outputs import BaseModelOutputWithPoolingAndNoAttention
 
 from ..errors import ConfigError
-from ._common import CifarConvBlock, CifarPreTrainedModel, check_positive_int, pooled_size
+from ._common import (
+    CifarConvBlock,
+    CifarConvStackModel,
+    CifarImageClassifier,
+    CifarPreTrainedModel,
+    check_positive_int,
+    classifier_layer,
+    pooled_size,
+)
 
 VGG9_HIDDEN_SIZES = (64, 128, 256, 256, 512, 512, 512, 512)
 VGG9_POOL_AFTER = (0, 1, 3, 5, 7)
@@ -73,7 +79,7 @@ class CifarVggPreTrainedModel(CifarPreTrainedModel):
     _no_split_modules = ["CifarConvBlock"]
 
 
-class CifarVggModel(CifarVggPreTrainedModel):
+class CifarVggModel(CifarVggPreTrainedModel, CifarConvStackModel):
     """The conv blocks; `pooler_output` is the flattened last feature map."""
 
     def __init__(self, config: CifarVggConfig):
@@ -86,29 +92,8 @@ class CifarVggModel(CifarVggPreTrainedModel):
         )
         self.post_init()
 
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPoolingAndNoAttention | tuple:
-        output_hidden_states, return_dict = self._resolve_flags(output_hidden_states, return_dict)
-        hidden_state = pixel_values
-        hidden_states = () if output_hidden_states else None
-        for block in self.blocks:
-            hidden_state = block(hidden_state)
-            if output_hidden_states:
-                hidden_states = hidden_states + (hidden_state,)
-        pooled = torch.flatten(hidden_state, 1)
-        if not return_dict:
-            return (hidden_state, pooled) + ((hidden_states,) if hidden_states is not None else ())
-        return BaseModelOutputWithPoolingAndNoAttention(
-            last_hidden_state=hidden_state, pooler_output=pooled, hidden_states=hidden_states
-        )
 
-
-class CifarVggForImageClassification(CifarVggPreTrainedModel):
+class CifarVggForImageClassification(CifarVggPreTrainedModel, CifarImageClassifier):
     """CIFAR VGG + Linear classifier on the flattened features; returns `ImageClassifierOutputWithNoAttention`."""
 
     def __init__(self, config: CifarVggConfig):
@@ -116,18 +101,5 @@ class CifarVggForImageClassification(CifarVggPreTrainedModel):
         self.num_labels = config.num_labels
         self.vgg = CifarVggModel(config)
         in_features = config.hidden_sizes[-1] * config.feature_size**2
-        self.classifier = nn.Linear(in_features, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.classifier = classifier_layer(in_features, config.num_labels)
         self.post_init()
-
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ):
-        output_hidden_states, return_dict = self._resolve_flags(output_hidden_states, return_dict)
-        outputs = self.vgg(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
-        logits = self.classifier(outputs.pooler_output)
-        return self._classifier_output(logits, labels, outputs.hidden_states, return_dict, kwargs)
