@@ -18,14 +18,13 @@ from .errors import AttachError, ConfigError
 from .perturb import MetaPerturb
 from .resolvers import Resolution, SiteSpec, resolve
 from .site import PerturbSite
-from .site_hooks import SiteHook, SiteRecord, split_output
+from .site_hooks import SiteHook, SiteRecord
 
 logger = logging.getLogger(__name__)
 
 PHI_ATTR = "metaperturb_phi"
 SITES_ATTR = "metaperturb_sites"
 HANDLE_ATTR = "_metaperturb_handle"
-_split_output = split_output  # the name mp_hub.regularizers.placement imports
 
 
 def _site_key(name: str) -> str:

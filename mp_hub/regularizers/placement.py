@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from ..attach import _split_output  # the one rule for finding the tensor in a module's output
 from ..errors import AttachError
 from ..resolvers import Resolution, SiteSpec, resolve
+from ..site_hooks import split_output  # the one rule for finding the tensor in a module's output
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class _RegularizerHook:
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict, output=None):
         if self.spec.placement == "output":
-            x, put_back = _split_output(output, self.spec.name)
+            x, put_back = split_output(output, self.spec.name)
             return put_back(self.spec.adapter(x, self.apply, args, kwargs))
         if not args or not isinstance(args[0], Tensor):
             raise AttachError(f"regularizer site {self.spec.name!r} needs a tensor as the module's first input")
