@@ -14,7 +14,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 # Tests use tiny tensors: one thread is as fast and avoids oversubscribing a 2-core machine when
-# a test launches worker processes of its own.
+# a test launches worker processes of its own (with 2 intra-op threads on a busy machine, OpenMP spin-waits make
+# each conv ~100× slower). It is also the thread count of those workers (OMP_NUM_THREADS=1), which in-process runs
+# compared with them must share: CPU kernels round differently with another thread count.
 torch.set_num_threads(1)
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

@@ -142,15 +142,6 @@ ARCHS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: with 2 intra-op threads on a busy 2-core machine, OpenMP spin-waits make each conv ~100× slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def logits(model, x):
     out = model(x)
     return out if isinstance(out, torch.Tensor) else out.logits

@@ -75,16 +75,6 @@ def dataset(workdir) -> Path:
     return _make_dataset(workdir / "tiny")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The same per-process thread count as the 2-process launch below (CPU kernels round differently otherwise);
-    # also much faster than two threads on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _run(dataset: Path, workdir: Path, out: str, *extra: str) -> Path:
     argv = ["--dataset_dir", str(dataset), "--cache_dir", str(workdir / "cache"), *COMMON]
     return recipe.main([*argv, "--output_dir", str(workdir / out), *extra])

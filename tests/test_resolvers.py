@@ -16,15 +16,6 @@ from mp_hub.attach import find_handle
 from mp_hub.resolvers import SiteSpec, _base, match_modules, resolve_targets
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny tensors: with 2 intra-op threads on a busy 2-core machine, OpenMP spin-waits make each conv ~100× slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Net(nn.Module):
     def __init__(self, widths=(8, 8)):
         super().__init__()
