@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from _builders import ConvNet
 from safetensors import safe_open
 from torch import nn
 from transformers import (
@@ -35,20 +36,6 @@ from mp_hub.models import (
 )
 
 VIT = dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8, num_labels=3)
-
-
-class TinyNet(nn.Module):
-    """A plain nn.Module (no config): reached through targets=."""
-
-    def __init__(self):
-        super().__init__()
-        self.blocks = nn.Sequential(
-            *[nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU()) for a, b in ((3, 8), (8, 8))]
-        )
-        self.head = nn.Linear(8, 3)
-
-    def forward(self, x):
-        return self.head(self.blocks(x).mean((2, 3)))
 
 
 def _auto(config):
@@ -138,7 +125,7 @@ ARCHS = {
         {},
     ),
     "cifar_conv4": (lambda: CifarConv4ForImageClassification(CifarConv4Config(hidden_size=8, num_labels=3)), 4, {}),
-    "plain_targets": (TinyNet, 2, dict(targets=r"blocks\.\d+\.1", spatial_norm=32)),
+    "plain_targets": (lambda: ConvNet(seed=None), 2, dict(targets=r"blocks\.\d+\.1", spatial_norm=32)),
 }
 
 
@@ -201,7 +188,9 @@ def test_detach_restores_outputs_and_save_reload_is_exact(arch, pixels, tmp_path
     assert not torch.equal(perturbed, reference)
 
     handle.save_pretrained(tmp_path)
-    reloaded, handle2 = mp_hub.load_perturbed(tmp_path, **({"model": TinyNet()} if "targets" in kwargs else {}))
+    reloaded, handle2 = mp_hub.load_perturbed(
+        tmp_path, **({"model": ConvNet(seed=None)} if "targets" in kwargs else {})
+    )
     assert type(reloaded) is type(model) and [r.name for r in handle2.sites] == [r.name for r in handle.sites]
     assert handle2.noise_coeff == 0.5 and not reloaded.training
     with torch.no_grad():
@@ -263,12 +252,12 @@ def test_vit_token_count_that_is_not_a_grid(pixels):
 
 def test_nothing_matched_lists_candidates():
     with pytest.raises(AttachError, match=r"matched no module.*blocks\.0"):
-        mp_hub.attach(TinyNet(), MetaPerturb(), targets=r"block\.\d+", spatial_norm=32)
+        mp_hub.attach(ConvNet(seed=None), MetaPerturb(), targets=r"block\.\d+", spatial_norm=32)
 
 
 def test_unknown_architecture_shows_how_to_pass_targets():
     with pytest.raises(AttachError, match=r'targets=r"encoder\\.layer\\.\\d\+"'):
-        mp_hub.attach(TinyNet(), MetaPerturb())
+        mp_hub.attach(ConvNet(seed=None), MetaPerturb())
 
 
 def test_attaching_twice_is_refused():
@@ -282,7 +271,7 @@ def test_attaching_twice_is_refused():
 
 def test_unknown_spatial_norm_asks_for_it():
     with pytest.raises(AttachError, match="spatial_norm="):
-        mp_hub.attach(TinyNet(), MetaPerturb(), targets=["blocks.0.1"])
+        mp_hub.attach(ConvNet(seed=None), MetaPerturb(), targets=["blocks.0.1"])
 
 
 def test_load_is_strict_and_names_the_keys(tmp_path):

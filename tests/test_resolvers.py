@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from _builders import ConvNet
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -15,27 +16,12 @@ from mp_hub import AttachError, MetaPerturb, MetaPerturbConfig
 from mp_hub.attach import find_handle
 from mp_hub.resolvers import SiteSpec, _base, match_modules, resolve_targets
 
-
-class Net(nn.Module):
-    def __init__(self, widths=(8, 8)):
-        super().__init__()
-        torch.manual_seed(0)
-        chans = (3, *widths)
-        self.blocks = nn.Sequential(
-            *[nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU()) for a, b in zip(chans, widths)]
-        )
-        self.head = nn.Linear(widths[-1], 3)
-
-    def forward(self, x):
-        return self.head(self.blocks(x).mean((2, 3)))
-
-
 X = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 Pair = namedtuple("Pair", "features extra")
 
 
 def test_match_modules_regex_is_a_full_match_and_lists_match_names_or_dotted_suffixes():
-    model = Net()
+    model = ConvNet()
     assert [n for n, _ in match_modules(model, r"blocks\.\d+\.1")] == ["blocks.0.1", "blocks.1.1"]
     assert match_modules(model, r"1") == []  # full match, not search
     assert [n for n, _ in match_modules(model, ["0.1", "blocks.1.2"])] == ["blocks.0.1", "blocks.1.2"]
@@ -47,7 +33,7 @@ def test_match_modules_regex_is_a_full_match_and_lists_match_names_or_dotted_suf
 
 
 def test_channels_are_known_at_attach_time_for_convs_norms_blocks_and_relus():
-    model = Net(widths=(4, 6))
+    model = ConvNet(widths=(4, 6))
     assert [s.channels for s in resolve_targets(model, r"blocks\.\d+\.0").sites] == [4, 6]  # conv out
     assert [s.channels for s in resolve_targets(model, r"blocks\.\d+\.0", "input").sites] == [3, 4]  # conv in
     assert [s.channels for s in resolve_targets(model, r"blocks\.\d+").sites] == [4, 6]  # block: last norm
@@ -57,7 +43,7 @@ def test_channels_are_known_at_attach_time_for_convs_norms_blocks_and_relus():
 
 
 def test_input_placement_perturbs_the_first_positional_input():
-    model = Net().eval()
+    model = ConvNet().eval()
     handle = mp_hub.attach(model, MetaPerturb(), targets=["blocks.1.0"], placement="input", spatial_norm=16)
     conv = model.blocks[1][0]
     seen, site_out = [], []
@@ -121,7 +107,7 @@ def test_bare_containers_are_refused_and_token_outputs_explain_what_is_needed():
 
 
 def test_register_resolver_plugs_in_a_new_architecture():
-    model = Net()
+    model = ConvNet()
     model.config = SimpleNamespace(model_type="toy_net", image_size=16)
 
     def resolve_toy(m):
@@ -132,13 +118,13 @@ def test_register_resolver_plugs_in_a_new_architecture():
         handle = mp_hub.attach(model, MetaPerturb())
         assert handle.resolver == "toy_net" and handle.spatial_norm == 16 and len(handle.sites) == 2
         with pytest.raises(AttachError, match="applies to targets= only"):
-            mp_hub.attach(Net(), MetaPerturb(), placement="input")
+            mp_hub.attach(ConvNet(), MetaPerturb(), placement="input")
     finally:
         _base._RESOLVERS.pop("toy_net")
 
 
 def test_handle_controls_identity_modes_and_parameters(caplog):
-    model = Net().eval()
+    model = ConvNet().eval()
     with torch.no_grad():
         reference = model(X)
     phi = MetaPerturb()
@@ -170,12 +156,12 @@ def test_warns_when_site_widths_are_far_from_meta_training(site_channels, warns,
     provenance = {} if site_channels is None else {"site_channels": site_channels}
     phi = MetaPerturb(MetaPerturbConfig(provenance=provenance))
     with caplog.at_level(logging.WARNING, logger="mp_hub.attach"):
-        mp_hub.attach(Net(), phi, targets=r"blocks\.\d+\.1", spatial_norm=16)
+        mp_hub.attach(ConvNet(), phi, targets=r"blocks\.\d+\.1", spatial_norm=16)
     assert ("far outside that range" in caplog.text) is warns
 
 
 def test_deepcopy_gives_a_copy_with_its_own_sites():
-    model = Net().eval()
+    model = ConvNet().eval()
     handle = mp_hub.attach(model, MetaPerturb(), targets=r"blocks\.\d+\.1", spatial_norm=16)
     twin = copy.deepcopy(model)
     assert find_handle(twin) is not handle and find_handle(twin).model is twin
@@ -188,7 +174,7 @@ def test_deepcopy_gives_a_copy_with_its_own_sites():
 
 
 def test_dtype_and_device_follow_the_model():
-    model = Net().double()
+    model = ConvNet().double()
     handle = mp_hub.attach(model, MetaPerturb(), targets=r"blocks\.\d+\.1", spatial_norm=16)
     assert all(p.dtype == torch.float64 for p in handle.phi_parameters())
     assert model(X.double()).dtype == torch.float64
@@ -198,8 +184,8 @@ def test_dtype_and_device_follow_the_model():
 
 def test_save_perturbed_needs_an_attached_model_and_push_uses_one_commit(tmp_path):
     with pytest.raises(AttachError, match="no φ is attached"):
-        mp_hub.save_perturbed(Net(), tmp_path)
-    model = Net()
+        mp_hub.save_perturbed(ConvNet(), tmp_path)
+    model = ConvNet()
     handle = mp_hub.attach(model, MetaPerturb(), targets=r"blocks\.\d+\.1", spatial_norm=16)
     wrapper = SimpleNamespace(module=model)
     assert mp_hub.save_perturbed(wrapper, tmp_path / "a") == tmp_path / "a"
