@@ -1,7 +1,9 @@
 """Metrics as local `evaluate` modules (accuracy, nll, ece) plus the calibration maths they share.
 
 Each metric lives in ``METRICS_DIR/<name>/<name>.py`` so that ``evaluate.load(path)`` finds it offline.
-The ECE maths lives here, in :func:`expected_calibration_error`, and the ``ece`` module calls it.
+The ECE maths lives here, in :func:`expected_calibration_error`, and the ``ece`` module calls it; the inputs of
+the probability metrics (``nll``, ``ece``) are declared and converted here too (:func:`probability_features`,
+:func:`probability_inputs`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ __all__ = [
     "expected_calibration_error",
     "load_metric",
     "plot_reliability_diagram",
+    "probability_features",
+    "probability_inputs",
     "reliability_diagram_data",
 ]
 
@@ -42,6 +46,28 @@ def load_metric(name: str, **kwargs: Any):
     import evaluate
 
     return evaluate.load(str(METRICS_DIR / name), **kwargs)
+
+
+def probability_features():
+    """The ``datasets.Features`` of the probability metrics: (N, C) float64 ``probabilities``, int64 ``references``."""
+    import datasets
+
+    return datasets.Features(
+        {"probabilities": datasets.Sequence(datasets.Value("float64")), "references": datasets.Value("int64")}
+    )
+
+
+def probability_inputs(probabilities: Any, references: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """A probability metric's inputs as a float64 tensor of probabilities and a long tensor of class ids.
+
+    Only the conversion (an :class:`InvalidInputError` if ``probabilities`` is not numeric); each metric checks the
+    shapes and values it needs.
+    """
+    try:
+        probs = torch.as_tensor(probabilities, dtype=torch.float64)
+    except (TypeError, ValueError) as err:
+        raise InvalidInputError(f"probabilities must be an (N, C) array of floats: {err}") from err
+    return probs, torch.as_tensor(references, dtype=torch.long)
 
 
 class ReliabilityBin(NamedTuple):

@@ -1,11 +1,8 @@
 """ECE: expected calibration error (Guo et al., 2017) with equal-width confidence bins over (0, 1]."""
 
-import datasets
 import evaluate
-import torch
 
-from mp_hub.errors import InvalidInputError
-from mp_hub.metrics import expected_calibration_error
+from mp_hub.metrics import expected_calibration_error, probability_features, probability_inputs
 
 _DESCRIPTION = (
     "ECE = sum_b |B_b| / N * |acc(B_b) - conf(B_b)| over `n_bins` (default 15) equal-width bins of (0, 1]; "
@@ -41,16 +38,10 @@ class Ece(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"probabilities": datasets.Sequence(datasets.Value("float64")), "references": datasets.Value("int64")}
-            ),
+            features=probability_features(),
             reference_urls=["https://arxiv.org/abs/1706.04599"],
         )
 
     def _compute(self, probabilities, references, n_bins=15):
-        try:
-            probs = torch.as_tensor(probabilities, dtype=torch.float64)
-        except (TypeError, ValueError) as err:
-            raise InvalidInputError(f"probabilities must be an (N, C) array of floats: {err}") from err
-        labels = torch.as_tensor(references, dtype=torch.long)
+        probs, labels = probability_inputs(probabilities, references)
         return {"ece": expected_calibration_error(probs, labels, n_bins=n_bins)}

@@ -1,10 +1,9 @@
 """NLL: mean negative log-likelihood of the reference class under the given class probabilities."""
 
-import datasets
 import evaluate
-import torch
 
 from mp_hub.errors import InvalidInputError
+from mp_hub.metrics import probability_features, probability_inputs
 
 _EPS = 1e-12
 _DESCRIPTION = (
@@ -32,17 +31,11 @@ class Nll(evaluate.Metric):
             description=_DESCRIPTION,
             citation=_CITATION,
             inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"probabilities": datasets.Sequence(datasets.Value("float64")), "references": datasets.Value("int64")}
-            ),
+            features=probability_features(),
         )
 
     def _compute(self, probabilities, references):
-        try:
-            probs = torch.as_tensor(probabilities, dtype=torch.float64)
-        except (TypeError, ValueError) as err:
-            raise InvalidInputError(f"probabilities must be an (N, C) array of floats: {err}") from err
-        labels = torch.as_tensor(references, dtype=torch.long)
+        probs, labels = probability_inputs(probabilities, references)
         if probs.ndim != 2 or probs.shape[0] == 0 or labels.shape != (probs.shape[0],):
             raise InvalidInputError(
                 f"probabilities must be (N, C) with N >= 1 and references (N,), "
