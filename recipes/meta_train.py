@@ -25,6 +25,7 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
+from mp_hub.cli_args import parse_args_with_config
 from mp_hub.data import (
     SPLIT_SCHEMES,
     TaskData,
@@ -36,7 +37,6 @@ from mp_hub.data import (
 )
 from mp_hub.errors import ConfigError, DataError
 from mp_hub.hub import push_folder
-from mp_hub.training.args import parse_args_with_config
 from mp_hub.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from mp_hub.training.distributed import assign_tasks, broadcast_parameters, check_in_sync, reduce_min_max
 from mp_hub.training.meta import MetaTrainer, TaskLearner, seeded_phi

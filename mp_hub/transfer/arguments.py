@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-import yaml
-
+from ..cli_args import parse_args_with_config
 from ..errors import ConfigError
 from ..zoo import DEFAULT_PHI
 
@@ -87,31 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--config {path}: no such file")
-    try:
-        values = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--config {path} is not valid YAML: {err}") from err
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path} must be a mapping of flag names to values, got {type(values).__name__}")
-    known = {a.dest for a in parser._actions} - {"help", "config"}
-    unknown = sorted(
-        str(k).lstrip("-").replace("-", "_") for k in values if str(k).lstrip("-").replace("-", "_") not in known
-    )
-    if unknown:
-        raise ConfigError(f"--config {path} has unknown keys {unknown}; valid keys are the flag names")
-    return {str(k).lstrip("-").replace("-", "_"): v for k, v in values.items()}
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = build_parser()
-    pre, _ = parser.parse_known_args(argv)
-    if pre.config:
-        parser.set_defaults(**_yaml_defaults(parser, pre.config))
-    args = parser.parse_args(argv)
+    args = parse_args_with_config(build_parser(), argv)
     validate(args)
     return args
 
