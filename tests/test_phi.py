@@ -19,7 +19,8 @@ def official(request):
 
     ref = require_shared(REFERENCE_DIR)
     cases = {c["name"]: c for c in json.loads((ref / "official_vectors.json").read_text())["cases"]}
-    return MetaPerturb.from_official(ref / "perturb_750.pth"), load_file(str(ref / "official_vectors.safetensors")), cases
+    vectors = load_file(str(ref / "official_vectors.safetensors"))
+    return MetaPerturb.from_official(ref / "perturb_750.pth"), vectors, cases
 
 
 def test_the_reference_lists_exactly_the_six_cases(official):

@@ -148,9 +148,8 @@ def test_error_phi_not_cached(tmp_path, recipe):
         _run(recipe, tmp_path, "--perturb_model_id", "nobody/no-such-phi")
 
 
-def test_error_default_phi_missing_says_how_to_get_one(tmp_path, recipe):
-    if zoo.bundled_path(zoo.DEFAULT_PHI) is not None:
-        pytest.skip("the default φ is bundled")
+def test_error_default_phi_missing_says_how_to_get_one(tmp_path, recipe, monkeypatch):
+    monkeypatch.setattr(zoo, "BUNDLED_DIR", tmp_path / "no-bundled-folder")  # an installation without it
     with pytest.raises(CheckpointError, match="not bundled") as err:
         _run(recipe, tmp_path)
     assert "--perturb_model_id" in str(err.value) and "meta_train" in str(err.value)

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from torch import nn
 
-from .. import zoo
 from ..errors import AttachError, CheckpointError, ConfigError, NotCachedError
 from ..perturb import MetaPerturb
 from ..regularizers import DropBlock2d, attach_regularizer, linear_drop_prob, set_drop_prob
@@ -20,25 +18,7 @@ _ZOO_HINT = "zoo names are listed by `mp-hub zoo`"
 
 
 def load_phi(perturb_model_id: str, token: str | None = None) -> MetaPerturb:
-    """φ from a zoo name, a local folder or a Hub id; a zoo entry that is not bundled says how to get it."""
-    entry = zoo.get(perturb_model_id)
-    if zoo.bundled_path(perturb_model_id) is None and not Path(perturb_model_id).is_dir():
-        if entry is not None and entry.hub_id:
-            perturb_model_id = entry.hub_id
-        elif entry is not None or perturb_model_id == zoo.DEFAULT_PHI:
-            how = (
-                entry.how_to_get
-                if entry is not None and entry.how_to_get
-                else (
-                    "meta-train one with `accelerate launch recipes/meta_train.py` (its output folder is a φ folder), "
-                    "or convert the authors' checkpoint with `mp-hub convert-official perturb_750.pth DIR`"
-                )
-            )
-            default = " (the default φ)" if perturb_model_id == zoo.DEFAULT_PHI else ""
-            raise CheckpointError(
-                f"φ '{perturb_model_id}'{default} is not bundled with this installation of mp_hub and has no Hub "
-                f"id; pass --perturb_model_id with a φ folder or Hub id instead. To get one: {how}. {_ZOO_HINT}"
-            )
+    """φ from a zoo name, a local folder or a Hub id; a zoo entry that cannot be loaded says how to get it."""
     try:
         return MetaPerturb.from_pretrained(perturb_model_id, token=token)
     except NotCachedError as err:

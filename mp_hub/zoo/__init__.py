@@ -88,6 +88,9 @@ register(
         steps=150,
         license="apache-2.0",
         bundled=DEFAULT_PHI,
-        how_to_get="bundled with mp_hub; the card in mp_hub/zoo/bundled/ has the reproduction commands",
+        how_to_get=(
+            "it ships inside mp_hub (reinstall mp_hub if mp_hub/zoo/bundled/ is missing); to make one yourself, "
+            "meta-train with recipes/meta_train.py as benchmarks/reproduce_zoo.sh does"
+        ),
     )
 )
