@@ -56,6 +56,8 @@ def build_target(shared: Path, name: str, out: Path, train_per_class: int, test_
 def run_transfer(args, target: str, data_dir: Path, regularizer: str, phi: str | None, seed: int, model: str) -> dict:
     out = args.work_dir / "runs" / f"{target}-{model}-{regularizer}-{Path(phi).name if phi else 'none'}-s{seed}"
     results_file = out / "all_results.json"
+    if not results_file.exists() and args.report_only:
+        return None
     if not results_file.exists():
         command = [
             sys.executable, str(ROOT / "recipes" / "transfer.py"), "--dataset_dir", str(data_dir),
@@ -143,6 +145,7 @@ def main() -> None:
     parser.add_argument("--eval_mc_samples", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one torch thread each)")
     parser.add_argument("--no_vit", action="store_true", help="skip the tiny-ViT rows")
+    parser.add_argument("--report_only", action="store_true", help="tabulate finished runs; start none")
     args = parser.parse_args()
     started = time.time()
 
@@ -170,7 +173,9 @@ def main() -> None:
                     (target, data_dir, "metaperturb", zoo_phi, seed, "vit"),
                 ]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        rows = list(pool.map(lambda job: run_transfer(args, *job), jobs))
+        rows = [row for row in pool.map(lambda job: run_transfer(args, *job), jobs) if row is not None]
+    if len(rows) < len(jobs):
+        print(f"report only: {len(jobs) - len(rows)} of {len(jobs)} runs have no results yet and are left out")
     table = summarize(rows)
     print(benchmark_markdown(table, vars(args)))
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
@@ -180,6 +185,8 @@ def main() -> None:
         "max_train_steps": args.max_train_steps,
         "batch_size": args.batch_size,
         "eval_mc_samples": args.eval_mc_samples,
+        "runs_planned": len(jobs),
+        "runs_finished": len(rows),
         "wall_time_s": round(time.time() - started, 1),
         "table": table,
         "runs": rows,
