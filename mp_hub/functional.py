@@ -10,8 +10,6 @@ Notation follows the paper and the authors' `models/perturb.py`:
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -49,6 +47,15 @@ def batch_moments(features: Tensor) -> tuple[Tensor, Tensor]:
     return features.mean(dim=0), features.var(dim=0)
 
 
+def scale_inputs(
+    feature_mean: Tensor, feature_var: Tensor, *, height: int, channel_norm: float, spatial_norm: float
+) -> Tensor:
+    """The (C, 2h + 2) rows [mean, var, C/C₀, H/H₀] that the scale's linear layer reads."""
+    channels = feature_mean.shape[0]
+    size_terms = feature_mean.new_tensor([channels / channel_norm, height / spatial_norm]).expand(channels, 2)
+    return torch.cat([feature_mean, feature_var, size_terms], dim=-1)
+
+
 def channel_scale(
     feature_mean: Tensor,
     feature_var: Tensor,
@@ -59,9 +66,8 @@ def channel_scale(
     spatial_norm: float,
 ) -> Tensor:
     """s = sigmoid(w · [mean, var, C/C₀, H/H₀]) per channel: (C,)."""
-    channels = feature_mean.shape[0]
-    size_terms = feature_mean.new_tensor([channels / channel_norm, height / spatial_norm]).expand(channels, 2)
-    return torch.sigmoid(torch.cat([feature_mean, feature_var, size_terms], dim=-1) @ fc_weight.t()).view(channels)
+    rows = scale_inputs(feature_mean, feature_var, height=height, channel_norm=channel_norm, spatial_norm=spatial_norm)
+    return torch.sigmoid(rows @ fc_weight.t()).view(feature_mean.shape[0])
 
 
 def update_running_stats(
@@ -74,21 +80,28 @@ def update_running_stats(
         running_var.mul_(1 - momentum).add_(feature_var.detach() * (batch / (batch - 1)), alpha=momentum)
 
 
-# Gauss–Hermite nodes and weights for E[g(μ + ε)], ε ~ N(0, 1) (probabilists' convention, 5 points):
-# exact for polynomials up to degree 9, error < 1e-4 on softplus over the μ range φ produces.
-_GH_NODES = (-2.8569700138728056, -1.355626179974266, 0.0, 1.355626179974266, 2.8569700138728056)
-_GH_WEIGHTS = tuple(
-    w / math.sqrt(math.pi)
-    for w in (0.019953242059045913, 0.39361932315224116, 0.9453087204829419, 0.39361932315224116, 0.019953242059045913)
-)
+# E[softplus(μ + ε)], ε ~ N(0, 1), in closed form. softplus(t) = t + softplus(−t) gives g(μ) = max(μ, 0) + q(|μ|)
+# with q(t) = g(−t) for t ≥ 0, and q(t) = e^{−t}·P(t)/Q(t): a (5, 5) rational fitted by least squares on
+# t ∈ [0, 25] to q computed by dense quadrature (float64). Max abs error of g over all μ: 7e-9 in float64, ~5e-7
+# in float32 (rounding); the tail beyond t = 25 is below 1e-11. One exp and one division, against the five
+# softplus passes of 5-point Gauss–Hermite. The fused kernels (`mp_hub.kernels`) evaluate the same formula.
+ESP_P = (0.8060591766603009, 0.23157058976931197, 0.030261089334770837, 0.0056102881957864215,
+         0.0011695630042578133, 0.00011471394424043084)  # fmt: skip
+ESP_Q = (1.0, -0.09241108264110309, 0.06476655974173456, -0.0015924304661296726, 0.0009951686336963598,
+         6.273309722907008e-05)  # fmt: skip
+
+
+def _horner(coeffs: tuple[float, ...], t: Tensor) -> Tensor:
+    out = torch.full_like(t, coeffs[-1])
+    for c in reversed(coeffs[:-1]):
+        out = out * t + c
+    return out
 
 
 def expected_softplus(mu: Tensor) -> Tensor:
-    """E[softplus(μ + ε)] for ε ~ N(0, 1), by 5-point Gauss–Hermite quadrature (deterministic)."""
-    out = torch.zeros_like(mu)
-    for node, weight in zip(_GH_NODES, _GH_WEIGHTS):
-        out.add_(F.softplus(mu + node), alpha=weight)
-    return out
+    """E[softplus(μ + ε)] for ε ~ N(0, 1), deterministic and differentiable (closed form, see ESP_P/ESP_Q)."""
+    t = mu.abs()
+    return F.relu(mu) + torch.exp(-t) * _horner(ESP_P, t) / _horner(ESP_Q, t)
 
 
 def apply_perturbation(

@@ -7,15 +7,22 @@ scale features, the normalisers C₀ and H₀, κ and the inference mode.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import functional as MF
+from . import kernels
 from .errors import ConfigError, InvalidInputError
+from .kernels.fused import kernels_for, site_forward
 from .perturb import MetaPerturb
 
 INFERENCE_MODES = ("mc", "mean", "off")
+# Set by `mp_hub.inference.mc_predict`: the first site a forward pass reaches repeats its input k times, so the
+# deterministic part of the network before it runs once and the k noise draws run as one batch.
+MC_EXPANSION: ContextVar = ContextVar("mp_hub_mc_expansion", default=None)
 
 
 class PerturbSite(nn.Module):
@@ -29,6 +36,9 @@ class PerturbSite(nn.Module):
       "mc"   sample ε ~ N(0, 1) on every call (the authors' behaviour; average several passes at test time);
       "mean" a deterministic single pass: z is replaced by E[softplus(μ + ε)] (the expected multiplier);
       "off"  identity.
+
+    `backend` picks the implementation: "auto" (fused C kernels on CPU float32, else eager), "fused", "eager",
+    or None (default) to follow `mp_hub.kernels.set_default_backend`; see `mp_hub.kernels`.
     """
 
     def __init__(
@@ -42,6 +52,7 @@ class PerturbSite(nn.Module):
         clip_value: float | None = None,
         momentum: float = 0.1,
         inference_mode: str = "mc",
+        backend: str | None = None,
     ):
         super().__init__()
         if not isinstance(phi, MetaPerturb):
@@ -65,6 +76,7 @@ class PerturbSite(nn.Module):
         self.set_noise_coeff(noise_coeff)
         self.inference_mode = "mc"
         self.set_inference_mode(inference_mode)
+        self.backend = kernels.check_backend(backend)
 
     @property
     def phi(self) -> MetaPerturb:
@@ -74,6 +86,10 @@ class PerturbSite(nn.Module):
         if not 0.0 <= float(value) <= 1.0:
             raise ConfigError(f"noise_coeff κ must be in [0, 1], got {value!r}")
         self.noise_coeff.fill_(float(value))
+
+    def set_backend(self, backend: str | None) -> None:
+        """ "auto", "fused", "eager", or None to follow `mp_hub.kernels.set_default_backend` (see there)."""
+        self.backend = kernels.check_backend(backend)
 
     def set_inference_mode(self, mode: str) -> None:
         if mode not in INFERENCE_MODES:
@@ -116,8 +132,14 @@ class PerturbSite(nn.Module):
 
     def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
         self._check_input(x, noise)
+        expansion = MC_EXPANSION.get()
+        if expansion is not None and expansion.pending:
+            x, noise = expansion.expand(x, noise)
         if self.inference_mode == "off":
             return x
+        lib = kernels_for(self, x, noise)
+        if lib is not None:
+            return site_forward(self, lib, x, noise)
         mu = self.phi.noise_generator(x)
         scale = self.scale(x).to(x.dtype)
         if self.inference_mode == "mean":

@@ -1,0 +1,183 @@
+"""Inference cost of a perturbed CIFAR ResNet-20: bare eval forward vs "mean" mode vs MC-k, and MC-k vs mean.
+
+    python benchmarks/inference.py [--batch 128] [--threads 2] [--k 10] [--repeats 10] [--backend auto]
+
+Timed (medians of interleaved repeats, wall-clock and process CPU, under torch.inference_mode):
+  bare        φ attached but disabled: the bare model's eval forward,
+  mean        every site in "mean" mode (E[softplus(μ + ε)] in closed form): one deterministic pass,
+  mc1         one sampling pass (the cost of a single draw),
+  mc_loop     k separate sampling passes (the authors' test-time MC),
+  mc_batched  `mp_hub.inference.mc_predict(model, x, k)` (draws batched per chunk; at batch 128 the default
+              chunk is 1, i.e. k passes), plus loop vs batched at --small-batch images, where batching pays.
+Synthetic agreement check (random weights, φ from ../shared/reference when present, else φ's init scaled up
+so that the noise matters): max |p_mean − p_MC| and argmax agreement between "mean" and MC with --mc-check
+draws. The real-data check (accuracy within 0.3 points of MC-100) is separate.
+The last line printed is JSON with every figure and the git commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+if "--omp-passive" in sys.argv:  # must precede the OpenMP runtime's start, i.e. importing torch
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+import torch  # noqa: E402
+
+from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
+from mp_hub.inference import mc_predict, mean_predict  # noqa: E402
+from mp_hub.models import model_from_type  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OFFICIAL_PHI = ROOT.parent / "shared" / "reference" / "perturb_750.pth"
+
+
+def git_commit() -> str:
+    """HEAD's hash, with "-dirty" when tracked files differ from it (the figures then include uncommitted code)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        run = {"cwd": root, "capture_output": True, "text": True}
+        head = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def load_phi() -> tuple[MetaPerturb, str]:
+    if OFFICIAL_PHI.exists():
+        return MetaPerturb.from_official(OFFICIAL_PHI), "official perturb_750"
+    torch.manual_seed(0)
+    phi = MetaPerturb()
+    with torch.no_grad():
+        for p in phi.parameters():
+            p.mul_(25)
+    return phi, "random init ×25"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--omp-passive",
+        action="store_true",
+        help="OMP_WAIT_POLICY=PASSIVE: on an oversubscribed machine, spinning OpenMP threads make steps bimodal",
+    )
+    parser.add_argument("--k", type=int, default=10, help="MC draws for the timing")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--backend", default="auto", choices=kernels.BACKENDS)
+    parser.add_argument("--small-batch", type=int, default=16, help="batch for the batched-vs-loop MC comparison")
+    parser.add_argument("--mc-check", type=int, default=100, help="MC draws for the agreement check (0: skip)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    kernels.set_default_backend(args.backend)
+
+    torch.manual_seed(0)
+    model = model_from_type("cifar_resnet20", num_labels=10, image_size=32).eval()
+    phi, phi_source = load_phi()
+    handle = attach(model, phi, inference_mode="mc")
+    x = torch.randn(args.batch, 3, 32, 32)
+
+    def bare():
+        handle.enabled = False
+        try:
+            model(x)
+        finally:
+            handle.enabled = True
+
+    def mean():
+        handle.set_inference_mode("mean")
+        model(x)
+
+    def mc1():
+        handle.set_inference_mode("mc")
+        model(x)
+
+    def mc_loop():
+        handle.set_inference_mode("mc")
+        for _ in range(args.k):
+            torch.softmax(model(x).logits, -1)
+
+    def mc_batched():
+        mc_predict(model, x, args.k)
+
+    variants = {"bare": bare, "mean": mean, "mc1": mc1, "mc_loop": mc_loop, "mc_batched": mc_batched}
+    wall = {v: [] for v in variants}
+    cpu = {v: [] for v in variants}
+    with torch.inference_mode():
+        for i in range(args.warmup + args.repeats):
+            for name, fn in variants.items():
+                t0, c0 = time.perf_counter(), time.process_time()
+                fn()
+                if i >= args.warmup:
+                    wall[name].append(1e3 * (time.perf_counter() - t0))
+                    cpu[name].append(1e3 * (time.process_time() - c0))
+    res = {}
+    for name in variants:
+        res[f"{name}_ms"] = statistics.median(wall[name])
+        res[f"{name}_cpu_ms"] = statistics.median(cpu[name])
+        res[f"{name}_ratio"] = res[f"{name}_ms"] / res["bare_ms"]
+        res[f"{name}_cpu_ratio"] = res[f"{name}_cpu_ms"] / res["bare_cpu_ms"]
+    print(f"ResNet-20, batch {args.batch}, {args.threads} threads, backend {args.backend}, k = {args.k} (medians)")
+    for name in variants:
+        print(f"  {name:10s} {res[name + '_ms']:8.1f} ms  ×{res[name + '_ratio']:.3f}  "
+              f"| CPU {res[name + '_cpu_ms']:8.1f} ms  ×{res[name + '_cpu_ratio']:.3f}")  # fmt: skip
+    res["mc_batched_vs_loop"] = res["mc_batched_ms"] / res["mc_loop_ms"]
+    print(f"  MC-{args.k} batched / MC-{args.k} loop: ×{res['mc_batched_vs_loop']:.3f}")
+
+    # where batching the draws pays: small batches (the prefix runs once per chunk, passes get fuller)
+    small = x[: args.small_batch]
+    times = {"loop": [], "batched": []}
+    with torch.inference_mode():
+        handle.set_inference_mode("mc")
+        for i in range(args.warmup + args.repeats):
+            t0 = time.perf_counter()
+            for _ in range(args.k):
+                torch.softmax(model(small).logits, -1)
+            t1 = time.perf_counter()
+            mc_predict(model, small, args.k)
+            t2 = time.perf_counter()
+            if i >= args.warmup:
+                times["loop"].append(1e3 * (t1 - t0))
+                times["batched"].append(1e3 * (t2 - t1))
+    res["small_batch"] = args.small_batch
+    res["small_mc_loop_ms"] = statistics.median(times["loop"])
+    res["small_mc_batched_ms"] = statistics.median(times["batched"])
+    res["small_mc_batched_vs_loop"] = res["small_mc_batched_ms"] / res["small_mc_loop_ms"]
+    print(f"  batch {args.small_batch}: MC-{args.k} loop {res['small_mc_loop_ms']:.1f} ms, batched "
+          f"{res['small_mc_batched_ms']:.1f} ms (×{res['small_mc_batched_vs_loop']:.3f})")  # fmt: skip
+
+    check = None
+    if args.mc_check:
+        torch.manual_seed(1)
+        with torch.inference_mode():
+            p_mean = mean_predict(model, x)
+            p_mc = mc_predict(model, x, args.mc_check)
+        check = {
+            "phi": phi_source,
+            "draws": args.mc_check,
+            "max_abs_prob_diff": (p_mean - p_mc).abs().max().item(),
+            "argmax_agreement": (p_mean.argmax(-1) == p_mc.argmax(-1)).float().mean().item(),
+        }
+        print(f"  mean vs MC-{args.mc_check} ({phi_source}): max |Δp| {check['max_abs_prob_diff']:.4f}, "
+              f"argmax agreement {check['argmax_agreement']:.3f}")  # fmt: skip
+    print(json.dumps({
+        "benchmark": "inference", "commit": git_commit(), "model": "cifar_resnet20", "batch": args.batch,
+        "threads": args.threads, "backend": args.backend, "k": args.k, "repeats": args.repeats,
+        "fused_available": kernels.fused_available(), "torch": torch.__version__,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "results": res,
+        "agreement_check": check,
+    }))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""Common part of the fused kernels' C source: layout, stencils, vectorisable math, noise."""
+
+SOURCE = r"""
+// Fused CPU kernels of a MetaPerturb site: float32, NCHW contiguous, 3x3 kernels, zero padding.
+// Each (H, W) plane is copied into a zero-padded flat layout (row stride Wp = W + 2) so that a 3x3 stencil is
+// 9 shifted reads of one contiguous range and vectorises whatever W is; results on the pad columns are junk and
+// are cleared with a column mask (cm) before they feed another stencil or a reduction.
+#if defined(__AVX512F__) || defined(__VAES__)
+#include <immintrin.h>
+#endif
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define GUARD 32
+
+int mp_abi_version(void) { return 5; }
+
+typedef struct {
+  long H, W, Wp, P, PS, lo, hi, n;  // lo..hi: flat range of the H interior rows; n = H * W
+} Geom;
+
+static Geom geom(long H, long W) {
+  Geom g;
+  g.H = H; g.W = W; g.Wp = W + 2; g.P = (H + 2) * g.Wp; g.n = H * W;
+  g.PS = ((g.P + 2 * GUARD + 15) / 16) * 16;
+  g.lo = g.Wp; g.hi = (H + 1) * g.Wp;
+  return g;
+}
+
+// Per-thread scratch, grown on demand and kept: OpenMP threads persist between calls.
+static __thread float *ws_buf = NULL;
+static __thread size_t ws_cap = 0;
+static float *scratch(size_t n) {
+  if (n > ws_cap) {
+    free(ws_buf);
+    ws_cap = n + 1024;
+    ws_buf = (float *)aligned_alloc(64, ((ws_cap * sizeof(float) + 63) / 64) * 64);
+  }
+  return ws_buf;
+}
+static inline float *plane(float *base, const Geom *g, long i) { return base + i * g->PS + GUARD; }
+static void colmask(float *m, const Geom *g) {
+  for (long k = -GUARD; k < g->P + GUARD; k++) {
+    long row = k >= 0 ? k / g->Wp : -1, col = k >= 0 ? k % g->Wp : -1;
+    m[k] = (k < g->P && row >= 1 && row <= g->H && col >= 1 && col <= g->W) ? 1.0f : 0.0f;
+  }
+}
+static void zero_plane(float *p, const Geom *g) { memset(p - GUARD, 0, sizeof(float) * g->PS); }
+static void zero_pads(float *p, const Geom *g) {  // rows 0 and H + 1 and the guards
+  memset(p - GUARD, 0, sizeof(float) * (GUARD + g->lo));
+  memset(p + g->hi, 0, sizeof(float) * (g->P - g->hi + GUARD));
+}
+static void load_plane(float *restrict p, const float *restrict x, const Geom *g) {
+  zero_pads(p, g);
+  const long W = g->W, Wp = g->Wp;
+  for (long i = 0; i < g->H; i++) {
+    float *restrict row = p + (i + 1) * Wp;
+    const float *restrict src = x + i * W;
+    row[0] = 0.0f;
+    row[W + 1] = 0.0f;
+#pragma omp simd
+    for (long j = 0; j < W; j++) row[j + 1] = src[j];
+  }
+}
+static void compact(float *restrict dst, const float *restrict p, const Geom *g) {
+  const long W = g->W, Wp = g->Wp;
+  for (long i = 0; i < g->H; i++) {
+#pragma omp simd
+    for (long j = 0; j < W; j++) dst[i * W + j] = p[(i + 1) * Wp + 1 + j];
+  }
+}
+static void expand_add(float *restrict dst, const float *restrict p, const Geom *g) {  // dst += interior of p
+  const long W = g->W, Wp = g->Wp;
+  for (long i = 0; i < g->H; i++) {
+#pragma omp simd
+    for (long j = 0; j < W; j++) dst[i * W + j] += p[(i + 1) * Wp + 1 + j];
+  }
+}
+
+#define TAPS(p, k, s)                                                                                            \
+  (v0 * p[k - s - 1] + v1 * p[k - s] + v2 * p[k - s + 1] + v3 * p[k - 1] + v4 * p[k] + v5 * p[k + 1] +         \
+   v6 * p[k + s - 1] + v7 * p[k + s] + v8 * p[k + s + 1])
+#define LOADW(w, flip, scale)                                                                                     \
+  const float v0 = (scale) * (w)[flip ? 8 : 0], v1 = (scale) * (w)[flip ? 7 : 1], v2 = (scale) * (w)[flip ? 6 : 2];    \
+  const float v3 = (scale) * (w)[flip ? 5 : 3], v4 = (scale) * (w)[4], v5 = (scale) * (w)[flip ? 3 : 5];               \
+  const float v6 = (scale) * (w)[flip ? 2 : 6], v7 = (scale) * (w)[flip ? 1 : 7], v8 = (scale) * (w)[flip ? 0 : 8];
+
+// o (+)= scale corr(p, w) on the interior rows; flip = the transposed stencil (what a conv's backward applies).
+static inline void corr3(float *restrict o, const float *restrict p, const float *restrict w, int flip, int acc,
+                         float scale, const Geom *g) {
+  LOADW(w, flip, scale)
+  const long s = g->Wp;
+  if (acc) {
+#pragma omp simd
+    for (long k = g->lo; k < g->hi; k++) o[k] += TAPS(p, k, s);
+  } else {
+#pragma omp simd
+    for (long k = g->lo; k < g->hi; k++) o[k] = TAPS(p, k, s);
+  }
+}
+// acc[d] += sum_k a[k] p[k + d]: the weight gradient of corr3.
+static void wgrad3(double *acc, const float *restrict a, const float *restrict p, const Geom *g) {
+  const long s = g->Wp;  // one pass, 9 accumulators: a is read once instead of 9 times
+  float t0 = 0.0f, t1 = 0.0f, t2 = 0.0f, t3 = 0.0f, t4 = 0.0f, t5 = 0.0f, t6 = 0.0f, t7 = 0.0f, t8 = 0.0f;
+#pragma omp simd reduction(+ : t0, t1, t2, t3, t4, t5, t6, t7, t8)
+  for (long k = g->lo; k < g->hi; k++) {
+    const float v = a[k];
+    t0 += v * p[k - s - 1]; t1 += v * p[k - s]; t2 += v * p[k - s + 1];
+    t3 += v * p[k - 1]; t4 += v * p[k]; t5 += v * p[k + 1];
+    t6 += v * p[k + s - 1]; t7 += v * p[k + s]; t8 += v * p[k + s + 1];
+  }
+  acc[0] += t0; acc[1] += t1; acc[2] += t2; acc[3] += t3; acc[4] += t4;
+  acc[5] += t5; acc[6] += t6; acc[7] += t7; acc[8] += t8;
+}
+
+// ---- vectorisable scalar math: no libm calls (except sqrtf), so gcc vectorises the loops that use it ----
+static inline float f_as(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline uint32_t u_as(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float exp_neg(float x) {  // e^x for x <= 0 (Cephes expf)
+  x = x < -87.0f ? -87.0f : x;
+  float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  float y = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
+             1.6666665459e-1f) * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  return y * f_as((uint32_t)((int32_t)n + 127) << 23);
+}
+static inline float log_pos(float x) {  // ln x for finite x > 0 (Cephes logf)
+  uint32_t u = u_as(x);
+  float e = (float)((int32_t)(u >> 23) - 126);
+  float m = f_as((u & 0x007fffffu) | 0x3f000000u);  // [0.5, 1)
+  int small = m < 0.707106781186547524f;
+  e = small ? e - 1.0f : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  float z = m * m;
+  float y = ((((((((7.0376836292e-2f * m - 1.1514610310e-1f) * m + 1.1676998740e-1f) * m - 1.2420140846e-1f) * m +
+                 1.4249322787e-1f) * m - 1.6668057665e-1f) * m + 2.0000714765e-1f) * m - 2.4999993993e-1f) * m +
+            3.3333331174e-1f) * m * z;
+  y += -2.12194440e-4f * e - 0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+// ln(1 + v) = v P(v) and 1 / (1 + v) = R(v) on v in [0, 1]: least-squares-minimax polynomials, abs. errors
+// 2.6e-8 and 3.2e-8, so softplus and sigmoid cost one exp and a few FMAs, no division.
+static inline float log1p01(float v) {
+  float p = ((((((0.005383709367359957f * v - 0.030109143347670918f) * v + 0.07920701975546188f) * v -
+                0.13746231610552972f) * v + 0.19144889271284693f) * v - 0.2485287285021696f) * v +
+             0.33320331533417313f) * v - 0.4999955173939846f;
+  return v * (p * v + 0.9999999743727904f);
+}
+static inline float recip1p(float v) {
+  float p = (((((((-0.02460407820371852f * v + 0.14551457039249607f) * v - 0.39748620610265284f) * v +
+                 0.6874260299929836f) * v - 0.8883856516118049f) * v + 0.9742464617884015f) * v -
+              0.996467014074805f) * v + 0.9997488887483812f) * v - 0.999993000939345f;
+  return p * v + 0.9999999676112802f;
+}
+static inline float softplus(float t) { return (t > 0.0f ? t : 0.0f) + log1p01(exp_neg(t < 0.0f ? t : -t)); }
+static inline float softplus_d(float t, float *sig) {  // softplus(t) and its derivative sigmoid(t)
+  float e = exp_neg(t < 0.0f ? t : -t), r = recip1p(e);
+  *sig = t >= 0.0f ? r : e * r;
+  return (t > 0.0f ? t : 0.0f) + log1p01(e);
+}
+// E[softplus(mu + eps)], eps ~ N(0, 1), = max(mu, 0) + e^-|mu| P(|mu|) / Q(|mu|): same fit as functional.py.
+static const float EP[6] = {0.8060591766603009f, 0.23157058976931197f, 0.030261089334770837f,
+                            0.0056102881957864215f, 0.0011695630042578133f, 0.00011471394424043084f};
+static const float EQ[6] = {1.0f, -0.09241108264110309f, 0.06476655974173456f, -0.0015924304661296726f,
+                            0.0009951686336963598f, 6.273309722907008e-05f};
+static inline float esp(float mu, float *grad) {
+  float t = mu < 0.0f ? -mu : mu, e = exp_neg(-t);
+  float p = ((((EP[5] * t + EP[4]) * t + EP[3]) * t + EP[2]) * t + EP[1]) * t + EP[0];
+  float q = ((((EQ[5] * t + EQ[4]) * t + EQ[3]) * t + EQ[2]) * t + EQ[1]) * t + EQ[0];
+  float dp = (((5.0f * EP[5] * t + 4.0f * EP[4]) * t + 3.0f * EP[3]) * t + 2.0f * EP[2]) * t + EP[1];
+  float dq = (((5.0f * EQ[5] * t + 4.0f * EQ[4]) * t + 3.0f * EQ[3]) * t + 2.0f * EQ[2]) * t + EQ[1];
+  float iq = 1.0f / q, r = p * iq, dr = (dp - r * dq) * iq;  // d/dt [e^-t r(t)] = e^-t (r' - r)
+  float sgn = mu > 0.0f ? 1.0f : (mu < 0.0f ? -1.0f : 0.0f);
+  *grad = (mu > 0.0f ? 1.0f : 0.0f) + sgn * e * (dr - r);
+  return (mu > 0.0f ? mu : 0.0f) + e * r;
+}
+
+// Counter-based standard normals: 32-bit random words from a counter-based generator keyed by (k1, k2) and
+// indexed by (plane, position), then Box-Muller; pair j of a plane fills out[j] and out[j + half]. The same
+// (plane, keys) always give the same draws, so the backward regenerates them instead of storing them.
+// Words: ARS-7 (7 AES rounds on a counter, Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3")
+// with VAES; else a 2-round integer hash (lowbias32) of the counter. words needs round16(n + 1) + 32 entries.
+static inline long round16(long v) { return (v + 15) / 16 * 16; }
+static inline uint32_t mix32(uint32_t x) {  // "lowbias32" integer hash
+  x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
+  return x;
+}
+#if defined(__VAES__) && defined(__AVX512F__)
+static void random_words(uint32_t *restrict words, long count, uint32_t plane_idx, uint32_t k1, uint32_t k2) {
+  const __m512i weyl = _mm512_broadcast_i32x4(_mm_set_epi64x((long long)0xBB67AE8584CAA73BULL, 0x9E3779B97F4A7C15LL));
+  const __m512i key0 = _mm512_broadcast_i32x4(_mm_set_epi32(0x03707344, 0x13198A2E, (int)k2, (int)k1));
+  __m512i keys[8];
+  keys[0] = key0;
+  for (int r = 1; r < 8; r++) keys[r] = _mm512_add_epi64(keys[r - 1], weyl);
+  const __m512i step = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
+  __m512i ctr = _mm512_set_epi32(0x243F6A88, (int)plane_idx, 0, 3, 0x243F6A88, (int)plane_idx, 0, 2, 0x243F6A88,
+                                 (int)plane_idx, 0, 1, 0x243F6A88, (int)plane_idx, 0, 0);
+  for (long i = 0; i < count; i += 16) {
+    __m512i v = _mm512_xor_si512(ctr, keys[0]);
+    for (int r = 1; r < 7; r++) v = _mm512_aesenc_epi128(v, keys[r]);
+    v = _mm512_aesenclast_epi128(v, keys[7]);
+    _mm512_storeu_si512(words + i, v);
+    ctr = _mm512_add_epi32(ctr, step);
+  }
+}
+#else
+static void random_words(uint32_t *restrict words, long count, uint32_t plane_idx, uint32_t k1, uint32_t k2) {
+  const uint32_t base = plane_idx * (uint32_t)count;
+#pragma omp simd
+  for (long i = 0; i < count; i++) words[i] = mix32(mix32((base + (uint32_t)i) ^ k1) + k2);
+}
+#endif
+static void normals(float *restrict out, uint32_t *restrict words, long n, uint32_t plane_idx, uint32_t k1,
+                    uint32_t k2) {
+  const long half = (n + 1) / 2, hr = round16(half);
+  random_words(words, 2 * hr, plane_idx, k1, k2);
+  const uint32_t *restrict wa = words, *restrict wb = words + hr;
+#pragma omp simd
+  for (long j = 0; j < half; j++) {
+    const uint32_t ha = wa[j], hb = wb[j];
+    float u = ((float)(ha >> 8) + 0.5f) * 5.9604644775390625e-8f;  // (0, 1)
+    float r = sqrtf(-2.0f * log_pos(u));
+    float x = (float)(hb >> 9) * 9.36301e-08f, x2 = x * x;  // [0, pi/4): 2^-23 * pi/4
+    float sn = x * (1.0f - x2 * (1.6666667e-1f - x2 * (8.3333333e-3f - x2 * (1.9841270e-4f - x2 * 2.7557319e-6f))));
+    float cs = 1.0f - x2 * (0.5f - x2 * (4.1666667e-2f - x2 * (1.3888889e-3f - x2 * 2.4801587e-5f)));
+    float a = (hb & 1u) ? sn : cs, b = (hb & 1u) ? cs : sn;  // swap: angles in [pi/4, pi/2)
+    out[j] = (hb & 2u) ? -r * a : r * a;
+    float o2 = (hb & 4u) ? -r * b : r * b;
+    if (j + half < n) out[j + half] = o2;
+  }
+}
+void mp_normal(float *out, long n, uint32_t plane_idx, uint32_t k1, uint32_t k2) {
+  uint32_t *words = (uint32_t *)aligned_alloc(64, sizeof(uint32_t) * (size_t)(round16(n + 1) + 32));
+  normals(out, words, n, plane_idx, k1, k2);
+  free(words);
+}
+void mp_expected_softplus(const float *mu, float *out, float *grad, long n) {
+  float gd;
+#pragma omp simd private(gd)
+  for (long i = 0; i < n; i++) {
+    out[i] = esp(mu[i], &gd);
+    if (grad) grad[i] = gd;
+  }
+}
+"""

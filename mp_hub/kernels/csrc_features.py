@@ -1,0 +1,215 @@
+"""C source of the scale features and their backward (ReLU masks kept as bits with AVX-512)."""
+
+SOURCE = r"""// ---- scale features f[b, c, j] = mean_hw relu(K_j * x_bc) and their backward ----
+#define KW(j) const float *kw##j = K + 9 * (j);
+#define KT(j, p, k, s)                                                                                           \
+  (kw##j[0] * p[k - s - 1] + kw##j[1] * p[k - s] + kw##j[2] * p[k - s + 1] + kw##j[3] * p[k - 1] +              \
+   kw##j[4] * p[k] + kw##j[5] * p[k + 1] + kw##j[6] * p[k + s - 1] + kw##j[7] * p[k + s] + kw##j[8] * p[k + s + 1])
+#define KTF(j, p, k, s)                                                                                          \
+  (kw##j[8] * p[k - s - 1] + kw##j[7] * p[k - s] + kw##j[6] * p[k - s + 1] + kw##j[5] * p[k - 1] +              \
+   kw##j[4] * p[k] + kw##j[3] * p[k + 1] + kw##j[2] * p[k + s - 1] + kw##j[1] * p[k + s] + kw##j[0] * p[k + s + 1])
+#define RELU(v) ((v) > 0.0f ? (v) : 0.0f)
+
+#ifdef __AVX512F__
+// With AVX-512 the features pass can keep the ReLU masks of the 4 kernels as bits (one uint64 per 16 flat
+// positions, 16 bits per kernel: an eighth of x), so the backward does not recompute the 4 stencils.
+int mp_has_masks(void) { return 1; }
+static void feat4_masks(const float *restrict xp, const float *restrict cm, const float *restrict K, const Geom *g,
+                        float *out, uint64_t *restrict mk) {
+  const long s = g->Wp, nb = (g->hi - g->lo + 15) / 16;
+  const __m512 zero = _mm512_setzero_ps();
+  __m512 acc[4] = {zero, zero, zero, zero};
+  for (long b = 0; b < nb; b++) {
+    const long k = g->lo + 16 * b;
+    const __m512 p[9] = {_mm512_loadu_ps(xp + k - s - 1), _mm512_loadu_ps(xp + k - s), _mm512_loadu_ps(xp + k - s + 1),
+                         _mm512_loadu_ps(xp + k - 1),     _mm512_loadu_ps(xp + k),     _mm512_loadu_ps(xp + k + 1),
+                         _mm512_loadu_ps(xp + k + s - 1), _mm512_loadu_ps(xp + k + s), _mm512_loadu_ps(xp + k + s + 1)};
+    const __mmask16 real = _mm512_cmp_ps_mask(_mm512_loadu_ps(cm + k), zero, _CMP_NEQ_OQ);
+    uint64_t bits = 0;
+    for (int j = 0; j < 4; j++) {
+      const float *w = K + 9 * j;
+      __m512 u = _mm512_mul_ps(_mm512_set1_ps(w[0]), p[0]);
+      for (int d = 1; d < 9; d++) u = _mm512_fmadd_ps(_mm512_set1_ps(w[d]), p[d], u);
+      const __mmask16 pos = _mm512_mask_cmp_ps_mask(real, u, zero, _CMP_GT_OQ);
+      acc[j] = _mm512_mask_add_ps(acc[j], pos, acc[j], u);
+      bits |= (uint64_t)pos << (16 * j);
+    }
+    mk[b] = bits;
+  }
+  for (int j = 0; j < 4; j++) out[j] = _mm512_reduce_add_ps(acc[j]);
+}
+static void unpack4_masks(const uint64_t *restrict mk, const float *c, float *m, const Geom *g) {
+  const long nb = (g->hi - g->lo + 15) / 16;
+  for (int j = 0; j < 4; j++) {
+    float *mj = m + j * g->PS;
+    const __m512 cj = _mm512_set1_ps(c[j]);
+    for (long b = 0; b < nb; b++)
+      _mm512_storeu_ps(mj + g->lo + 16 * b, _mm512_maskz_mov_ps((__mmask16)(mk[b] >> (16 * j)), cj));
+  }
+}
+// dL/dx of the features from the bit masks: o[k] = sum_d T_d[pattern[k - delta_d]], where pattern is the 4-bit
+// mask of the 4 kernels at a position and T_d[m] = sum_j c_j K_j[d] bit_j(m), a 16-entry table that fits one
+// register: 9 permutes instead of the 36 FMAs of the 4 transposed stencils.
+static void masked_transpose4(const uint64_t *restrict mk, const float *c, const float *K, int32_t *restrict pat,
+                              float *restrict o, const Geom *g) {
+  const long s = g->Wp, nb = (g->hi - g->lo + 15) / 16;
+  const long off[9] = {-s - 1, -s, -s + 1, -1, 0, 1, s - 1, s, s + 1};
+  const __m512i one = _mm512_set1_epi32(1), lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2,
+                                                                     1, 0);
+  for (long b = 0; b < nb; b++) {
+    const uint64_t w = mk[b];
+    __m512i p = _mm512_maskz_mov_epi32((__mmask16)w, one);
+    for (int j = 1; j < 4; j++)
+      p = _mm512_or_si512(p, _mm512_maskz_mov_epi32((__mmask16)(w >> (16 * j)), _mm512_set1_epi32(1 << j)));
+    _mm512_storeu_si512(pat + g->lo + 16 * b, p);
+  }
+  __m512 table[9];
+  for (int d = 0; d < 9; d++) table[d] = _mm512_setzero_ps();
+  for (int j = 0; j < 4; j++) {
+    const __m512 bit = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(lanes, (unsigned)j), one));
+    for (int d = 0; d < 9; d++) table[d] = _mm512_fmadd_ps(_mm512_set1_ps(c[j] * K[9 * j + d]), bit, table[d]);
+  }
+  for (long b = 0; b < nb; b++) {
+    const long k = g->lo + 16 * b;
+    __m512 acc = _mm512_permutexvar_ps(_mm512_loadu_si512(pat + k - off[0]), table[0]);
+    for (int d = 1; d < 9; d++)
+      acc = _mm512_add_ps(acc, _mm512_permutexvar_ps(_mm512_loadu_si512(pat + k - off[d]), table[d]));
+    _mm512_storeu_ps(o + k, acc);
+  }
+}
+#else
+int mp_has_masks(void) { return 0; }
+static void masked_transpose4(const uint64_t *mk, const float *c, const float *K, int32_t *pat, float *o,
+                              const Geom *g) {
+  (void)mk; (void)c; (void)K; (void)pat; (void)o; (void)g;
+}
+static void feat4_masks(const float *xp, const float *cm, const float *K, const Geom *g, float *out, uint64_t *mk) {
+  (void)xp; (void)cm; (void)K; (void)g; (void)out; (void)mk;
+}
+static void unpack4_masks(const uint64_t *mk, const float *c, float *m, const Geom *g) {
+  (void)mk; (void)c; (void)m; (void)g;
+}
+#endif
+static long mask_words(const Geom *g) { return (g->hi - g->lo + 15) / 16; }
+
+// f[b, c, j] = mean_hw relu(K_j * x_bc); masks (optional; only where mp_has_masks() and h == 4) keep the ReLU
+// masks for mp_features_backward, mask_words(g) uint64 per plane. Returns 1 if x has a non-finite value: the
+// training-time check rides on this pass, which reads x anyway.
+int mp_features(const float *x, long B, long C, long H, long W, const float *K, long h, float *f, uint64_t *masks,
+                int nt) {
+  Geom g = geom(H, W);
+  const long n = g.n, s = g.Wp, mw = mask_words(&g);
+  const float inv = 1.0f / (float)n;
+  int bad = 0;
+#pragma omp parallel num_threads(nt) reduction(| : bad)
+  {
+    float *ws = scratch(2 * g.PS);
+    float *restrict xp = plane(ws, &g, 0), *restrict cm = plane(ws, &g, 1);
+    colmask(cm, &g);
+#pragma omp for schedule(dynamic, 4)
+    for (long bc = 0; bc < B * C; bc++) {
+      const float *xs = x + bc * n;
+      int nf = 0;
+#pragma omp simd reduction(| : nf)
+      for (long i = 0; i < n; i++) nf |= !(fabsf(xs[i]) <= 3.4028234e38f);
+      bad |= nf;
+      load_plane(xp, xs, &g);
+      float *fo = f + bc * h;
+      if (masks) {
+        feat4_masks(xp, cm, K, &g, fo, masks + bc * mw);
+        for (int j = 0; j < 4; j++) fo[j] *= inv;
+      } else if (h == 4) {
+        KW(0) KW(1) KW(2) KW(3)
+        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+        for (long k = g.lo; k < g.hi; k++) {
+          float u0 = KT(0, xp, k, s), u1 = KT(1, xp, k, s), u2 = KT(2, xp, k, s), u3 = KT(3, xp, k, s);
+          a0 += RELU(u0) * cm[k]; a1 += RELU(u1) * cm[k]; a2 += RELU(u2) * cm[k]; a3 += RELU(u3) * cm[k];
+        }
+        fo[0] = a0 * inv; fo[1] = a1 * inv; fo[2] = a2 * inv; fo[3] = a3 * inv;
+      } else {
+        for (long j = 0; j < h; j++) {
+          const float *kw0 = K + 9 * j;
+          float a = 0.0f;
+#pragma omp simd reduction(+ : a)
+          for (long k = g.lo; k < g.hi; k++) {
+            float u = KT(0, xp, k, s);
+            a += RELU(u) * cm[k];
+          }
+          fo[j] = a * inv;
+        }
+      }
+    }
+  }
+  return bad;
+}
+
+// gx_bc += sum_j K_j^T [cf[b, c, j] (K_j * x_bc > 0)] (cf = dL/df / (H W)), the (K_j * x > 0) from masks when
+// given, else recomputed from x; gk (h*9, optional) gets the kernels' gradient.
+void mp_features_backward(const float *x, const uint64_t *masks, float *gx, long B, long C, long H, long W,
+                          const float *K, long h, const float *cf, float *gk_out, int nt) {
+  float *gk = gk_out ? (float *)malloc(sizeof(float) * (size_t)(B * C * h * 9)) : NULL;
+  Geom g = geom(H, W);
+  const long n = g.n, s = g.Wp, mw = mask_words(&g);
+#pragma omp parallel num_threads(nt)
+  {
+    float *ws = scratch((4 + h) * g.PS);
+    float *restrict xp = plane(ws, &g, 0), *restrict cm = plane(ws, &g, 1), *restrict o = plane(ws, &g, 2);
+    int32_t *pat = (int32_t *)plane(ws, &g, 3);
+    float *m = plane(ws, &g, 4);
+    colmask(cm, &g);
+    for (long j = 0; j < h; j++) zero_plane(m + j * g.PS, &g);
+    memset(pat - GUARD, 0, sizeof(float) * g.PS);
+#pragma omp for schedule(dynamic, 4)
+    for (long bc = 0; bc < B * C; bc++) {
+      const float *c = cf + bc * h;
+      if (!masks || gk) load_plane(xp, x + bc * n, &g);
+      if (masks) {
+        masked_transpose4(masks + bc * mw, c, K, pat, o, &g);
+        if (gk) unpack4_masks(masks + bc * mw, c, m, &g);  // the kernels' gradient reads the masked planes
+      } else if (h == 4) {
+        KW(0) KW(1) KW(2) KW(3)
+        float *restrict m0 = m, *restrict m1 = m + g.PS, *restrict m2 = m + 2 * g.PS, *restrict m3 = m + 3 * g.PS;
+        const float c0 = c[0], c1 = c[1], c2 = c[2], c3 = c[3];
+#pragma omp simd
+        for (long k = g.lo; k < g.hi; k++) {
+          float u0 = KT(0, xp, k, s), u1 = KT(1, xp, k, s), u2 = KT(2, xp, k, s), u3 = KT(3, xp, k, s);
+          m0[k] = u0 > 0.0f ? c0 * cm[k] : 0.0f; m1[k] = u1 > 0.0f ? c1 * cm[k] : 0.0f;
+          m2[k] = u2 > 0.0f ? c2 * cm[k] : 0.0f; m3[k] = u3 > 0.0f ? c3 * cm[k] : 0.0f;
+        }
+#pragma omp simd
+        for (long k = g.lo; k < g.hi; k++)
+          o[k] = KTF(0, m0, k, s) + KTF(1, m1, k, s) + KTF(2, m2, k, s) + KTF(3, m3, k, s);
+      } else {
+        for (long j = 0; j < h; j++) {
+          const float *kw0 = K + 9 * j;
+          float *restrict mj = m + j * g.PS;
+          const float cj = c[j];
+#pragma omp simd
+          for (long k = g.lo; k < g.hi; k++) {
+            float u = KT(0, xp, k, s);
+            mj[k] = u > 0.0f ? cj * cm[k] : 0.0f;
+          }
+          corr3(o, mj, kw0, 1, j > 0, 1.0f, &g);
+        }
+      }
+      expand_add(gx + bc * n, o, &g);
+      if (gk) {
+        for (long j = 0; j < h; j++) {
+          double acc[9] = {0};
+          wgrad3(acc, m + j * g.PS, xp, &g);
+          for (int d = 0; d < 9; d++) gk[(bc * h + j) * 9 + d] = (float)acc[d];
+        }
+      }
+    }
+  }
+  if (gk) {
+    for (long i = 0; i < h * 9; i++) {
+      double t = 0.0;
+      for (long bc = 0; bc < B * C; bc++) t += gk[bc * h * 9 + i];
+      gk_out[i] = (float)t;
+    }
+    free(gk);
+  }
+}
+"""

@@ -1,0 +1,289 @@
+"""C source of the noise generator, the multiplier and the per-channel scale, forward and backward."""
+
+SOURCE = r"""// ---- the noise generator mu = CEO2(relu(CEO1(x))), one image at a time ----
+// ng = lambda1[9], gamma1[9], lambda2[9], gamma2[9]; CEO(x)_c = lambda * x_c + gamma * mean_c(x).
+typedef struct {
+  float *xp, *rp, *gm, *ga;  // C padded planes each: x, r = relu(CEO1(x)), dL/dmu, dL/d(CEO1)
+  float *mx, *mr, *t, *o, *cm, *s1, *s2;
+  float *mu, *eps, *gmu;  // compact, H * W each
+  uint32_t *words;        // random words for the noise of one plane
+} Img;
+static size_t img_floats(const Geom *g, long C, int bwd) {
+  return (size_t)((bwd ? 4 : 2) * C + 7) * g->PS + 3 * g->n + round16(g->n + 1) + 48;
+}
+static Img img_layout(const Geom *g, long C, int bwd) {
+  float *ws = scratch(img_floats(g, C, bwd));
+  Img s;
+  long i = 0;
+  s.xp = plane(ws, g, i); i += C;
+  s.rp = plane(ws, g, i); i += C;
+  s.gm = plane(ws, g, i); i += bwd ? C : 0;
+  s.ga = plane(ws, g, i); i += bwd ? C : 0;
+  s.mx = plane(ws, g, i++); s.mr = plane(ws, g, i++); s.t = plane(ws, g, i++); s.o = plane(ws, g, i++);
+  s.cm = plane(ws, g, i++); s.s1 = plane(ws, g, i++); s.s2 = plane(ws, g, i++);
+  s.mu = ws + i * g->PS; s.eps = s.mu + g->n; s.gmu = s.eps + g->n;
+  s.words = (uint32_t *)(s.gmu + g->n);
+  colmask(s.cm, g);
+  return s;
+}
+
+// xp, mx, rp, mr of one image, and t = gamma2 * mean_c(r), ready for ng_mu.
+static void ng_phase1(const float *x, long C, const float *ng, Img *s, const Geom *g) {
+  const float ic = 1.0f / (float)C;
+  float *restrict mx = s->mx, *restrict mr = s->mr, *restrict cm = s->cm;
+  zero_plane(mx, g);
+  for (long c = 0; c < C; c++) {
+    float *restrict xp = s->xp + c * g->PS;
+    load_plane(xp, x + c * g->n, g);
+#pragma omp simd
+    for (long k = g->lo; k < g->hi; k++) mx[k] += xp[k];
+  }
+#pragma omp simd
+  for (long k = g->lo; k < g->hi; k++) mx[k] *= ic;
+  corr3(s->t, mx, ng + 9, 0, 0, 1.0f, g);  // gamma1 * mean_c(x)
+  zero_plane(mr, g);
+  const float *restrict t = s->t;
+  const long st = g->Wp;
+  LOADW(ng, 0, 1.0f)
+  for (long c = 0; c < C; c++) {
+    float *restrict rp = s->rp + c * g->PS;
+    const float *restrict xp = s->xp + c * g->PS;
+    zero_pads(rp, g);
+#pragma omp simd
+    for (long k = g->lo; k < g->hi; k++) {
+      float a = t[k] + TAPS(xp, k, st);
+      float r = RELU(a) * cm[k];
+      rp[k] = r;
+      mr[k] += r;
+    }
+  }
+#pragma omp simd
+  for (long k = g->lo; k < g->hi; k++) mr[k] *= ic;
+  corr3(s->t, mr, ng + 27, 0, 0, 1.0f, g);  // gamma2 * mean_c(r)
+}
+static void ng_mu(long c, const float *ng, Img *s, const Geom *g) {  // mu of channel c -> s->mu (compact)
+  float *restrict o = s->o;
+  const float *restrict t = s->t, *restrict rp = s->rp + c * g->PS;
+  const long st = g->Wp;
+  LOADW(ng + 18, 0, 1.0f)
+#pragma omp simd
+  for (long k = g->lo; k < g->hi; k++) o[k] = t[k] + TAPS(rp, k, st);
+  compact(s->mu, o, g);
+}
+
+static void gather_ng(float *ng, const float *l1, const float *g1, const float *l2, const float *g2) {
+  for (int d = 0; d < 9; d++) {
+    ng[d] = l1[d]; ng[9 + d] = g1[d]; ng[18 + d] = l2[d]; ng[27 + d] = g2[d];
+  }
+}
+
+// One output element: y = min(x ((s z - 1) kappa + 1), clip), z = softplus(mu + eps) or E[softplus(mu + eps)].
+static inline float y_noise(float x, float mu, float e, float sc, float kappa, float clip) {
+  float p = x * ((sc * softplus(mu + e) - 1.0f) * kappa + 1.0f);
+  return p > clip ? clip : p;
+}
+static inline float y_mean(float x, float mu, float sc, float kappa, float clip) {
+  float gd, p = x * ((sc * esp(mu, &gd) - 1.0f) * kappa + 1.0f);
+  return p > clip ? clip : p;
+}
+// Its backward: returns dL/dmu, sets *gx = dL/dx (direct part) and *gsz = dL/ds_c contribution / kappa.
+static inline float g_elem(float x, float gy, float z, float dz, float sc, float kappa, float clip, float *gx,
+                           float *gsz) {
+  float mult = (sc * z - 1.0f) * kappa + 1.0f;
+  float gp = x * mult <= clip ? gy : 0.0f, gm = gp * x;
+  *gx = gp * mult;
+  *gsz = gm * z;
+  return gm * kappa * sc * dz;
+}
+
+// mode: 0 = eps given, 1 = counter-based normal draws (keys k1, k2), 2 = "mean" (z = E[softplus(mu + eps)]).
+// l1, g1, l2, g2: lambda1, gamma1, lambda2, gamma2 (9 values each).
+void mp_forward(const float *x, float *y, long B, long C, long H, long W, const float *l1, const float *g1,
+                const float *l2, const float *g2, const float *scale, float kappa, float clip, int mode,
+                const float *eps, uint32_t k1, uint32_t k2, int nt) {
+  float ng[36];
+  gather_ng(ng, l1, g1, l2, g2);
+  Geom g = geom(H, W);
+  const long n = g.n;
+#pragma omp parallel num_threads(nt)
+  {
+    Img s = img_layout(&g, C, 0);
+#pragma omp for schedule(dynamic, 1)
+    for (long b = 0; b < B; b++) {
+      ng_phase1(x + b * C * n, C, ng, &s, &g);
+      for (long c = 0; c < C; c++) {
+        ng_mu(c, ng, &s, &g);
+        const long off = (b * C + c) * n;
+        const float *restrict xs = x + off, *restrict mu = s.mu;
+        float *restrict ys = y + off;
+        const float sc = scale[c];
+        if (mode == 2) {
+#pragma omp simd
+          for (long i = 0; i < n; i++) ys[i] = y_mean(xs[i], mu[i], sc, kappa, clip);
+        } else {
+          const float *restrict es = eps ? eps + off : s.eps;
+          if (!eps) normals(s.eps, s.words, n, (uint32_t)(b * C + c), k1, k2);
+#pragma omp simd
+          for (long i = 0; i < n; i++) ys[i] = y_noise(xs[i], mu[i], es[i], sc, kappa, clip);
+        }
+      }
+    }
+  }
+}
+
+void mp_backward(const float *x, const float *gy, float *gx, long B, long C, long H, long W, const float *l1,
+                 const float *g1, const float *l2, const float *g2, const float *scale, float kappa, float clip,
+                 int mode, const float *eps, uint32_t k1, uint32_t k2, float *gs_out, float *gng_out, int nt) {
+  float ng[36];
+  gather_ng(ng, l1, g1, l2, g2);
+  float *gs = (float *)malloc(sizeof(float) * (size_t)(B * C));
+  float *gng = gng_out ? (float *)malloc(sizeof(float) * (size_t)(B * 36)) : NULL;
+  Geom g = geom(H, W);
+  const long n = g.n, st = g.Wp;
+  const float ic = 1.0f / (float)C;
+#pragma omp parallel num_threads(nt)
+  {
+    Img s = img_layout(&g, C, 1);
+    float *restrict s1 = s.s1, *restrict s2 = s.s2, *restrict t = s.t, *restrict o = s.o;
+#pragma omp for schedule(dynamic, 1)
+    for (long b = 0; b < B; b++) {
+      double acc[36] = {0};
+      ng_phase1(x + b * C * n, C, ng, &s, &g);
+      zero_plane(s2, &g);
+      for (long c = 0; c < C; c++) {
+        ng_mu(c, ng, &s, &g);
+        const long off = (b * C + c) * n;
+        const float *restrict xs = x + off, *restrict gys = gy + off, *restrict mu = s.mu;
+        float *restrict gxs = gx + off, *restrict gmu = s.gmu, *restrict gmp = s.gm + c * g.PS;
+        const float sc = scale[c];
+        float gsum = 0.0f, dz, gxv, gsz;
+        if (mode == 2) {
+#pragma omp simd private(dz, gxv, gsz) reduction(+ : gsum)
+          for (long i = 0; i < n; i++) {
+            float z = esp(mu[i], &dz);
+            gmu[i] = g_elem(xs[i], gys[i], z, dz, sc, kappa, clip, &gxv, &gsz);
+            gxs[i] = gxv;
+            gsum += gsz;
+          }
+        } else {
+          const float *restrict es = eps ? eps + off : s.eps;
+          if (!eps) normals(s.eps, s.words, n, (uint32_t)(b * C + c), k1, k2);
+#pragma omp simd private(dz, gxv, gsz) reduction(+ : gsum)
+          for (long i = 0; i < n; i++) {
+            float z = softplus_d(mu[i] + es[i], &dz);
+            gmu[i] = g_elem(xs[i], gys[i], z, dz, sc, kappa, clip, &gxv, &gsz);
+            gxs[i] = gxv;
+            gsum += gsz;
+          }
+        }
+        load_plane(gmp, gmu, &g);
+#pragma omp simd
+        for (long k = g.lo; k < g.hi; k++) s2[k] += gmp[k];
+        gs[b * C + c] = gsum * kappa;
+        if (gng) wgrad3(acc + 18, gmp, s.rp + c * g.PS, &g);
+      }
+      if (gng) wgrad3(acc + 27, s2, s.mr, &g);
+      corr3(t, s2, ng + 27, 1, 0, ic, &g);  // dL/d mean_c(r), divided by C
+      zero_plane(s1, &g);
+      {
+        LOADW(ng + 18, 1, 1.0f)
+        for (long c = 0; c < C; c++) {  // dL/d CEO1
+          const float *restrict gmp = s.gm + c * g.PS, *restrict rp = s.rp + c * g.PS;
+          float *restrict ga = s.ga + c * g.PS;
+          zero_pads(ga, &g);
+#pragma omp simd
+          for (long k = g.lo; k < g.hi; k++) {
+            float v = rp[k] > 0.0f ? t[k] + TAPS(gmp, k, st) : 0.0f;
+            ga[k] = v;
+            s1[k] += v;
+          }
+          if (gng) wgrad3(acc, ga, s.xp + c * g.PS, &g);
+        }
+      }
+      if (gng) wgrad3(acc + 9, s1, s.mx, &g);
+      corr3(t, s1, ng + 9, 1, 0, ic, &g);  // dL/d mean_c(x), divided by C
+      {
+        LOADW(ng, 1, 1.0f)
+        for (long c = 0; c < C; c++) {
+          const float *restrict ga = s.ga + c * g.PS;
+#pragma omp simd
+          for (long k = g.lo; k < g.hi; k++) o[k] = t[k] + TAPS(ga, k, st);
+          expand_add(gx + (b * C + c) * n, o, &g);
+        }
+      }
+      if (gng)
+        for (int d = 0; d < 36; d++) gng[b * 36 + d] = (float)acc[d];
+    }
+  }
+  for (long c = 0; c < C; c++) {
+    double t = 0.0;
+    for (long b = 0; b < B; b++) t += gs[b * C + c];
+    gs_out[c] = (float)t;
+  }
+  if (gng)
+    for (int d = 0; d < 36; d++) {
+      double t = 0.0;
+      for (long b = 0; b < B; b++) t += gng[b * 36 + d];
+      gng_out[d] = (float)t;
+    }
+  free(gs);
+  free(gng);
+}
+
+// ---- the per-channel scale, tiny (C x h) math kept here to save ~30 small torch ops per site and step ----
+// s_c = sigmoid(w . [mean_c, var_c, size_c, size_h]). With f (B*C*h features): mean and unbiased variance over
+// the batch, and the running statistics updated in place like the reference (momentum; the variance multiplied
+// by B / (B - 1) once more). Without f: the running statistics. mean and var receive the statistics used.
+void mp_scale_forward(const float *f, long B, long C, long h, const float *w, float *rmean, float *rvar,
+                      float momentum, float size_c, float size_h, float *scale, float *mean, float *var) {
+  for (long c = 0; c < C; c++) {
+    double logit = (double)w[2 * h] * size_c + (double)w[2 * h + 1] * size_h;
+    for (long j = 0; j < h; j++) {
+      const long i = c * h + j;
+      float m, v;
+      if (f) {
+        double sum = 0.0, sq = 0.0;
+        for (long b = 0; b < B; b++) sum += f[b * C * h + i];
+        const double mu = sum / (double)B;
+        for (long b = 0; b < B; b++) sq += (f[b * C * h + i] - mu) * (f[b * C * h + i] - mu);
+        m = (float)mu;
+        v = (float)(sq / (double)(B - 1));
+        rmean[i] = rmean[i] * (1.0f - momentum) + m * momentum;
+        rvar[i] = rvar[i] * (1.0f - momentum) + v * ((float)B / (float)(B - 1)) * momentum;
+      } else {
+        m = rmean[i];
+        v = rvar[i];
+      }
+      mean[i] = m;
+      var[i] = v;
+      logit += (double)w[j] * m + (double)w[h + j] * v;
+    }
+    scale[c] = (float)(1.0 / (1.0 + exp(-logit)));
+  }
+}
+
+// From gs = dL/ds: gw (2h + 2, optional) = dL/dw, and cf (B*C*h, optional, needs f) = dL/df / hw, the input
+// of mp_features_backward (through the batch mean and unbiased variance of the features).
+void mp_scale_backward(const float *gs, long B, long C, long h, const float *scale, const float *mean,
+                       const float *var, const float *f, const float *w, float size_c, float size_h, long hw,
+                       float *gw, float *cf) {
+  double acc[66] = {0};  // 2h + 2 <= 66 (h <= 32, checked by the caller)
+  for (long c = 0; c < C; c++) {
+    const double gl = (double)gs[c] * scale[c] * (1.0 - scale[c]);  // through the sigmoid
+    for (long j = 0; j < h; j++) {
+      const long i = c * h + j;
+      acc[j] += gl * mean[i];
+      acc[h + j] += gl * var[i];
+      if (cf) {
+        const double gm = gl * w[j] / (double)B, gv = gl * w[h + j] * 2.0 / (double)(B - 1);
+        for (long b = 0; b < B; b++)
+          cf[b * C * h + i] = (float)((gm + gv * ((double)f[b * C * h + i] - mean[i])) / (double)hw);
+      }
+    }
+    acc[2 * h] += gl * size_c;
+    acc[2 * h + 1] += gl * size_h;
+  }
+  if (gw)
+    for (long j = 0; j < 2 * h + 2; j++) gw[j] = (float)acc[j];
+}
+"""

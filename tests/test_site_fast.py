@@ -1,0 +1,278 @@
+"""The fused site kernels against the eager path: outputs, running statistics, gradients, noise, fallbacks."""
+
+import copy
+import json
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from mp_hub import ConfigError, InvalidInputError, MetaPerturb, PerturbSite, kernels
+from mp_hub import functional as MF
+from mp_hub.kernels import fused
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_kernels():
+    if not kernels.fused_available():
+        from mp_hub.kernels.build import load_error
+
+        pytest.skip(f"fused kernels unavailable here: {load_error()}")
+
+
+def make_phi(scale=25.0, seed=0):
+    """φ with weights large enough that μ spreads over a few units and every ReLU mask is mixed."""
+    torch.manual_seed(seed)
+    phi = MetaPerturb()
+    with torch.no_grad():
+        for p in phi.parameters():
+            p.mul_(scale)
+    return phi
+
+
+def site_pair(phi, channels, **kwargs):
+    """The same site twice: fused in float32, eager in float64 (its own float64 copy of φ)."""
+    phi64 = copy.deepcopy(phi).double()
+    fast = PerturbSite(phi, channels, spatial_norm=8, backend="fused", **kwargs)
+    ref = PerturbSite(phi64, channels, spatial_norm=8, backend="eager", **kwargs).double()
+    return fast, ref
+
+
+def close(a, b, tol=2e-5):
+    scale = max(1.0, b.abs().max().item())
+    assert (a.double() - b).abs().max().item() <= tol * scale, (a.double() - b).abs().max().item()
+
+
+SHAPES = [(3, 5, 7, 6), (4, 16, 8, 8), (2, 3, 1, 1), (1, 4, 5, 5)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("mode", ["eps", "mean"])
+@pytest.mark.parametrize("trainable_phi", [True, False])
+def test_fused_matches_eager_outputs_stats_and_gradients(shape, training, mode, trainable_phi):
+    phi = make_phi()
+    fast, ref = site_pair(
+        phi, shape[1], noise_coeff=0.7, clip_value=1.5, inference_mode="mc" if mode == "eps" else mode
+    )
+    for site in (fast, ref):
+        site.running_mean.uniform_(0.0, 0.5)
+        site.running_var.uniform_(0.0, 0.5)
+    ref.load_state_dict({k: v.double() for k, v in fast.state_dict().items()})
+    for p in (*phi.parameters(), *ref.phi.parameters()):
+        p.requires_grad_(trainable_phi)
+    fast.train(training), ref.train(training)
+    torch.manual_seed(1)
+    x = (2 * torch.randn(shape)).requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    eps = torch.randn(shape) if mode == "eps" else None
+    y = fast(x, noise=eps)
+    y_ref = ref(x64, noise=None if eps is None else eps.double())
+    close(y, y_ref)
+    close(fast.running_mean, ref.running_mean, 1e-6)
+    close(fast.running_var, ref.running_var, 1e-6)
+    grad_y = torch.randn(shape)
+    y.backward(grad_y)
+    y_ref.backward(grad_y.double())
+    close(x.grad, x64.grad, 1e-4)
+    for (name, p), p64 in zip(phi.named_parameters(), ref.phi.parameters()):
+        if p64.grad is None:  # frozen φ, or the scale kernels when the running statistics were used
+            assert p.grad is None, name
+        else:
+            close(p.grad, p64.grad, 1e-4)
+
+
+def test_the_generated_noise_path_equals_passing_the_same_draws():
+    phi = make_phi()
+    fast, _ = site_pair(phi, 6, clip_value=2.0)
+    twin = PerturbSite(phi, 6, spatial_norm=8, backend="fused", clip_value=2.0)
+    x = torch.randn(4, 6, 9, 7, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    torch.manual_seed(5)
+    key = int(torch.randint(0, 2**62, ()))
+    keys = (key & 0x7FFFFFFF, key >> 31)
+    torch.manual_seed(5)
+    y = fast.train()(x)
+    y2 = twin.train()(x2, noise=fused.normal_draws(tuple(x.shape), keys))
+    assert torch.equal(y, y2)
+    g = torch.randn_like(y)
+    y.backward(g), y2.backward(g)
+    close(x.grad, x2.grad, 1e-6)
+    torch.manual_seed(5)
+    assert torch.equal(fast(x), y)  # torch.manual_seed reproduces the fused draws
+
+
+def test_generated_noise_is_standard_normal_and_independent():
+    eps = fused.normal_draws((16, 16, 64, 64), (12345, 678)).flatten().double()
+    n = eps.numel()
+    assert abs(eps.mean().item()) < 5 / n**0.5
+    assert abs(eps.var().item() - 1) < 5 * (2 / n) ** 0.5
+    assert abs((eps**4).mean().item() - 3) < 5 * (96 / n) ** 0.5
+    bins = torch.tensor([-9.0, -3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0, 9.0], dtype=torch.float64)
+    expected = torch.diff(0.5 * (1 + torch.erf(bins / 2**0.5)))
+    observed = torch.histogram(eps, bins).hist / n
+    z_scores = (observed - expected) / (expected * (1 - expected) / n) ** 0.5
+    assert z_scores.abs().max().item() < 4.5, z_scores
+    other = fused.normal_draws((16, 16, 64, 64), (12345, 679)).flatten().double()
+    assert abs(torch.corrcoef(torch.stack([eps, other]))[0, 1].item()) < 5 / n**0.5
+    assert abs(torch.corrcoef(torch.stack([eps[:-1], eps[1:]]))[0, 1].item()) < 5 / n**0.5
+
+
+def test_the_kernels_build_with_native_flags_on_x86_64_gcc():
+    import platform
+    import shutil
+
+    from mp_hub.kernels.build import _FLAG_SETS, build_info
+
+    info = build_info()
+    assert info and info["path"].endswith(".so")
+    if platform.machine() == "x86_64" and shutil.which("gcc"):  # a fallback flag set means a source bug
+        assert info["flags"] == _FLAG_SETS[0]
+
+
+def test_the_portable_build_matches_eager_too(tmp_path, monkeypatch):
+    """Without -march=native (no AVX-512: no bit masks, the integer-hash generator) the kernels stay exact."""
+    import shutil
+
+    from mp_hub.kernels import build
+
+    cc = build._compiler()
+    if cc is None or shutil.which(cc) is None:
+        pytest.skip("no C compiler")
+    path = tmp_path / "portable.so"
+    try:
+        build._compile(cc, ["-fopenmp"], path)
+    except RuntimeError:  # a compiler without OpenMP
+        build._compile(cc, ["-fopenmp-simd"], path)
+    monkeypatch.setitem(build._state, "lib", build._bind(path))
+    assert not build._state["lib"].mp_has_masks()
+    test_fused_matches_eager_outputs_stats_and_gradients((3, 5, 7, 6), True, "eps", True)
+    test_fused_matches_eager_outputs_stats_and_gradients((3, 5, 7, 6), False, "mean", False)
+    test_the_generated_noise_path_equals_passing_the_same_draws()
+
+
+def test_no_grad_and_grad_paths_agree_and_mean_mode_is_deterministic():
+    phi = make_phi()
+    site = PerturbSite(phi, 8, spatial_norm=8, backend="fused", inference_mode="mean").eval()
+    x = torch.randn(3, 8, 6, 6)
+    with torch.no_grad():
+        a = site(x)
+    b = site(x.requires_grad_())
+    assert torch.equal(a, b.detach())
+    assert torch.equal(site(x, noise=torch.randn_like(x)), b)  # "mean" ignores a given noise, like eager
+
+
+def test_expected_softplus_closed_form_against_quadrature():
+    mu = torch.linspace(-10, 10, 2001, dtype=torch.float64)
+    e = torch.linspace(-12, 12, 9601, dtype=torch.float64)  # trapezoid on a Gaussian integrand: error << 1e-12
+    pdf = torch.exp(-(e**2) / 2) / (2 * torch.pi) ** 0.5
+    ref = torch.cat([torch.trapezoid(F.softplus(m[:, None] + e) * pdf, e, dim=1) for m in mu.split(250)])
+    slope = torch.cat([torch.trapezoid(torch.sigmoid(m[:, None] + e) * pdf, e, dim=1) for m in mu.split(250)])
+    assert (MF.expected_softplus(mu) - ref).abs().max().item() < 2e-8
+    assert (MF.expected_softplus(mu.float()).double() - ref).abs().max().item() < 2e-6
+    mu_grad = mu.clone().requires_grad_()
+    MF.expected_softplus(mu_grad).sum().backward()
+    assert (mu_grad.grad - slope).abs().max().item() < 1e-6
+
+
+def test_fused_backend_falls_back_to_eager_with_one_warning(caplog):
+    fused._warned.clear()
+    phi = make_phi().double()
+    site = PerturbSite(phi, 4, spatial_norm=8, backend="fused").double().eval()
+    x, eps = torch.randn(2, 4, 5, 5, dtype=torch.float64), torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    with caplog.at_level(logging.WARNING, logger="mp_hub.kernels.fused"):
+        y = site(x, noise=eps)
+        site(x, noise=eps)
+    assert len([r for r in caplog.records if "falls back" in r.message]) == 1
+    site.set_backend("eager")
+    assert torch.equal(y, site(x, noise=eps))
+
+
+def test_backend_settings_are_checked():
+    with pytest.raises(ConfigError, match="backend"):
+        PerturbSite(MetaPerturb(), 4, spatial_norm=8, backend="cuda")
+    with pytest.raises(ConfigError, match="backend"):
+        kernels.set_default_backend("fast")
+    previous = kernels.get_default_backend()
+    try:
+        kernels.set_default_backend("eager")
+        site = PerturbSite(MetaPerturb(), 4, spatial_norm=8)
+        assert fused.kernels_for(site, torch.randn(2, 4, 3, 3), None) is None
+    finally:
+        kernels.set_default_backend(previous)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_input_in_training_raises_on_the_fused_path(bad):
+    x = torch.randn(2, 4, 8, 8)
+    x[1, 2, 3, 4] = bad
+    with pytest.raises(InvalidInputError, match="non-finite"):
+        PerturbSite(make_phi(), 4, spatial_norm=8, backend="fused").train()(x)
+
+
+def test_official_vectors_through_the_fused_path(reference_dir):
+    phi = MetaPerturb.from_official(reference_dir / "perturb_750.pth")
+    vectors = load_file(str(reference_dir / "official_vectors.safetensors"))
+    for case in json.loads((reference_dir / "official_vectors.json").read_text())["cases"]:
+        name, x = case["name"], vectors[case["name"] + ".input"]
+        site = PerturbSite(phi, x.shape[1], spatial_norm=case["spatial_norm_factor"],
+                           channel_norm=case["channel_norm_factor"], noise_coeff=case["noise_coeff"],
+                           clip_value=case["clipval"], momentum=case["momentum"], backend="fused")  # fmt: skip
+        site.running_mean.copy_(vectors[name + ".running_mean_before"])
+        site.running_var.copy_(vectors[name + ".running_var_before"])
+        site.train(case["training"])
+        assert fused.kernels_for(site, x, None) is not None
+        y = site(x, noise=vectors[name + ".eps"])
+        assert (y - vectors[name + ".output"]).abs().max() <= 1e-5, name
+        assert (site.running_mean - vectors[name + ".running_mean_after"]).abs().max() <= 1e-5, name
+        assert (site.running_var - vectors[name + ".running_var_after"]).abs().max() <= 1e-5, name
+
+
+def tiny_perturbed_model():
+    from mp_hub import attach
+    from mp_hub.models import model_from_type
+
+    torch.manual_seed(0)
+    model = model_from_type("cifar_resnet20", num_labels=3, image_size=8, hidden_sizes=[4, 4, 6]).eval()
+    handle = attach(model, make_phi(scale=10.0))
+    return model, handle
+
+
+def test_mc_predict_runs_the_prefix_once_and_averages_the_draws():
+    from mp_hub.inference import mc_predict
+
+    model, handle = tiny_perturbed_model()
+    x = torch.randn(5, 3, 8, 8)
+    calls = []
+    model.resnet.stem.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
+    probs = mc_predict(model, x, k=7, chunk=3)  # passes of 3, 3 and 1 draws
+    assert calls == [5, 5, 5] and probs.shape == (5, 3)
+    assert torch.allclose(probs.sum(-1), torch.ones(5))
+    handle.set_noise_coeff(0.0)  # every multiplier is 1: each draw is the bare model
+    with torch.no_grad(), handle.disabled():
+        bare = torch.softmax(model(x).logits, -1)
+    assert torch.allclose(mc_predict(model, x, k=4), bare, atol=1e-6)
+
+
+def test_mc_predict_matches_separate_passes_in_distribution():
+    from mp_hub.inference import mc_predict, mean_predict
+
+    model, handle = tiny_perturbed_model()
+    x = torch.randn(4, 3, 8, 8)
+    torch.manual_seed(3)
+    batched = mc_predict(model, x, k=400)
+    with torch.no_grad():
+        loop = torch.stack([torch.softmax(model(x).logits, -1) for _ in range(400)]).mean(0)
+    assert (batched - loop).abs().max() < 0.03
+    assert (mean_predict(model, x) - loop).abs().max() < 0.03
+    assert handle.inference_mode == "mc"  # mean_predict restored the sites' modes
+
+
+def test_mc_predict_refuses_training_mode():
+    from mp_hub.inference import mc_predict
+
+    model, _ = tiny_perturbed_model()
+    with pytest.raises(ConfigError, match="eval"):
+        mc_predict(model.train(), torch.randn(2, 3, 8, 8), k=2)
