@@ -26,13 +26,13 @@ logger = logging.getLogger(__name__)
 __all__ = ["compute_metrics", "is_stochastic", "predict_proba", "sites_inference_mode"]
 
 
-def _sites(model: nn.Module) -> list[PerturbSite]:
+def perturb_sites(model: nn.Module) -> list[PerturbSite]:
     return [m for m in model.modules() if isinstance(m, PerturbSite)]
 
 
 def is_stochastic(model: nn.Module) -> bool:
     """True when an eval-mode forward pass of `model` is random: a site in "mc" mode with κ > 0."""
-    return any(s.inference_mode == "mc" and float(s.noise_coeff) > 0 for s in _sites(model))
+    return any(s.inference_mode == "mc" and float(s.noise_coeff) > 0 for s in perturb_sites(model))
 
 
 @contextlib.contextmanager
@@ -43,7 +43,7 @@ def sites_inference_mode(model: nn.Module, mode: str | None) -> Iterator[None]:
         return
     if mode not in INFERENCE_MODES:
         raise ConfigError(f"inference_mode must be one of {INFERENCE_MODES}, got {mode!r}")
-    sites = _sites(model)
+    sites = perturb_sites(model)
     before = [s.inference_mode for s in sites]
     try:
         for site in sites:
@@ -64,8 +64,15 @@ def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
     )
 
 
-def _logits(output: Any) -> Tensor:
-    return output.logits if hasattr(output, "logits") else output
+def logits_of(output: Any) -> Tensor:
+    """The logits in a model's output: a tensor, `.logits` (ModelOutput), or the first element of a tuple."""
+    if isinstance(output, Tensor):
+        return output
+    if hasattr(output, "logits"):
+        return output.logits
+    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
+        return output[0]
+    raise InvalidInputError(f"cannot find the logits in a model output of type {type(output).__name__}")
 
 
 @torch.no_grad()
@@ -114,7 +121,7 @@ def predict_proba(
                 pixel_values, labels = pixel_values.to(device), labels.to(device)
                 total = None
                 for _ in range(passes):
-                    p = torch.softmax(_logits(model(pixel_values=pixel_values)).float(), dim=-1)
+                    p = torch.softmax(logits_of(model(pixel_values=pixel_values)).float(), dim=-1)
                     total = p if total is None else total + p
                 probs = total / passes
                 if gather is not None:

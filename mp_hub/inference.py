@@ -13,13 +13,11 @@ batch of 128 runs one draw per pass (no cheaper than k passes: after the first s
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError, InvalidInputError
+from .evaluation import logits_of, perturb_sites, sites_inference_mode
 from .site import MC_EXPANSION, PerturbSite
 
 
@@ -36,39 +34,18 @@ class _Expansion:
 
 
 def _sites(model: nn.Module) -> list[PerturbSite]:
-    sites = [m for m in model.modules() if isinstance(m, PerturbSite)]
+    sites = perturb_sites(model)
     if not sites:
         raise ConfigError("the model has no PerturbSite: attach φ first (mp_hub.attach)")
     return sites
 
 
-def _logits(output) -> Tensor:
-    if isinstance(output, Tensor):
-        return output
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, tuple | list) and output and isinstance(output[0], Tensor):
-        return output[0]
-    raise InvalidInputError(f"cannot find the logits in a model output of type {type(output).__name__}")
-
-
-@contextlib.contextmanager
-def _modes(sites: list[PerturbSite], mode: str) -> Iterator[None]:
-    previous = [s.inference_mode for s in sites]
-    try:
-        for s in sites:
-            s.set_inference_mode(mode)
-        yield
-    finally:
-        for s, m in zip(sites, previous):
-            s.set_inference_mode(m)
-
-
 @torch.no_grad()
 def mean_predict(model: nn.Module, pixel_values: Tensor) -> Tensor:
     """Class probabilities (B, L) from one pass with every site in "mean" mode (modes restored after)."""
-    with _modes(_sites(model), "mean"):
-        return torch.softmax(_logits(model(pixel_values)).float(), dim=-1)
+    _sites(model)  # a model without sites is an error, not a silent bare pass
+    with sites_inference_mode(model, "mean"):
+        return torch.softmax(logits_of(model(pixel_values)).float(), dim=-1)
 
 
 @torch.no_grad()
@@ -87,14 +64,14 @@ def mc_predict(model: nn.Module, pixel_values: Tensor, k: int = 10, *, chunk: in
     batch = pixel_values.shape[0]
     chunk = max(1, min(k, chunk or 64 // max(batch, 1)))
     total = None
-    with _modes(sites, "mc"):
+    with sites_inference_mode(model, "mc"):
         done = 0
         while done < k:
             draws = min(chunk, k - done)
             expansion = _Expansion(draws)
             token = MC_EXPANSION.set(expansion)
             try:
-                logits = _logits(model(pixel_values))
+                logits = logits_of(model(pixel_values))
             finally:
                 MC_EXPANSION.reset(token)
             if expansion.pending or logits.shape[0] != draws * batch:
