@@ -250,3 +250,22 @@ def test_two_processes_stopped_and_resumed_equals_uninterrupted(tmp_path, phi_di
         a, b = load_file(str(full / name)), load_file(str(split / name))
         assert all(torch.equal(a[k], b[k]) for k in a), name
     assert json.loads((full / "all_results.json").read_text())["eval_samples"] == 20  # no duplicates gathered
+
+
+@pytest.mark.slow
+def test_the_no_flag_run_trains_with_the_bundled_phi_offline(tmp_path):
+    """The README's main job, exactly as a new user runs it (a few minutes on 2 CPU cores)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_EVALUATE_OFFLINE="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", str(RECIPE)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "accuracy" in done.stdout and "ECE" in done.stdout
+    results = json.loads((tmp_path / "outputs" / "transfer" / "all_results.json").read_text())
+    assert results["perturb_model_id"] == zoo.DEFAULT_PHI and results["eval_mc_samples"] == 100
+    assert results["eval_accuracy"] > 0.5  # 10 classes: far above chance after 150 steps
