@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ if "--omp-passive" in sys.argv:  # must precede the OpenMP runtime's start, i.e.
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch  # noqa: E402
+from _common import git_commit  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.inference import mc_predict, mean_predict  # noqa: E402
@@ -37,18 +37,6 @@ from mp_hub.models import model_from_type  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_PHI = ROOT.parent / "shared" / "reference" / "perturb_750.pth"
-
-
-def git_commit() -> str:
-    """HEAD's hash, with "-dirty" when tracked files differ from it (the figures then include uncommitted code)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        run = {"cwd": root, "capture_output": True, "text": True}
-        head = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except OSError:
-        return "unknown"
 
 
 def load_phi() -> tuple[MetaPerturb, str]:

@@ -30,33 +30,20 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 if "--omp-passive" in sys.argv:  # must precede the OpenMP runtime's start, i.e. importing torch
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch  # noqa: E402
 import torch.nn.functional as F
+from _common import git_commit  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.models import model_from_type  # noqa: E402
 
 VARIANTS = ("bare", "eager", "fused")
-
-
-def git_commit() -> str:
-    """HEAD's hash, with "-dirty" when tracked files differ from it (the figures then include uncommitted code)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        run = {"cwd": root, "capture_output": True, "text": True}
-        head = subprocess.run(["git", "rev-parse", "HEAD"], **run).stdout.strip() or "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], **run).stdout.strip()
-        return head + ("-dirty" if dirty else "")
-    except OSError:
-        return "unknown"
 
 
 def build(trainable_phi: bool, batch: int):

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from _common import git_commit  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -178,7 +179,7 @@ def main() -> None:
         print(f"report only: {len(jobs) - len(rows)} of {len(jobs)} runs have no results yet and are left out")
     table = summarize(rows)
     print(benchmark_markdown(table, vars(args)))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     summary = {
         "benchmark": "transfer_gain",
         "commit": commit,
