@@ -17,3 +17,25 @@ def git_commit() -> str:
         return head + ("-dirty" if dirty else "")
     except OSError:
         return "unknown"
+
+
+def time_interleaved(variants: dict, warmup: int, repeats: int) -> dict[str, float]:
+    """Median wall and CPU milliseconds of each callable, run in turn within every round (so that load on a
+    shared machine falls on all variants alike): {"<name>_ms": ..., "<name>_cpu_ms": ...}."""
+    import statistics
+    import time
+
+    wall = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}
+    for i in range(warmup + repeats):
+        for name, fn in variants.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            if i >= warmup:
+                wall[name].append(1e3 * (time.perf_counter() - t0))
+                cpu[name].append(1e3 * (time.process_time() - c0))
+    out = {}
+    for name in variants:
+        out[f"{name}_ms"] = statistics.median(wall[name])
+        out[f"{name}_cpu_ms"] = statistics.median(cpu[name])
+    return out

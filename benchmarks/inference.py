@@ -29,7 +29,7 @@ if "--omp-passive" in sys.argv:  # must precede the OpenMP runtime's start, i.e.
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch  # noqa: E402
-from _common import git_commit  # noqa: E402
+from _common import git_commit, time_interleaved  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.inference import mc_predict, mean_predict  # noqa: E402
@@ -99,20 +99,9 @@ def main() -> None:
         mc_predict(model, x, args.k)
 
     variants = {"bare": bare, "mean": mean, "mc1": mc1, "mc_loop": mc_loop, "mc_batched": mc_batched}
-    wall = {v: [] for v in variants}
-    cpu = {v: [] for v in variants}
     with torch.inference_mode():
-        for i in range(args.warmup + args.repeats):
-            for name, fn in variants.items():
-                t0, c0 = time.perf_counter(), time.process_time()
-                fn()
-                if i >= args.warmup:
-                    wall[name].append(1e3 * (time.perf_counter() - t0))
-                    cpu[name].append(1e3 * (time.process_time() - c0))
-    res = {}
+        res = time_interleaved(variants, args.warmup, args.repeats)
     for name in variants:
-        res[f"{name}_ms"] = statistics.median(wall[name])
-        res[f"{name}_cpu_ms"] = statistics.median(cpu[name])
         res[f"{name}_ratio"] = res[f"{name}_ms"] / res["bare_ms"]
         res[f"{name}_cpu_ratio"] = res[f"{name}_cpu_ms"] / res["bare_cpu_ms"]
     print(f"ResNet-20, batch {args.batch}, {args.threads} threads, backend {args.backend}, k = {args.k} (medians)")

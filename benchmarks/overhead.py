@@ -29,16 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 if "--omp-passive" in sys.argv:  # must precede the OpenMP runtime's start, i.e. importing torch
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch  # noqa: E402
 import torch.nn.functional as F
-from _common import git_commit  # noqa: E402
+from _common import git_commit, time_interleaved  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.models import model_from_type  # noqa: E402
@@ -91,19 +89,7 @@ def peak_step_memory(step, variant: str) -> float | None:
 
 def measure(trainable_phi: bool, args) -> dict:
     step = build(trainable_phi, args.batch)
-    wall = {v: [] for v in VARIANTS}
-    cpu = {v: [] for v in VARIANTS}
-    for i in range(args.warmup + args.steps):
-        for variant in VARIANTS:
-            t0, c0 = time.perf_counter(), time.process_time()
-            step(variant)
-            if i >= args.warmup:
-                wall[variant].append(1e3 * (time.perf_counter() - t0))
-                cpu[variant].append(1e3 * (time.process_time() - c0))
-    out = {}
-    for variant in VARIANTS:
-        out[f"{variant}_ms"] = statistics.median(wall[variant])
-        out[f"{variant}_cpu_ms"] = statistics.median(cpu[variant])
+    out = time_interleaved({v: (lambda v=v: step(v)) for v in VARIANTS}, args.warmup, args.steps)
     for variant in ("eager", "fused"):
         out[f"{variant}_ratio"] = out[f"{variant}_ms"] / out["bare_ms"]
         out[f"{variant}_cpu_ratio"] = out[f"{variant}_cpu_ms"] / out["bare_cpu_ms"]
