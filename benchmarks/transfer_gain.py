@@ -29,9 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mp_hub import MetaPerturb, load_perturbed  # noqa: E402
+from mp_hub.calibration import calibratable_norms  # noqa: E402
 from mp_hub.data import decode_images, samples_per_class_subset  # noqa: E402
 from mp_hub.evaluation import compute_metrics  # noqa: E402
 from mp_hub.inference import mean_predict  # noqa: E402
+from mp_hub.transfer.data import TransferData, calibration_batches  # noqa: E402
 from mp_hub.zoo import DEFAULT_PHI  # noqa: E402
 from mp_hub.zoo.bundle import benchmark_markdown  # noqa: E402
 
@@ -92,18 +94,40 @@ def run_transfer(args, target: str, data_dir: Path, regularizer: str, phi: str |
         "train_runtime_s": results.get("train_runtime_s"),
     }
     if regularizer == "metaperturb":
-        row.update(mean_mode_metrics(out, args.work_dir / "decoded" / f"{target}.pt"))
+        row.update(mean_mode_metrics(out, args.work_dir / "decoded" / f"{target}.pt", data_dir, seed))
     return row
 
 
-def mean_mode_metrics(run_dir: Path, decoded: Path) -> dict:
+def mean_mode_metrics(run_dir: Path, decoded: Path, data_dir: Path, seed: int) -> dict:
+    """One-pass "mean" mode, with the recipe's calibration (redone exactly as the recipe does it for runs saved
+    before it had one) and without."""
+    from datasets import load_dataset
+
     torch.set_num_threads(1)
     images, labels = torch.load(decoded)
-    model, _ = load_perturbed(run_dir)
+    model, handle = load_perturbed(run_dir)
     model.eval()
-    probs = torch.cat([mean_predict(model, images[i : i + 500]) for i in range(0, len(images), 500)])
-    metrics = compute_metrics(probs, labels)
-    return {"accuracy_mean": metrics["accuracy"], "ece_mean": metrics["ece"]}
+
+    def evaluate() -> dict:
+        probs = torch.cat([mean_predict(model, images[i : i + 500]) for i in range(0, len(images), 500)])
+        return compute_metrics(probs, labels)
+
+    if not calibratable_norms(model):  # LayerNorm (the ViT): nothing to calibrate
+        metrics = evaluate()
+        return {"accuracy_mean": metrics["accuracy"], "ece_mean": metrics["ece"]}
+    if handle.calibration is None:
+        train = decode_images(load_dataset(str(data_dir))["train"], "image", "label", 32)
+        data = TransferData(train=train, eval=None, labels=[], eval_split="test", dataset_id="", image_size=32)
+        handle.calibrate_mean_mode(calibration_batches(data, 100, seed), max_images=2048)  # the recipe's defaults
+    calibrated = evaluate()
+    handle._drop_calibration()
+    uncalibrated = evaluate()
+    return {
+        "accuracy_mean": calibrated["accuracy"],
+        "ece_mean": calibrated["ece"],
+        "accuracy_mean_uncalibrated": uncalibrated["accuracy"],
+        "ece_mean_uncalibrated": uncalibrated["ece"],
+    }
 
 
 def decode_test(data_dir: Path, out: Path) -> None:
@@ -126,7 +150,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     table = []
     for (target, model, regularizer), members in groups.items():
         entry = {"target": target, "model": model, "regularizer": regularizer, "seeds": len(members)}
-        for key in ("accuracy_mc", "accuracy_mean", "ece_mc", "ece_mean"):
+        for key in ("accuracy_mc", "accuracy_mean", "accuracy_mean_uncalibrated", "ece_mc", "ece_mean",
+                    "ece_mean_uncalibrated"):  # fmt: skip
             values = torch.tensor([m[key] for m in members if key in m], dtype=torch.float64)
             if len(values):
                 entry[key] = (values.mean().item(), values.std().item() if len(values) > 1 else 0.0)

@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .attach import AttachedPerturbation, attach  # noqa: E402
+from .calibration import calibrate_mean_mode  # noqa: E402
 from .config import MetaPerturbConfig  # noqa: E402
 from .errors import (  # noqa: E402
     AttachError,
@@ -34,6 +35,7 @@ __all__ = [
     "PerturbSite",
     "__version__",
     "attach",
+    "calibrate_mean_mode",
     "load_perturbed",
     "register_resolver",
     "save_perturbed",

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 PHI_ATTR = "metaperturb_phi"
 SITES_ATTR = "metaperturb_sites"
+CALIBRATION_ATTR = "metaperturb_calibration"  # mean-mode BatchNorm statistics, see mp_hub.calibration
 HANDLE_ATTR = "_metaperturb_handle"
 
 
@@ -73,6 +74,15 @@ def find_handle(model: nn.Module) -> AttachedPerturbation | None:
     return model.__dict__.get(HANDLE_ATTR)
 
 
+def handle_of(model: nn.Module) -> AttachedPerturbation:
+    """The handle of φ attached to `model`, also through a DDP / DataParallel / torch.compile wrapper."""
+    for candidate in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
+        handle = find_handle(candidate) if isinstance(candidate, nn.Module) else None
+        if handle is not None:
+            return handle
+    raise AttachError(f"no φ is attached to this {type(model).__name__}: call mp_hub.attach(model, phi) first")
+
+
 def attach(
     model: nn.Module,
     phi: MetaPerturb,
@@ -95,7 +105,7 @@ def attach(
         raise AttachError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(phi, MetaPerturb):
         raise AttachError(f"phi must be a mp_hub.MetaPerturb, got {type(phi).__name__}")
-    if find_handle(model) is not None or hasattr(model, PHI_ATTR) or hasattr(model, SITES_ATTR):
+    if find_handle(model) is not None or any(hasattr(model, a) for a in (PHI_ATTR, SITES_ATTR, CALIBRATION_ATTR)):
         raise AttachError(f"φ is already attached to this {type(model).__name__}: call handle.detach() first")
     if isinstance(model, nn.DataParallel | nn.parallel.DistributedDataParallel):
         raise AttachError("attach φ to the bare model (model.module) before wrapping it in DataParallel/DDP")
@@ -148,6 +158,7 @@ class AttachedPerturbation:
         self.sites: list[SiteRecord] = []
         self.enabled = True
         self._hooks: list = []
+        self.calibration = None  # a MeanModeCalibration once calibrate_mean_mode has run
         self._phi_requires_grad = [p.requires_grad for p in phi.parameters()]
 
     def _install(self, resolution: Resolution, sites: dict[str, PerturbSite]) -> None:
@@ -186,6 +197,9 @@ class AttachedPerturbation:
         modules = getattr(self.model, SITES_ATTR)
         return {r.name: modules[r.key] for r in self.sites}
 
+    def site_list(self) -> list[PerturbSite]:
+        return list(self.site_modules().values())
+
     @property
     def noise_coeff(self) -> float:
         return float(next(iter(self.site_modules().values())).noise_coeff)
@@ -200,6 +214,25 @@ class AttachedPerturbation:
         for site in self.site_modules().values():
             site.set_inference_mode(mode)
         self.inference_mode = mode
+
+    def calibrate_mean_mode(self, batches, *, max_images: int | None = None) -> int:
+        """Measure BatchNorm statistics for "mean" mode on training images; see `mp_hub.calibrate_mean_mode`."""
+        from .calibration import calibrate_mean_mode
+
+        self._check_attached()
+        return calibrate_mean_mode(self.model, batches, max_images=max_images)
+
+    def _set_calibration(self, calibration) -> None:
+        self._drop_calibration()
+        self.model.add_module(CALIBRATION_ATTR, calibration)
+        calibration.install()
+        self.calibration = calibration
+
+    def _drop_calibration(self) -> None:
+        if self.calibration is not None:
+            self.calibration.remove()
+            delattr(self.model, CALIBRATION_ATTR)
+            self.calibration = None
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
@@ -245,6 +278,7 @@ class AttachedPerturbation:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        self._drop_calibration()
         for name in (SITES_ATTR, PHI_ATTR):
             delattr(self.model, name)
         for p, flag in zip(self.phi.parameters(), self._phi_requires_grad):
@@ -287,6 +321,12 @@ class AttachedPerturbation:
 
 
 def sites_state_module(handle: AttachedPerturbation) -> nn.Module:
-    """φ + sites as one module (keys `phi.*`, `sites.<key>.*`): what metaperturb.safetensors holds."""
+    """φ + sites (+ the mean-mode calibration, if any) as one module: what metaperturb.safetensors holds.
+
+    Keys: `phi.*`, `sites.<key>.*` and `calibration.stats.<norm key>.*`.
+    """
     handle._check_attached()
-    return nn.ModuleDict({"phi": handle.phi, "sites": getattr(handle.model, SITES_ATTR)})
+    parts = {"phi": handle.phi, "sites": getattr(handle.model, SITES_ATTR)}
+    if handle.calibration is not None:
+        parts["calibration"] = handle.calibration
+    return nn.ModuleDict(parts)

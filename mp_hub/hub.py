@@ -129,9 +129,13 @@ def load_state_dict_strict(module: torch.nn.Module, state: dict[str, torch.Tenso
     ]
     if wrong:
         raise CheckpointError(f"{source} has tensors of the wrong shape: " + "; ".join(wrong))
-    bad_dtype = [f"{k}: {state[k].dtype}" for k in state if not state[k].is_floating_point()]
+    bad_dtype = [
+        f"{k}: expected {expected[k].dtype}, got {state[k].dtype}"
+        for k in state
+        if state[k].is_floating_point() != expected[k].is_floating_point()
+    ]
     if bad_dtype:
-        raise CheckpointError(f"{source} has non-floating tensors: " + "; ".join(bad_dtype))
+        raise CheckpointError(f"{source} has tensors of the wrong kind (integer vs floating): " + "; ".join(bad_dtype))
     module.load_state_dict(state, strict=True)
 
 

@@ -2,7 +2,8 @@
 
 A saved folder holds the base model exactly as `model.save_pretrained` writes it (base weights only, so plain
 transformers still loads it), plus
-  metaperturb.safetensors   φ once (`phi.*`) and every site's buffers (`sites.<key>.*`),
+  metaperturb.safetensors   φ once (`phi.*`), every site's buffers (`sites.<key>.*`) and, once
+                            `calibrate_mean_mode` has run, the mean-mode BatchNorm statistics (`calibration.*`),
   metaperturb_config.json   how to attach again: resolver, targets, placement, C₀, H₀, κ, inference mode, φ's
                             config and source id, the base model id and the site names,
   README.md                 a model card (`model_cards/perturbed_model_card.md`).
@@ -22,10 +23,19 @@ from huggingface_hub import ModelCard, ModelCardData
 from safetensors.torch import save_file
 from torch import nn
 
-from .attach import PHI_ATTR, SITES_ATTR, AttachedPerturbation, attach, find_handle, sites_state_module
+from .attach import (
+    CALIBRATION_ATTR,
+    PHI_ATTR,
+    SITES_ATTR,
+    AttachedPerturbation,
+    attach,
+    handle_of,
+    sites_state_module,
+)
+from .calibration import MeanModeCalibration, calibratable_norms
 from .cards import TEMPLATES, _cell
 from .config import MetaPerturbConfig
-from .errors import AttachError, CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError
 from .hub import CARD_NAME, WEIGHTS_NAME, load_safetensors, load_state_dict_strict, resolve_file
 from .perturb import MetaPerturb
 
@@ -33,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 PERTURB_WEIGHTS = "metaperturb.safetensors"
 PERTURB_CONFIG = "metaperturb_config.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the mean-mode calibration; a folder without one is still written as 1
 TAGS = ["metaperturb", "mp_hub", "image-classification"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -44,16 +54,16 @@ def _is_transformers_model(model: nn.Module) -> bool:
 
 def base_state_dict(model: nn.Module) -> dict[str, Any]:
     """The model's state dict without φ and the sites: the keys of the untouched model."""
-    skip = (f"{PHI_ATTR}.", f"{SITES_ATTR}.")
+    skip = (f"{PHI_ATTR}.", f"{SITES_ATTR}.", f"{CALIBRATION_ATTR}.")
     return {k: v for k, v in model.state_dict().items() if not k.startswith(skip)}
 
 
 def perturbation_config(handle: AttachedPerturbation) -> dict[str, Any]:
     from . import __version__
 
-    model, targets = handle.model, handle.targets
+    model, targets, calibration = handle.model, handle.targets, handle.calibration
     return {
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if calibration is not None else 1,
         "mp_hub_version": __version__,
         "resolver": handle.resolver,
         "model_type": getattr(getattr(model, "config", None), "model_type", None),
@@ -71,6 +81,9 @@ def perturbation_config(handle: AttachedPerturbation) -> dict[str, Any]:
         "phi_source_id": getattr(handle.phi, "source_id", None),
         "base_model_id": handle.base_model_id,
         "sites": [r.name for r in handle.sites],
+        "mean_mode_calibration": None
+        if calibration is None
+        else {"norm_layers": list(calibration.names), "num_images": calibration.num_images},
     }
 
 
@@ -101,6 +114,12 @@ def render_perturbed_card(handle: AttachedPerturbation, config: dict[str, Any], 
         ("H₀ (spatial_norm)", f"{config['spatial_norm']:g}"),
         ("κ (noise_coeff)", f"{config['noise_coeff']:g}"),
         ("inference mode", config["inference_mode"]),
+        (
+            "mean-mode calibration",
+            f"{config['mean_mode_calibration']['num_images']} images"
+            if config["mean_mode_calibration"]
+            else "none (run mp_hub.calibrate_mean_mode before using mean mode)",
+        ),
         ("φ trainable", str(config["trainable_phi"]).lower()),
     ]
     card = ModelCard.from_template(
@@ -148,11 +167,7 @@ def save_attached(
 
 def save_perturbed(model: nn.Module, save_directory: str | os.PathLike, **kwargs) -> Path:
     """`handle.save_pretrained` for the handle attached to `model` (also through a DDP / compile wrapper)."""
-    for candidate in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
-        handle = find_handle(candidate) if isinstance(candidate, nn.Module) else None
-        if handle is not None:
-            return handle.save_pretrained(save_directory, **kwargs)
-    raise AttachError(f"no φ is attached to this {type(model).__name__}: call mp_hub.attach(model, phi) first")
+    return handle_of(model).save_pretrained(save_directory, **kwargs)
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -212,6 +227,19 @@ def _load_base_weights(model: nn.Module, source: str, hub_kwargs: dict[str, Any]
         raise CheckpointError(f"{path} does not fit the given {type(model).__name__}: {err}") from err
 
 
+def _restore_calibration(handle: AttachedPerturbation, saved: dict[str, Any] | None, source: str) -> None:
+    """Rebuild the (empty) mean-mode calibration the folder was saved with, so the strict load fills it."""
+    if not saved:
+        return
+    norms = calibratable_norms(handle.model)
+    missing = [n for n in saved.get("norm_layers", []) if n not in norms]
+    if missing or not saved.get("norm_layers"):
+        raise CheckpointError(
+            f"'{source}' has a mean-mode calibration for BatchNorm layers the rebuilt model lacks: {missing}"
+        )
+    handle._set_calibration(MeanModeCalibration({n: norms[n] for n in saved["norm_layers"]}, handle.site_list()))
+
+
 def load_perturbed(
     pretrained: str | os.PathLike,
     *,
@@ -263,6 +291,7 @@ def load_perturbed(
         names = [r.name for r in handle.sites]
         if names != config["sites"]:
             raise CheckpointError(f"'{source}' was saved with sites {config['sites']}, the rebuilt model has {names}")
+        _restore_calibration(handle, config.get("mean_mode_calibration"), source)
         state = load_safetensors(weights)
         load_state_dict_strict(sites_state_module(handle), state, f"'{source}' ({PERTURB_WEIGHTS})")
     except CheckpointError:

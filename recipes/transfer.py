@@ -132,12 +132,12 @@ def run(args, command: str | None = None) -> dict | None:
         "num_processes": accelerator.num_processes,
     }
 
-    def evaluate(step: int, mc_samples: int):
+    def evaluate(step: int, mc_samples: int, inference_mode: str | None = eval_mode):
         probs, labels = predict_proba(
             model,
             eval_loader,
             mc_samples,
-            inference_mode=eval_mode,
+            inference_mode=inference_mode,
             seed=derive_seed(args.seed, "eval", step),
             gather=accelerator.gather_for_metrics,
             progress=accelerator.is_local_main_process,
@@ -202,8 +202,15 @@ def run(args, command: str | None = None) -> dict | None:
     progress.close()
 
     reg.finish()
+    # One pass over training images: BatchNorm statistics for the one-pass "mean" mode (mp_hub.calibration).
+    calibrated = reg.calibrate_mean_mode(
+        data, args.mean_mode_calibration_images, args.per_device_eval_batch_size, args.seed
+    )
     metrics, probs, labels = evaluate(steps, args.eval_mc_samples)
     evals.append({"step": steps, **metrics})
+    mean_mode = {}
+    if eval_mode == "mc":  # the one-pass alternative, side by side (it costs one pass)
+        mean_mode = {f"eval_mean_mode_{k}": v for k, v in evaluate(steps, 1, "mean")[0].items()}
     if args.with_tracking:
         accelerator.log({f"eval_{k}": v for k, v in metrics.items()}, step=steps)
         accelerator.end_training()
@@ -216,6 +223,8 @@ def run(args, command: str | None = None) -> dict | None:
         "perturb_model_id": reg.phi_id,
         "train_runtime_s": round(time.time() - start_time, 1),
         "resumed_from_step": resumed_from,
+        "mean_mode_calibration_images": calibrated,
+        **mean_mode,
     }
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

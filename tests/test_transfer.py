@@ -79,7 +79,11 @@ def test_recipe_metaperturb_resnet20(tmp_path, phi_dir):
     results = check_report(out, proc.stdout, "metaperturb")
     assert results["eval_mc_samples"] == 2 and results["train_steps"] == 2
     assert str(phi_dir) in (out / "README.md").read_text()
+    # after training: mean-mode calibration on every training image, and the one-pass result next to MC's
+    assert results["mean_mode_calibration_images"] == results["train_samples"]
+    assert 0.0 <= results["eval_mean_mode_accuracy"] <= 1.0 and results["eval_mean_mode_nll"] > 0
     model, handle = mp_hub.load_perturbed(out)
+    assert handle.calibration is not None and not handle.calibration.stale_norms()
     assert type(model).__name__ == "CifarResNetForImageClassification" and len(handle.sites) == 9
     saved_phi = MetaPerturb.from_pretrained(phi_dir)
     for a, b in zip(handle.phi_parameters(), saved_phi.parameters()):
@@ -111,6 +115,7 @@ def test_recipe_tiny_vit(tmp_path, phi_dir):
                    "--inference_mode", "mean", "--output_dir", str(out)])  # fmt: skip
     results = check_report(out, proc.stdout, "metaperturb")
     assert results["eval_mc_samples"] == 1  # "mean": one deterministic pass
+    assert results["mean_mode_calibration_images"] is None  # LayerNorm: nothing to calibrate
     model, handle = mp_hub.load_perturbed(out)
     assert type(model).__name__ == "ViTForImageClassification" and len(handle.sites) == 2
     assert handle.inference_mode == "mean"

@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--perturb_targets", default=None, help="regex of module names (models without a resolver)")
     reg.add_argument("--noise_anneal_fraction", type=float, default=0.4, help="κ 0 → 1 over this fraction of steps")
     reg.add_argument("--inference_mode", choices=("mc", "mean"), default="mc", help="φ at evaluation")
+    reg.add_argument(
+        "--mean_mode_calibration_images",
+        type=int,
+        default=2048,
+        help="training images for the mean-mode BatchNorm calibration after training (0: none)",
+    )
     reg.add_argument("--dropblock_prob", type=float, default=0.1, help="final DropBlock drop rate (ramped from 0)")
     reg.add_argument("--dropblock_size", type=int, default=7, help="clipped to each feature map's size")
 
@@ -117,6 +123,10 @@ def validate(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name} must be >= 1, got {value}")
+    if args.mean_mode_calibration_images < 0 or args.mean_mode_calibration_images == 1:
+        raise ConfigError(
+            f"--mean_mode_calibration_images must be 0 (none) or >= 2, got {args.mean_mode_calibration_images}"
+        )
     if not 0.0 <= args.noise_anneal_fraction <= 1.0:
         raise ConfigError(f"--noise_anneal_fraction must be in [0, 1], got {args.noise_anneal_fraction}")
     if not 0.0 < args.train_val_split < 1.0:

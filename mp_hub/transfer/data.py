@@ -188,6 +188,16 @@ class TrainBatches:
         return renormalize(x, self.data.mean, self.data.std), batch.labels
 
 
+def calibration_batches(data: TransferData, batch_size: int, seed: int):
+    """Training images in a seeded shuffled order (a class-sorted batch would understate the variance),
+    un-augmented and normalised like evaluation: the input of `mp_hub.calibrate_mean_mode`."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, "calibration"))
+    order = torch.randperm(len(data.train), generator=gen)
+    for start in range(0, len(order), batch_size):
+        images = data.train.subset(order[start : start + batch_size]).images
+        yield renormalize(normalize(images), data.mean, data.std)
+
+
 class EvalImages(torch.utils.data.Dataset):
     """The evaluation split for a DataLoader (that accelerate shards): kept as uint8, normalised per image, so a
     large split at 224 px does not need 4 bytes per pixel in memory."""

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..calibration import calibratable_norms
 from ..errors import AttachError, CheckpointError, ConfigError, NotCachedError
 from ..perturb import MetaPerturb
 from ..regularizers import DropBlock2d, attach_regularizer, linear_drop_prob, set_drop_prob
 from ..schedules import linear_noise_coeff
+from .data import calibration_batches
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +121,19 @@ class Regularization:
         """After training: the full φ (κ = 1); DropBlock is the identity in eval mode anyway."""
         if self.handle is not None:
             self.handle.set_noise_coeff(1.0)
+
+    def calibrate_mean_mode(self, data, max_images: int, batch_size: int, seed: int) -> int | None:
+        """Mean-mode BatchNorm statistics from the training images (`mp_hub.calibration`), after `finish`.
+
+        None when there is nothing to do: no φ, `max_images` 0, or a model without BatchNorm (e.g. a ViT).
+        Every process uses the same images, so the calibration is identical everywhere.
+        """
+        if self.handle is None or max_images == 0:
+            return None
+        if not calibratable_norms(self.handle.model):
+            logger.info("mean-mode calibration: %s has no BatchNorm, nothing to do", type(self.handle.model).__name__)
+            return None
+        return self.handle.calibrate_mean_mode(calibration_batches(data, batch_size, seed), max_images=max_images)
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         # By identity: φ is excluded even if someone unfroze it.
