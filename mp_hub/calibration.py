@@ -80,16 +80,14 @@ class MeanModeCalibration(nn.Module):
             if int(self._norms[n].num_batches_tracked) != int(self.stats[_key(n)].source_batches_tracked)
         ]
 
-    def _applies(self, norm: nn.Module) -> bool:
+    def _applies(self, norm: nn.Module, stats: NormStats) -> bool:
         if norm.training or not self._sites or any(s.inference_mode != "mean" for s in self._sites):
             return False
-        stale = self.stale_norms()
-        if stale:
+        if int(norm.num_batches_tracked) != int(stats.source_batches_tracked):
             if not self._warned_stale:
                 logger.warning(
-                    "the mean-mode calibration is stale (the model trained after it; e.g. %s): mean mode uses the "
-                    "model's own BatchNorm statistics until mp_hub.calibrate_mean_mode(...) runs again",
-                    stale[0],
+                    "the mean-mode calibration is stale (the model trained after it): mean mode uses the model's "
+                    "own BatchNorm statistics until mp_hub.calibrate_mean_mode(...) runs again"
                 )
                 self._warned_stale = True
             return False
@@ -115,7 +113,7 @@ class _SwapIn:
         self.calibration, self.stats = calibration, stats
 
     def __call__(self, norm: nn.Module, args: Any) -> None:
-        if self.calibration._applies(norm):
+        if self.calibration._applies(norm, self.stats):
             norm.__dict__["_mp_own_stats"] = (norm._buffers["running_mean"], norm._buffers["running_var"])
             norm._buffers["running_mean"] = self.stats.running_mean
             norm._buffers["running_var"] = self.stats.running_var
