@@ -39,6 +39,10 @@ class PerturbSite(nn.Module):
 
     `backend` picks the implementation: "auto" (fused C kernels on CPU float32, else eager), "fused", "eager",
     or None (default) to follow `mp_hub.kernels.set_default_backend`; see `mp_hub.kernels`.
+
+    `fused_relu`: the site also applies the ReLU that follows it (y ↦ max(y, 0), in every mode, "off" included).
+    `mp_hub.attach` sets it where a site feeds a ReLU module, which then passes its input through: the same
+    output and gradients, one pass and one saved tensor less.
     """
 
     def __init__(
@@ -77,6 +81,7 @@ class PerturbSite(nn.Module):
         self.inference_mode = "mc"
         self.set_inference_mode(inference_mode)
         self.backend = kernels.check_backend(backend)
+        self.fused_relu = False
 
     @property
     def phi(self) -> MetaPerturb:
@@ -100,6 +105,7 @@ class PerturbSite(nn.Module):
         return (
             f"channels={self.channels}, channel_norm={self.channel_norm:g}, spatial_norm={self.spatial_norm:g}, "
             f"clip_value={self.clip_value:g}, inference_mode={self.inference_mode!r}"
+            + (", fused_relu=True" if self.fused_relu else "")
         )
 
     def _check_input(self, x: Tensor, noise: Tensor | None) -> None:
@@ -136,7 +142,7 @@ class PerturbSite(nn.Module):
         if expansion is not None and expansion.pending:
             x, noise = expansion.expand(x, noise)
         if self.inference_mode == "off":
-            return x
+            return F.relu(x) if self.fused_relu else x
         lib = kernels_for(self, x, noise)
         if lib is not None:
             return site_forward(self, lib, x, noise)
@@ -146,4 +152,5 @@ class PerturbSite(nn.Module):
             z = MF.expected_softplus(mu)
         else:
             z = F.softplus(mu + (torch.randn_like(mu) if noise is None else noise))
-        return MF.apply_perturbation(x, z, scale, self.noise_coeff, self.clip_value)
+        y = MF.apply_perturbation(x, z, scale, self.noise_coeff, self.clip_value)
+        return F.relu(y) if self.fused_relu else y

@@ -49,6 +49,7 @@ class SiteHook:
         # handle: anything with a bool `enabled` (the AttachedPerturbation); it is an attribute, not a closure
         # variable, so copy.deepcopy(model) maps it (and the site) to the copy's own
         self.handle, self.record, self.site, self.adapter = handle, record, site, adapter
+        self.fused_pending = False  # set when the site has rectified the input its ReLU module is about to get
 
     def perturb(self, fmap: Tensor) -> Tensor:
         if not isinstance(fmap, Tensor) or fmap.dim() != 4 or fmap.shape[1] != self.site.channels:
@@ -71,4 +72,23 @@ class SiteHook:
                 f"site {self.record.name!r} (placement='input') needs a tensor as first positional "
                 f"input of the module; got {type(args[0]).__name__ if args else 'no positional input'}"
             )
-        return (self.adapter(args[0], self.perturb, args, kwargs), *args[1:]), kwargs
+        perturbed = self.adapter(args[0], self.perturb, args, kwargs)
+        self.fused_pending = self.site.fused_relu
+        return (perturbed, *args[1:]), kwargs
+
+
+class FusedReLUForward:
+    """The `forward` of a ReLU module fed by a site with `fused_relu` (set as an instance attribute by attach).
+
+    A call right after the site ran passes its (already rectified) input through; any other call, e.g. while
+    the handle is disabled, is the module's own ReLU. Removing the instance attribute restores the module.
+    """
+
+    def __init__(self, hook: SiteHook, relu: nn.Module):
+        self.hook, self.relu = hook, relu
+
+    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if self.hook.fused_pending:
+            self.hook.fused_pending = False
+            return x
+        return type(self.relu).forward(self.relu, x, *args, **kwargs)

@@ -52,11 +52,13 @@ SHAPES = [(3, 5, 7, 6), (4, 16, 8, 8), (2, 3, 1, 1), (1, 4, 5, 5)]
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("mode", ["eps", "mean"])
 @pytest.mark.parametrize("trainable_phi", [True, False])
-def test_fused_matches_eager_outputs_stats_and_gradients(shape, training, mode, trainable_phi):
+@pytest.mark.parametrize("fused_relu", [False, True])
+def test_fused_matches_eager_outputs_stats_and_gradients(shape, training, mode, trainable_phi, fused_relu):
     phi = make_phi()
     fast, ref = site_pair(
         phi, shape[1], noise_coeff=0.7, clip_value=1.5, inference_mode="mc" if mode == "eps" else mode
     )
+    fast.fused_relu = ref.fused_relu = fused_relu
     for site in (fast, ref):
         site.running_mean.uniform_(0.0, 0.5)
         site.running_var.uniform_(0.0, 0.5)
@@ -71,6 +73,8 @@ def test_fused_matches_eager_outputs_stats_and_gradients(shape, training, mode, 
     y = fast(x, noise=eps)
     y_ref = ref(x64, noise=None if eps is None else eps.double())
     close(y, y_ref)
+    if fused_relu:  # the ReLU is applied, and there is something for it to do
+        assert (y >= 0).all() and (y == 0).float().mean() > 0.1
     close(fast.running_mean, ref.running_mean, 1e-6)
     close(fast.running_var, ref.running_var, 1e-6)
     grad_y = torch.randn(shape)
@@ -148,8 +152,8 @@ def test_the_portable_build_matches_eager_too(tmp_path, monkeypatch):
         build._compile(cc, ["-fopenmp-simd"], path)
     monkeypatch.setitem(build._state, "lib", build._bind(path))
     assert not build._state["lib"].mp_has_masks()
-    test_fused_matches_eager_outputs_stats_and_gradients((3, 5, 7, 6), True, "eps", True)
-    test_fused_matches_eager_outputs_stats_and_gradients((3, 5, 7, 6), False, "mean", False)
+    test_fused_matches_eager_outputs_stats_and_gradients((3, 5, 7, 6), True, "eps", True, True)
+    test_fused_matches_eager_outputs_stats_and_gradients((3, 5, 7, 6), False, "mean", False, False)
     test_the_generated_noise_path_equals_passing_the_same_draws()
 
 

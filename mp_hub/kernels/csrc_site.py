@@ -77,20 +77,24 @@ static void gather_ng(float *ng, const float *l1, const float *g1, const float *
   }
 }
 
-// One output element: y = min(x ((s z - 1) kappa + 1), clip), z = softplus(mu + eps) or E[softplus(mu + eps)].
-static inline float y_noise(float x, float mu, float e, float sc, float kappa, float clip) {
+// One output element: y = min(x ((s z - 1) kappa + 1), clip), z = softplus(mu + eps) or E[softplus(mu + eps)];
+// with relu set, max(y, 0) as well: the ReLU that follows the site in a ResNet block, fused (see mp_hub.attach).
+static inline float y_noise(float x, float mu, float e, float sc, float kappa, float clip, int relu) {
   float p = x * ((sc * softplus(mu + e) - 1.0f) * kappa + 1.0f);
-  return p > clip ? clip : p;
+  p = p > clip ? clip : p;
+  return relu && !(p > 0.0f) ? 0.0f : p;
 }
-static inline float y_mean(float x, float mu, float sc, float kappa, float clip) {
+static inline float y_mean(float x, float mu, float sc, float kappa, float clip, int relu) {
   float gd, p = x * ((sc * esp(mu, &gd) - 1.0f) * kappa + 1.0f);
-  return p > clip ? clip : p;
+  p = p > clip ? clip : p;
+  return relu && !(p > 0.0f) ? 0.0f : p;
 }
 // Its backward: returns dL/dmu, sets *gx = dL/dx (direct part) and *gsz = dL/ds_c contribution / kappa.
-static inline float g_elem(float x, float gy, float z, float dz, float sc, float kappa, float clip, float *gx,
-                           float *gsz) {
-  float mult = (sc * z - 1.0f) * kappa + 1.0f;
-  float gp = x * mult <= clip ? gy : 0.0f, gm = gp * x;
+// The gradient passes where the clamp did not clip and, with relu, where the output is > 0 (as torch's ReLU).
+static inline float g_elem(float x, float gy, float z, float dz, float sc, float kappa, float clip, int relu,
+                           float *gx, float *gsz) {
+  float mult = (sc * z - 1.0f) * kappa + 1.0f, p = x * mult;
+  float gp = p <= clip && (!relu || p > 0.0f) ? gy : 0.0f, gm = gp * x;
   *gx = gp * mult;
   *gsz = gm * z;
   return gm * kappa * sc * dz;
@@ -99,7 +103,7 @@ static inline float g_elem(float x, float gy, float z, float dz, float sc, float
 // mode: 0 = eps given, 1 = counter-based normal draws (keys k1, k2), 2 = "mean" (z = E[softplus(mu + eps)]).
 // l1, g1, l2, g2: lambda1, gamma1, lambda2, gamma2 (9 values each).
 void mp_forward(const float *x, float *y, long B, long C, long H, long W, const float *l1, const float *g1,
-                const float *l2, const float *g2, const float *scale, float kappa, float clip, int mode,
+                const float *l2, const float *g2, const float *scale, float kappa, float clip, int relu, int mode,
                 const float *eps, uint32_t k1, uint32_t k2, int nt) {
   float ng[36];
   gather_ng(ng, l1, g1, l2, g2);
@@ -119,12 +123,12 @@ void mp_forward(const float *x, float *y, long B, long C, long H, long W, const 
         const float sc = scale[c];
         if (mode == 2) {
 #pragma omp simd
-          for (long i = 0; i < n; i++) ys[i] = y_mean(xs[i], mu[i], sc, kappa, clip);
+          for (long i = 0; i < n; i++) ys[i] = y_mean(xs[i], mu[i], sc, kappa, clip, relu);
         } else {
           const float *restrict es = eps ? eps + off : s.eps;
           if (!eps) normals(s.eps, s.words, n, (uint32_t)(b * C + c), k1, k2);
 #pragma omp simd
-          for (long i = 0; i < n; i++) ys[i] = y_noise(xs[i], mu[i], es[i], sc, kappa, clip);
+          for (long i = 0; i < n; i++) ys[i] = y_noise(xs[i], mu[i], es[i], sc, kappa, clip, relu);
         }
       }
     }
@@ -133,7 +137,8 @@ void mp_forward(const float *x, float *y, long B, long C, long H, long W, const 
 
 void mp_backward(const float *x, const float *gy, float *gx, long B, long C, long H, long W, const float *l1,
                  const float *g1, const float *l2, const float *g2, const float *scale, float kappa, float clip,
-                 int mode, const float *eps, uint32_t k1, uint32_t k2, float *gs_out, float *gng_out, int nt) {
+                 int relu, int mode, const float *eps, uint32_t k1, uint32_t k2, float *gs_out, float *gng_out,
+                 int nt) {
   float ng[36];
   gather_ng(ng, l1, g1, l2, g2);
   float *gs = (float *)malloc(sizeof(float) * (size_t)(B * C));
@@ -161,7 +166,7 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
 #pragma omp simd private(dz, gxv, gsz) reduction(+ : gsum)
           for (long i = 0; i < n; i++) {
             float z = esp(mu[i], &dz);
-            gmu[i] = g_elem(xs[i], gys[i], z, dz, sc, kappa, clip, &gxv, &gsz);
+            gmu[i] = g_elem(xs[i], gys[i], z, dz, sc, kappa, clip, relu, &gxv, &gsz);
             gxs[i] = gxv;
             gsum += gsz;
           }
@@ -171,7 +176,7 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
 #pragma omp simd private(dz, gxv, gsz) reduction(+ : gsum)
           for (long i = 0; i < n; i++) {
             float z = softplus_d(mu[i] + es[i], &dz);
-            gmu[i] = g_elem(xs[i], gys[i], z, dz, sc, kappa, clip, &gxv, &gsz);
+            gmu[i] = g_elem(xs[i], gys[i], z, dz, sc, kappa, clip, relu, &gxv, &gsz);
             gxs[i] = gxv;
             gsum += gsz;
           }

@@ -89,6 +89,7 @@ class _Plan:
     batch_stats: bool
     keys: tuple[int, int]
     kappa: float
+    relu: int  # 1: the ReLU after the site is fused in (PerturbSite.fused_relu)
 
 
 def _ptr(t: Tensor | None):
@@ -117,8 +118,8 @@ def _forward(plan: _Plan, x: Tensor, params: tuple[Tensor, ...], noise: Tensor |
                              height / site.spatial_norm, scale.data_ptr(), mean.data_ptr(), var.data_ptr())  # fmt: skip
     y = torch.empty_like(x)
     lib.mp_forward(x.data_ptr(), y.data_ptr(), batch, channels, height, width, l1.data_ptr(), g1.data_ptr(),
-                   l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa, site.clip_value, plan.mode,
-                   _ptr(noise), *plan.keys, threads)  # fmt: skip
+                   l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa, site.clip_value, plan.relu,
+                   plan.mode, _ptr(noise), *plan.keys, threads)  # fmt: skip
     return y, (features, masks, scale, mean, var)
 
 
@@ -149,7 +150,7 @@ class _FusedSite(torch.autograd.Function):
         gng = torch.empty(4, 9) if need_ng else None
         lib.mp_backward(x.data_ptr(), grad_y.data_ptr(), gx.data_ptr(), batch, channels, height, width,
                         l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa,
-                        site.clip_value, plan.mode, _ptr(noise), *plan.keys, gs.data_ptr(), _ptr(gng),
+                        site.clip_value, plan.relu, plan.mode, _ptr(noise), *plan.keys, gs.data_ptr(), _ptr(gng),
                         threads)  # fmt: skip
         through_stats = plan.batch_stats and (need_x or need_k)
         g_fc = torch.empty(2 * h_dim + 2) if need_fc else None
@@ -181,7 +182,8 @@ def site_forward(site, lib, x: Tensor, noise: Tensor | None) -> Tensor:
     else:  # keys from torch's default generator: torch.manual_seed reproduces the draws
         key = int(torch.randint(0, 2**62, ()))
         mode, keys = MODE_RNG, (key & 0x7FFFFFFF, key >> 31)
-    plan = _Plan(lib, site, mode, site.training and x.shape[0] >= 2, keys, float(site.noise_coeff))
+    batch_stats = site.training and x.shape[0] >= 2
+    plan = _Plan(lib, site, mode, batch_stats, keys, float(site.noise_coeff), int(site.fused_relu))
     params = _phi_params(site.phi)
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         return _FusedSite.apply(x, noise, plan, *(p.contiguous() for p in params))
