@@ -42,7 +42,7 @@ class PerturbSite(nn.Module):
 
     `fused_relu`: the site also applies the ReLU that follows it (y ↦ max(y, 0), in every mode, "off" included).
     `mp_hub.attach` sets it where a site feeds a ReLU module, which then passes its input through: the same
-    output and gradients, one pass and one saved tensor less.
+    output and gradients, one elementwise pass less forward and backward.
     """
 
     def __init__(
