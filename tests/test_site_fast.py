@@ -75,6 +75,9 @@ def test_fused_matches_eager_outputs_stats_and_gradients(shape, training, mode, 
     close(y, y_ref)
     if fused_relu:  # the ReLU is applied, and there is something for it to do
         assert (y >= 0).all() and (y == 0).float().mean() > 0.1
+    # frozen φ + fused ReLU: the backward runs from the saved state (where AVX-512 keeps the masks as bits)
+    saved_path = fused_relu and not trainable_phi and bool(fused.build.load().mp_has_masks())
+    assert y.grad_fn.plan.saved == saved_path
     close(fast.running_mean, ref.running_mean, 1e-6)
     close(fast.running_var, ref.running_var, 1e-6)
     grad_y = torch.randn(shape)
@@ -154,6 +157,7 @@ def test_the_portable_build_matches_eager_too(tmp_path, monkeypatch):
     assert not build._state["lib"].mp_has_masks()
     test_fused_matches_eager_outputs_stats_and_gradients((3, 5, 7, 6), True, "eps", True, True)
     test_fused_matches_eager_outputs_stats_and_gradients((3, 5, 7, 6), False, "mean", False, False)
+    test_fused_matches_eager_outputs_stats_and_gradients((3, 5, 7, 6), True, "eps", False, True)  # no saved path
     test_the_generated_noise_path_equals_passing_the_same_draws()
 
 

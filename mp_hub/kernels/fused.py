@@ -7,7 +7,10 @@ Passes over the (B, C, H, W) tensors per training step of one site:
             4. dL/dx through the batch statistics of the scale features, from the saved masks (adds into gx)
 Saved for backward: x, the masks as bits (an eighth of x's size) and the caller's noise if it passed one;
 μ, the other ReLU masks and the generated noise are recomputed, which keeps a perturbed step's memory close
-to the bare model's. The tiny per-channel math (moments, running statistics, s = sigmoid(w · [...]) and its
+to the bare model's. Where the site fuses the ReLU after it and φ is frozen (transfer on a ResNet), the
+forward keeps a = μ + ε and the CEO1 ReLU masks instead of x, and pass 3 becomes `mp_backward_saved`: no
+recomputation (see `csrc_saved`); the memory is the same, since x is recovered from the output.
+The tiny per-channel math (moments, running statistics, s = sigmoid(w · [...]) and its
 backward) is in C too: ~30 small torch ops less per site and step.
 """
 
@@ -90,6 +93,7 @@ class _Plan:
     keys: tuple[int, int]
     kappa: float
     relu: int  # 1: the ReLU after the site is fused in (PerturbSite.fused_relu)
+    saved: bool = False  # backward from saved state (mp_backward_saved) instead of x
 
 
 def _ptr(t: Tensor | None):
@@ -97,7 +101,7 @@ def _ptr(t: Tensor | None):
 
 
 def _forward(plan: _Plan, x: Tensor, params: tuple[Tensor, ...], noise: Tensor | None, keep_masks: bool):
-    """y, and what the backward needs: (features, masks, scale, mean, var)."""
+    """y, what the backward needs: (features, masks, scale, mean, var), and (a, CEO1 masks) if `plan.saved`."""
     site, lib = plan.site, plan.lib
     l1, g1, l2, g2, kernels, fc_weight = params
     batch, channels, height, width = x.shape
@@ -117,24 +121,31 @@ def _forward(plan: _Plan, x: Tensor, params: tuple[Tensor, ...], noise: Tensor |
                              site.running_var.data_ptr(), site.momentum, channels / site.channel_norm,
                              height / site.spatial_norm, scale.data_ptr(), mean.data_ptr(), var.data_ptr())  # fmt: skip
     y = torch.empty_like(x)
+    a = rbits = None
+    if plan.saved:
+        a = torch.empty_like(x)
+        rbits = torch.empty(batch * channels * ((height * (width + 2) + 15) // 16), dtype=torch.int16)
     lib.mp_forward(x.data_ptr(), y.data_ptr(), batch, channels, height, width, l1.data_ptr(), g1.data_ptr(),
                    l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa, site.clip_value, plan.relu,
-                   plan.mode, _ptr(noise), *plan.keys, threads)  # fmt: skip
-    return y, (features, masks, scale, mean, var)
+                   plan.mode, _ptr(noise), *plan.keys, _ptr(a), _ptr(rbits), threads)  # fmt: skip
+    return y, (features, masks, scale, mean, var), (a, rbits)
 
 
 class _FusedSite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, noise, plan, *params):
-        y, saved = _forward(plan, x, params, noise, keep_masks=ctx.needs_input_grad[0])
-        ctx.save_for_backward(x, noise, *params, *saved)
+        y, saved, (a, rbits) = _forward(plan, x, params, noise, keep_masks=ctx.needs_input_grad[0])
+        if plan.saved:  # the output instead of x: the next layer keeps it anyway
+            ctx.save_for_backward(y, None, a, rbits, *params, *saved)
+        else:
+            ctx.save_for_backward(x, noise, None, None, *params, *saved)
         ctx.plan = plan
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x, noise, l1, g1, l2, g2, kernels, fc_weight, features, masks, scale, mean, var = ctx.saved_tensors
+        x, noise, a, rbits, l1, g1, l2, g2, kernels, fc_weight, features, masks, scale, mean, var = ctx.saved_tensors
         plan, lib = ctx.plan, ctx.plan.lib
         need_x, need_ng, need_k, need_fc = (
             ctx.needs_input_grad[0],
@@ -148,10 +159,16 @@ class _FusedSite(torch.autograd.Function):
         gx = torch.empty_like(x)
         gs = torch.empty(channels)
         gng = torch.empty(4, 9) if need_ng else None
-        lib.mp_backward(x.data_ptr(), grad_y.data_ptr(), gx.data_ptr(), batch, channels, height, width,
-                        l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa,
-                        site.clip_value, plan.relu, plan.mode, _ptr(noise), *plan.keys, gs.data_ptr(), _ptr(gng),
-                        threads)  # fmt: skip
+        if plan.saved:  # here `x` is the output
+            lib.mp_backward_saved(x.data_ptr(), grad_y.data_ptr(), a.data_ptr(), rbits.data_ptr(), gx.data_ptr(),
+                                  batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(),
+                                  g2.data_ptr(), scale.data_ptr(), plan.kappa, site.clip_value, plan.relu, plan.mode,
+                                  gs.data_ptr(), threads)  # fmt: skip
+        else:
+            lib.mp_backward(x.data_ptr(), grad_y.data_ptr(), gx.data_ptr(), batch, channels, height, width,
+                            l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa,
+                            site.clip_value, plan.relu, plan.mode, _ptr(noise), *plan.keys, gs.data_ptr(), _ptr(gng),
+                            threads)  # fmt: skip
         through_stats = plan.batch_stats and (need_x or need_k)
         g_fc = torch.empty(2 * h_dim + 2) if need_fc else None
         coeff = torch.empty(batch, channels, h_dim) if through_stats else None
@@ -161,8 +178,9 @@ class _FusedSite(torch.autograd.Function):
         g_k = None
         if through_stats:  # through the batch statistics of the scale features, back to x and the scale kernels
             g_k = torch.empty(h_dim, 9) if need_k else None
-            lib.mp_features_backward(x.data_ptr(), _ptr(masks), gx.data_ptr(), batch, channels, height, width,
-                                     kernels.data_ptr(), h_dim, coeff.data_ptr(), _ptr(g_k), threads)  # fmt: skip
+            lib.mp_features_backward(None if plan.saved else x.data_ptr(), _ptr(masks), gx.data_ptr(), batch,
+                                     channels, height, width, kernels.data_ptr(), h_dim, coeff.data_ptr(), _ptr(g_k),
+                                     threads)  # fmt: skip
         g_ng = [None] * 4 if gng is None else [g.view(1, 1, 3, 3) for g in gng.unbind(0)]
         return (
             gx if need_x else None, None, None, *g_ng,
@@ -186,6 +204,8 @@ def site_forward(site, lib, x: Tensor, noise: Tensor | None) -> Tensor:
     plan = _Plan(lib, site, mode, batch_stats, keys, float(site.noise_coeff), int(site.fused_relu))
     params = _phi_params(site.phi)
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        # without grads for the noise generator and the scale kernels, nothing in the backward needs x itself
+        plan.saved = bool(site.fused_relu and lib.mp_has_masks() and not any(p.requires_grad for p in params[:5]))
         return _FusedSite.apply(x, noise, plan, *(p.contiguous() for p in params))
     with torch.no_grad():
         return _forward(plan, x, tuple(p.contiguous() for p in params), noise, keep_masks=False)[0]
