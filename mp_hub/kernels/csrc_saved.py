@@ -33,7 +33,7 @@ void mp_backward_saved(const float *out, const float *gy, const float *a, const 
 #pragma omp parallel num_threads(nt)
   {
     Img s = img_layout(&g, C, 1);
-    float *restrict s1 = s.s1, *restrict s2 = s.s2, *restrict t = s.t, *restrict o = s.o, *restrict mk = s.mr;
+    float *restrict s1 = s.s1, *restrict s2 = s.s2, *restrict t = s.t, *restrict mk = s.mr;
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
       zero_plane(s2, &g);
@@ -73,16 +73,7 @@ void mp_backward_saved(const float *out, const float *gy, const float *a, const 
           }
         }
       }
-      corr3(t, s1, ng + 9, 1, 0, ic, &g);  // dL/d mean_c(x), divided by C
-      {
-        LOADW(ng, 1, 1.0f)
-        for (long c = 0; c < C; c++) {
-          const float *restrict ga = s.ga + c * g.PS;
-#pragma omp simd
-          for (long k = g.lo; k < g.hi; k++) o[k] = t[k] + TAPS(ga, k, st);
-          expand_add(gx + (b * C + c) * n, o, &g);
-        }
-      }
+      ceo1_transpose_add(gx + b * C * n, ng, &s, &g, C);
     }
   }
   for (long c = 0; c < C; c++) {

@@ -145,6 +145,20 @@ void mp_forward(const float *x, float *y, long B, long C, long H, long W, const 
   }
 }
 
+// gx_b += CEO1^T of the C planes s->ga (s->s1 holds their sum over c): lambda1^T * ga_c + gamma1^T * mean_c(ga).
+static void ceo1_transpose_add(float *gx_b, const float *ng, Img *s, const Geom *g, long C) {
+  float *restrict t = s->t, *restrict o = s->o;
+  corr3(t, s->s1, ng + 9, 1, 0, 1.0f / (float)C, g);  // dL/d mean_c(x), divided by C
+  LOADW(ng, 1, 1.0f)
+  const long st = g->Wp;
+  for (long c = 0; c < C; c++) {
+    const float *restrict ga = s->ga + c * g->PS;
+#pragma omp simd
+    for (long k = g->lo; k < g->hi; k++) o[k] = t[k] + TAPS(ga, k, st);
+    expand_add(gx_b + c * g->n, o, g);
+  }
+}
+
 void mp_backward(const float *x, const float *gy, float *gx, long B, long C, long H, long W, const float *l1,
                  const float *g1, const float *l2, const float *g2, const float *scale, float kappa, float clip,
                  int relu, int mode, const float *eps, uint32_t k1, uint32_t k2, float *gs_out, float *gng_out,
@@ -159,7 +173,7 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
 #pragma omp parallel num_threads(nt)
   {
     Img s = img_layout(&g, C, 1);
-    float *restrict s1 = s.s1, *restrict s2 = s.s2, *restrict t = s.t, *restrict o = s.o;
+    float *restrict s1 = s.s1, *restrict s2 = s.s2, *restrict t = s.t;
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
       double acc[36] = {0};
@@ -216,16 +230,7 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
         }
       }
       if (gng) wgrad3(acc + 9, s1, s.mx, &g);
-      corr3(t, s1, ng + 9, 1, 0, ic, &g);  // dL/d mean_c(x), divided by C
-      {
-        LOADW(ng, 1, 1.0f)
-        for (long c = 0; c < C; c++) {
-          const float *restrict ga = s.ga + c * g.PS;
-#pragma omp simd
-          for (long k = g.lo; k < g.hi; k++) o[k] = t[k] + TAPS(ga, k, st);
-          expand_add(gx + (b * C + c) * n, o, &g);
-        }
-      }
+      ceo1_transpose_add(gx + b * C * n, ng, &s, &g, C);
       if (gng)
         for (int d = 0; d < 36; d++) gng[b * 36 + d] = (float)acc[d];
     }
