@@ -1,6 +1,6 @@
 """Inference cost of a perturbed CIFAR ResNet-20: bare eval forward vs "mean" mode vs MC-k, and MC-k vs mean.
 
-    python benchmarks/inference.py [--batch 128] [--threads 2] [--k 10] [--repeats 10] [--backend auto]
+    python benchmarks/inference.py [--batch 128] [--threads 2] [--k 10] [--repeats 20] [--backend auto]
 
 Timed (medians of interleaved repeats, wall-clock and process CPU, under torch.inference_mode):
   bare        φ attached but disabled: the bare model's eval forward,
@@ -61,8 +61,8 @@ def main() -> None:
         help="OMP_WAIT_POLICY=PASSIVE: on an oversubscribed machine, spinning OpenMP threads make steps bimodal",
     )
     parser.add_argument("--k", type=int, default=10, help="MC draws for the timing")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--backend", default="auto", choices=kernels.BACKENDS)
     parser.add_argument("--small-batch", type=int, default=16, help="batch for the batched-vs-loop MC comparison")
     parser.add_argument("--mc-check", type=int, default=100, help="MC draws for the agreement check (0: skip)")

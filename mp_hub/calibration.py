@@ -8,8 +8,9 @@ zoo benchmark's ResNet-20s, uncalibrated mean mode is 1–10 points below the 10
 
 The fix is one pass over training images with every site in "mean" mode (eval: running site statistics) and
 every BatchNorm accumulating a plain average of its batch statistics. Those statistics are stored next to the
-sites (`model.metaperturb_calibration`, saved in metaperturb.safetensors) and used *only* while the model is
-in eval mode and every site is in "mean" mode: training and "mc" evaluation keep the model's own statistics.
+sites (`model.metaperturb_calibration`, saved in metaperturb.safetensors) and used *only* while a BatchNorm
+is in eval mode and every site is in "mean" mode: training and "mc" evaluation keep the model's own statistics
+(which are never modified: each BatchNorm reads the calibrated ones through its own `forward`).
 If the model trains further, the calibration is stale (a BatchNorm's `num_batches_tracked` moved): it is then
 not used, with a warning, until `calibrate_mean_mode` runs again.
 """
@@ -21,6 +22,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError, InvalidInputError
@@ -57,7 +59,12 @@ class NormStats(nn.Module):
 
 
 class MeanModeCalibration(nn.Module):
-    """Per-BatchNorm statistics for "mean" mode, swapped in by forward hooks while they apply (see module doc)."""
+    """Per-BatchNorm statistics for "mean" mode, read by each BatchNorm's `forward` while they apply.
+
+    Each BatchNorm gets a `CalibratedNormForward` as its instance `forward` (no hooks, no buffer swapping: the
+    model's own buffers are never touched, so concurrent "mc" and "mean" callers are safe); `remove` restores
+    the modules' class `forward`.
+    """
 
     def __init__(self, norms: dict[str, nn.modules.batchnorm._BatchNorm], sites: list[PerturbSite]):
         super().__init__()
@@ -65,7 +72,6 @@ class MeanModeCalibration(nn.Module):
         self.stats = nn.ModuleDict({_key(n): NormStats(m.num_features) for n, m in norms.items()})
         self.__dict__["_norms"] = norms  # the model's own modules: not submodules of this one
         self.__dict__["_sites"] = sites
-        self._hooks: list = []
         self._warned_stale = False
 
     @property
@@ -80,52 +86,57 @@ class MeanModeCalibration(nn.Module):
             if int(self._norms[n].num_batches_tracked) != int(self.stats[_key(n)].source_batches_tracked)
         ]
 
-    def _applies(self, norm: nn.Module, stats: NormStats) -> bool:
-        if norm.training or not self._sites or any(s.inference_mode != "mean" for s in self._sites):
-            return False
-        if int(norm.num_batches_tracked) != int(stats.source_batches_tracked):
-            if not self._warned_stale:
-                logger.warning(
-                    "the mean-mode calibration is stale (the model trained after it): mean mode uses the model's "
-                    "own BatchNorm statistics until mp_hub.calibrate_mean_mode(...) runs again"
-                )
-                self._warned_stale = True
-            return False
-        return True
+    def active(self) -> bool:
+        """Every site is in "mean" mode."""
+        sites = self._sites
+        return bool(sites) and all(s.inference_mode == "mean" for s in sites)
+
+    def warn_stale(self) -> None:
+        if not self._warned_stale:
+            logger.warning(
+                "the mean-mode calibration is stale (the model trained after it): mean mode uses the model's "
+                "own BatchNorm statistics until mp_hub.calibrate_mean_mode(...) runs again"
+            )
+            self._warned_stale = True
 
     def install(self) -> None:
-        self.remove()
         for name, norm in self._norms.items():
-            stats = self.stats[_key(name)]
-            self._hooks.append(norm.register_forward_pre_hook(_SwapIn(self, stats)))
-            self._hooks.append(norm.register_forward_hook(_SwapOut(), always_call=True))
+            norm.forward = CalibratedNormForward(self, norm, self.stats[_key(name)])
 
     def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
+        for norm in self._norms.values():
+            if isinstance(norm.__dict__.get("forward"), CalibratedNormForward):
+                del norm.__dict__["forward"]
 
 
-class _SwapIn:
-    """Pre-hook: point the BatchNorm's running buffers at the mean-mode ones (no copy) when they apply."""
+class CalibratedNormForward:
+    """A BatchNorm's `forward` while a calibration is installed: in eval with every site in "mean" mode, the
+    eval-mode batch norm with the calibrated statistics; otherwise the module's own `forward`."""
 
-    def __init__(self, calibration: MeanModeCalibration, stats: NormStats):
-        self.calibration, self.stats = calibration, stats
+    def __init__(self, calibration: MeanModeCalibration, norm: nn.modules.batchnorm._BatchNorm, stats: NormStats):
+        self.calibration, self.norm, self.stats = calibration, norm, stats
+        self._checked = None  # (id, _version) of num_batches_tracked when last found current: skips item() calls
 
-    def __call__(self, norm: nn.Module, args: Any) -> None:
-        if self.calibration._applies(norm, self.stats):
-            norm.__dict__["_mp_own_stats"] = (norm._buffers["running_mean"], norm._buffers["running_var"])
-            norm._buffers["running_mean"] = self.stats.running_mean
-            norm._buffers["running_var"] = self.stats.running_var
+    def _current(self) -> bool:
+        tracked = self.norm.num_batches_tracked
+        key = (id(tracked), tracked._version)
+        if key == self._checked:
+            return True
+        if int(tracked) != int(self.stats.source_batches_tracked):
+            return False
+        self._checked = key
+        return True
 
-
-class _SwapOut:
-    """Forward hook (always called, also on an exception): put the model's own buffers back."""
-
-    def __call__(self, norm: nn.Module, args: Any, output: Any) -> None:
-        own = norm.__dict__.pop("_mp_own_stats", None)
-        if own is not None:
-            norm._buffers["running_mean"], norm._buffers["running_var"] = own
+    def __call__(self, x: Tensor) -> Tensor:
+        norm = self.norm
+        if norm.training or not self.calibration.active():
+            return type(norm).forward(norm, x)
+        if not self._current():
+            self.calibration.warn_stale()
+            return type(norm).forward(norm, x)
+        norm._check_input_dim(x)
+        stats = self.stats
+        return F.batch_norm(x, stats.running_mean, stats.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
 
 
 def _pixel_values(batch: Any) -> Tensor:
