@@ -160,7 +160,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for (target, model, regularizer), members in groups.items():
         entry = {"target": target, "model": model, "regularizer": regularizer, "seeds": len(members)}
         for key in ("accuracy_mc", "accuracy_mean", "accuracy_mean_uncalibrated", "ece_mc", "ece_mean",
-                    "ece_mean_uncalibrated"):  # fmt: skip
+                    "ece_mean_uncalibrated", "nll_mc"):  # fmt: skip
             values = torch.tensor([m[key] for m in members if key in m], dtype=torch.float64)
             if len(values):
                 entry[key] = (values.mean().item(), values.std().item() if len(values) > 1 else 0.0)

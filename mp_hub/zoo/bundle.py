@@ -27,12 +27,13 @@ def benchmark_markdown(table: list[dict], settings: dict) -> str:
         "(`benchmarks/transfer_gain.py`).",
         "",
         "| target | model | regularizer | seeds | acc MC (%) | acc mean (%) | acc mean, uncalibrated (%) "
-        "| ECE MC (%) | ECE mean (%) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| ECE MC (%) | ECE mean (%) | NLL MC |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     keys = ("accuracy_mc", "accuracy_mean", "accuracy_mean_uncalibrated", "ece_mc", "ece_mean")
     for e in table:
-        cells = " | ".join(_percent(e, key) for key in keys)
+        nll = f"{e['nll_mc'][0]:.3f} ± {e['nll_mc'][1]:.3f}" if "nll_mc" in e else "—"
+        cells = " | ".join(_percent(e, key) for key in keys) + f" | {nll}"
         lines.append(f"| {e['target']} | {e['model']} | {e['regularizer']} | {e['seeds']} | {cells} |")
     return "\n".join(lines)
 
