@@ -13,5 +13,11 @@ python benchmarks/select_phi.py runs/glyphs10-seed0 runs/glyphs10-seed1 runs/gly
 # bundle it, benchmark it, bundle again with the results
 python -m mp_hub.zoo.bundle runs/glyphs10-seed2 metaperturb-glyphs10-resnet20 --selection runs/select_phi.json
 python benchmarks/transfer_gain.py --max_train_steps 200 --eval_mc_samples 100
+# the same at 1,000 steps (fashion_mnist; none and both φs), for the findings
+python benchmarks/transfer_gain.py --targets fashion_mnist --no_vit --regularizers none zoo official \
+  --max_train_steps 1000 --eval_mc_samples 20 --work_dir runs/transfer_gain_1000
+# the card's findings are the README's (between the findings markers)
+{ printf '## Findings\n\n'; sed -n '/<!-- findings -->/,/<!-- \/findings -->/p' README.md | sed '1d;$d'; } > runs/findings.md
 python -m mp_hub.zoo.bundle runs/glyphs10-seed2 metaperturb-glyphs10-resnet20 --selection runs/select_phi.json \
-  --benchmark runs/transfer_gain/transfer_gain.json --reproduction benchmarks/reproduce_zoo.sh
+  --benchmark runs/transfer_gain/transfer_gain.json --reproduction benchmarks/reproduce_zoo.sh \
+  --notes runs/findings.md
