@@ -1,4 +1,4 @@
-"""What every benchmark shares: the git commit its figures belong to."""
+"""What every benchmark shares: the git commit its figures belong to, the thread flags, the timing loop."""
 
 from __future__ import annotations
 
@@ -6,6 +6,16 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_thread_arguments(parser) -> None:
+    """--threads, and --omp-passive (which the script itself must apply before importing torch)."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--omp-passive",
+        action="store_true",
+        help="OMP_WAIT_POLICY=PASSIVE: on an oversubscribed machine, spinning OpenMP threads make steps bimodal",
+    )
 
 
 def git_commit() -> str:

@@ -30,7 +30,7 @@ if "--omp-passive" in sys.argv:  # must precede the OpenMP runtime's start, i.e.
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch  # noqa: E402
-from _common import git_commit, time_interleaved  # noqa: E402
+from _common import add_thread_arguments, git_commit, time_interleaved  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.inference import mc_predict, mean_predict  # noqa: E402
@@ -54,12 +54,7 @@ def load_phi() -> tuple[MetaPerturb, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--omp-passive",
-        action="store_true",
-        help="OMP_WAIT_POLICY=PASSIVE: on an oversubscribed machine, spinning OpenMP threads make steps bimodal",
-    )
+    add_thread_arguments(parser)
     parser.add_argument("--k", type=int, default=10, help="MC draws for the timing")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=4)

@@ -36,7 +36,7 @@ if "--omp-passive" in sys.argv:  # must precede the OpenMP runtime's start, i.e.
 
 import torch  # noqa: E402
 import torch.nn.functional as F
-from _common import git_commit, time_interleaved  # noqa: E402
+from _common import add_thread_arguments, git_commit, time_interleaved  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.models import model_from_type  # noqa: E402
@@ -118,12 +118,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (median)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument(
-        "--omp-passive",
-        action="store_true",
-        help="OMP_WAIT_POLICY=PASSIVE: on an oversubscribed machine, spinning OpenMP threads make steps bimodal",
-    )
+    add_thread_arguments(parser)
     parser.add_argument("--phi", default="frozen,trainable", help="comma list of: frozen, trainable")
     parser.add_argument("--no-memory", action="store_true")
     args = parser.parse_args()
