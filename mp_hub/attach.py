@@ -165,6 +165,7 @@ class AttachedPerturbation:
         self._hooks: list = []
         self._fused_relus: list[nn.Module] = []  # ReLU modules whose forward is a FusedReLUForward
         self.calibration = None  # a MeanModeCalibration once calibrate_mean_mode has run
+        self._uncalibrated_checked = False  # mean_predict looked for BatchNorms without a calibration (and warned)
         self._phi_requires_grad = [p.requires_grad for p in phi.parameters()]
 
     def _install(self, resolution: Resolution, sites: dict[str, PerturbSite], fuse_relu: bool) -> None:

@@ -58,6 +58,11 @@ class NormStats(nn.Module):
         self.register_buffer("num_images", torch.tensor(0, dtype=torch.long))
 
 
+def _tracked_matches(norm: nn.modules.batchnorm._BatchNorm, stats: NormStats) -> bool:
+    """The BatchNorm has not trained since its statistics were calibrated."""
+    return int(norm.num_batches_tracked) == int(stats.source_batches_tracked)
+
+
 class MeanModeCalibration(nn.Module):
     """Per-BatchNorm statistics for "mean" mode, read by each BatchNorm's `forward` while they apply.
 
@@ -80,11 +85,7 @@ class MeanModeCalibration(nn.Module):
 
     def stale_norms(self) -> list[str]:
         """BatchNorms that have trained (moved their `num_batches_tracked`) since the calibration."""
-        return [
-            n
-            for n in self.names
-            if int(self._norms[n].num_batches_tracked) != int(self.stats[_key(n)].source_batches_tracked)
-        ]
+        return [n for n in self.names if not _tracked_matches(self._norms[n], self.stats[_key(n)])]
 
     def active(self) -> bool:
         """Every site is in "mean" mode."""
@@ -122,7 +123,7 @@ class CalibratedNormForward:
         key = (id(tracked), tracked._version)
         if key == self._checked:
             return True
-        if int(tracked) != int(self.stats.source_batches_tracked):
+        if not _tracked_matches(self.norm, self.stats):
             return False
         self._checked = key
         return True

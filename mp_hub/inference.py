@@ -53,8 +53,10 @@ def _warn_uncalibrated(model: nn.Module) -> None:
         handle = handle_of(model)
     except AttachError:  # sites placed by hand, not by attach: nothing to look up
         return
-    if handle.calibration is None and calibratable_norms(handle.model) and not handle.__dict__.get("_warned_mean"):
-        handle.__dict__["_warned_mean"] = True
+    if handle.calibration is not None or handle._uncalibrated_checked:
+        return
+    handle._uncalibrated_checked = True  # one module walk and at most one warning per handle, not one per call
+    if calibratable_norms(handle.model):
         logger.warning(
             "mean mode on a BatchNorm model without calibration: expect lower accuracy than the MC average; "
             "run mp_hub.calibrate_mean_mode(model, train_batches) once after training"
