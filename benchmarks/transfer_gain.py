@@ -101,27 +101,36 @@ def run_transfer(args, target: str, data_dir: Path, regularizer: str, phi: str |
     return row
 
 
-def mean_mode_metrics(run_dir: Path, decoded: Path, data_dir: Path, seed: int) -> dict:
-    """One-pass "mean" mode, with the recipe's calibration (redone exactly as the recipe does it for runs saved
-    before it had one) and without."""
+def load_calibrated(run_dir: Path, data_dir: Path, seed: int, mc_fit_steps: int = 0):
+    """(model in eval mode, handle) from a saved run folder, with the mean-mode calibration the recipe makes
+    (redone exactly as the recipe does it for runs saved before it had one, or with `mc_fit_steps` for the
+    MC-matched fit; none for a LayerNorm model)."""
     from datasets import load_dataset
 
-    torch.set_num_threads(1)
-    images, labels = torch.load(decoded)
     model, handle = load_perturbed(run_dir)
     model.eval()
+    if calibratable_norms(model) and (handle.calibration is None or mc_fit_steps):
+        train = decode_images(load_dataset(str(data_dir))["train"], "image", "label", 32)
+        data = TransferData(train=train, eval=None, labels=[], eval_split="test", dataset_id="", image_size=32)
+        handle.calibrate_mean_mode(  # the recipe's defaults
+            calibration_batches(data, 100, seed), max_images=2048, mc_fit_steps=mc_fit_steps, seed=seed
+        )
+    return model, handle
+
+
+def mean_mode_metrics(run_dir: Path, decoded: Path, data_dir: Path, seed: int) -> dict:
+    """One-pass "mean" mode, with the recipe's calibration and without."""
+    torch.set_num_threads(1)
+    images, labels = torch.load(decoded)
+    model, handle = load_calibrated(run_dir, data_dir, seed)
 
     def evaluate() -> dict:
         probs = torch.cat([mean_predict(model, images[i : i + 500]) for i in range(0, len(images), 500)])
         return compute_metrics(probs, labels)
 
-    if not calibratable_norms(model):  # LayerNorm (the ViT): nothing to calibrate
+    if handle.calibration is None:  # LayerNorm (the ViT): nothing to calibrate
         metrics = evaluate()
         return {"accuracy_mean": metrics["accuracy"], "ece_mean": metrics["ece"]}
-    if handle.calibration is None:
-        train = decode_images(load_dataset(str(data_dir))["train"], "image", "label", 32)
-        data = TransferData(train=train, eval=None, labels=[], eval_split="test", dataset_id="", image_size=32)
-        handle.calibrate_mean_mode(calibration_batches(data, 100, seed), max_images=2048)  # the recipe's defaults
     calibrated = evaluate()
     handle._drop_calibration()
     quiet = logging.getLogger("mp_hub.inference")  # its "uncalibrated" warning: deliberate here

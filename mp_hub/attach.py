@@ -226,12 +226,16 @@ class AttachedPerturbation:
             site.set_inference_mode(mode)
         self.inference_mode = mode
 
-    def calibrate_mean_mode(self, batches, *, max_images: int | None = None) -> int:
+    def calibrate_mean_mode(
+        self, batches, *, max_images: int | None = None, mc_fit_steps: int = 0, mc_samples: int = 20, seed: int = 0
+    ) -> int:
         """Measure BatchNorm statistics for "mean" mode on training images; see `mp_hub.calibrate_mean_mode`."""
         from .calibration import calibrate_mean_mode
 
         self._check_attached()
-        return calibrate_mean_mode(self.model, batches, max_images=max_images)
+        return calibrate_mean_mode(
+            self.model, batches, max_images=max_images, mc_fit_steps=mc_fit_steps, mc_samples=mc_samples, seed=seed
+        )
 
     def _set_calibration(self, calibration) -> None:
         self._drop_calibration()

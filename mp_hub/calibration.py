@@ -78,6 +78,7 @@ class MeanModeCalibration(nn.Module):
         self.__dict__["_norms"] = norms  # the model's own modules: not submodules of this one
         self.__dict__["_sites"] = sites
         self._warned_stale = False
+        self.mc_fit: dict[str, Any] | None = None  # what `calibration_fit.fit_to_mc` did, if it ran
 
     @property
     def num_images(self) -> int:
@@ -150,9 +151,14 @@ def _pixel_values(batch: Any) -> Tensor:
 
 @torch.no_grad()
 def measure_mean_mode_stats(
-    model: nn.Module, norms: dict[str, nn.modules.batchnorm._BatchNorm], batches: Iterable[Any], max_images: int | None
+    model: nn.Module,
+    norms: dict[str, nn.modules.batchnorm._BatchNorm],
+    batches: Iterable[Any],
+    max_images: int | None,
+    keep: list[Tensor] | None = None,
 ) -> tuple[dict[str, tuple[Tensor, Tensor]], int]:
-    """Average batch statistics of each BatchNorm over `batches`, sites in eval "mean" mode; model left as it was."""
+    """Average batch statistics of each BatchNorm over `batches`, sites in eval "mean" mode; model left as it was.
+    `keep`: a list that receives the images used (on the model's device)."""
     saved = {
         n: (m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone(), m.momentum)
         for n, m in norms.items()
@@ -175,7 +181,10 @@ def measure_mean_mode_stats(
                     if pixel_values.shape[0] == 1:
                         logger.info("calibration: a last batch of one image has no variance; skipped")
                     break
-                model(pixel_values.to(device))  # positional: HF models and plain modules alike
+                pixel_values = pixel_values.to(device)
+                model(pixel_values)  # positional: HF models and plain modules alike
+                if keep is not None:
+                    keep.append(pixel_values)
                 seen += pixel_values.shape[0]
                 if max_images is not None and seen >= max_images:
                     break
@@ -191,9 +200,21 @@ def measure_mean_mode_stats(
     return measured, seen
 
 
-def calibrate_mean_mode(model: nn.Module, batches: Iterable[Any], *, max_images: int | None = None) -> int:
+def calibrate_mean_mode(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    max_images: int | None = None,
+    mc_fit_steps: int = 0,
+    mc_samples: int = 20,
+    seed: int = 0,
+) -> int:
     """Measure the BatchNorm statistics of "mean" mode on `batches` (training images, no augmentation needed)
     and store them with the sites, so that eval-mode "mean" passes use them. Returns the number of images used.
+
+    `mc_fit_steps` > 0: then fit those statistics so that "mean" mode matches the MC-`mc_samples` average on the
+    same images (`mp_hub.calibration_fit`; it keeps the images in memory and costs `mc_samples` passes over them
+    plus `mc_fit_steps` forward/backward passes of 128 images; `seed` fixes its draws and batches).
 
     `batches` yields tensors, `(pixel_values, labels)` or dicts with `pixel_values` (a DataLoader works);
     `max_images` caps how many are used. The model's own statistics, its mode and the sites' state are left
@@ -206,13 +227,17 @@ def calibrate_mean_mode(model: nn.Module, batches: Iterable[Any], *, max_images:
     model = handle.model  # the bare model, also when a DDP / compile wrapper was passed
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 2):
         raise ConfigError(f"max_images must be an int >= 2 (or None for all), got {max_images!r}")
+    for name, value, low in (("mc_fit_steps", mc_fit_steps, 0), ("mc_samples", mc_samples, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
     norms = calibratable_norms(model)
     if not norms:
         raise ConfigError(
             f"{type(model).__name__} has no BatchNorm with running statistics: its mean mode has nothing to "
             "calibrate (LayerNorm models normalise each sample by itself)"
         )
-    measured, seen = measure_mean_mode_stats(model, norms, batches, max_images)
+    kept: list[Tensor] | None = [] if mc_fit_steps else None
+    measured, seen = measure_mean_mode_stats(model, norms, batches, max_images, keep=kept)
     if seen < 2:
         raise InvalidInputError("calibrate_mean_mode got no batch of at least 2 images")
     calibration = MeanModeCalibration(norms, handle.site_list())
@@ -224,6 +249,12 @@ def calibrate_mean_mode(model: nn.Module, batches: Iterable[Any], *, max_images:
         stats.running_var.copy_(var)
         stats.source_batches_tracked.fill_(int(norms[name].num_batches_tracked))
         stats.num_images.fill_(seen)
+    if mc_fit_steps:  # before installing: if it fails, the model keeps the calibration it had
+        from .calibration_fit import fit_to_mc
+
+        calibration.mc_fit = fit_to_mc(
+            model, calibration, torch.cat(kept), steps=mc_fit_steps, mc_samples=mc_samples, seed=seed
+        )
     handle._set_calibration(calibration)
     logger.info("calibrated mean mode: %d BatchNorm layers on %d images", len(norms), seen)
     return seen

@@ -83,7 +83,11 @@ def perturbation_config(handle: AttachedPerturbation) -> dict[str, Any]:
         "sites": [r.name for r in handle.sites],
         "mean_mode_calibration": None
         if calibration is None
-        else {"norm_layers": list(calibration.names), "num_images": calibration.num_images},
+        else {
+            "norm_layers": list(calibration.names),
+            "num_images": calibration.num_images,
+            "mc_fit": calibration.mc_fit,
+        },
     }
 
 
@@ -92,6 +96,15 @@ def _hub_id(value: str | None) -> str | None:
     if not value or not _REPO_ID.match(str(value)) or Path(str(value)).exists():
         return None
     return str(value)
+
+
+def _calibration_cell(saved: dict[str, Any]) -> str:
+    fit = saved.get("mc_fit")
+    cell = f"{saved['num_images']} images"
+    if fit:
+        kl = f"KL {fit['kl_before']:.3f} → {fit['kl_after']:.3f}"
+        cell += f", fitted to MC-{fit['mc_samples']} ({fit['steps']} steps, {kl})"
+    return cell
 
 
 def render_perturbed_card(handle: AttachedPerturbation, config: dict[str, Any], repo_id: str) -> str:
@@ -116,7 +129,7 @@ def render_perturbed_card(handle: AttachedPerturbation, config: dict[str, Any], 
         ("inference mode", config["inference_mode"]),
         (
             "mean-mode calibration",
-            f"{config['mean_mode_calibration']['num_images']} images"
+            _calibration_cell(config["mean_mode_calibration"])
             if config["mean_mode_calibration"]
             else "none (run mp_hub.calibrate_mean_mode before using mean mode)",
         ),
@@ -237,7 +250,9 @@ def _restore_calibration(handle: AttachedPerturbation, saved: dict[str, Any] | N
         raise CheckpointError(
             f"'{source}' has a mean-mode calibration for BatchNorm layers the rebuilt model lacks: {missing}"
         )
-    handle._set_calibration(MeanModeCalibration({n: norms[n] for n in saved["norm_layers"]}, handle.site_list()))
+    calibration = MeanModeCalibration({n: norms[n] for n in saved["norm_layers"]}, handle.site_list())
+    calibration.mc_fit = saved.get("mc_fit")  # absent in folders written before the MC-matched fit existed
+    handle._set_calibration(calibration)
 
 
 def load_perturbed(

@@ -203,8 +203,9 @@ def run(args, command: str | None = None) -> dict | None:
 
     reg.finish()
     # One pass over training images: BatchNorm statistics for the one-pass "mean" mode (mp_hub.calibration).
+    # With --mean_mode_mc_fit_steps, its statistics are then fitted to the MC average (mp_hub.calibration_fit).
     calibrated = reg.calibrate_mean_mode(
-        data, args.mean_mode_calibration_images, args.per_device_eval_batch_size, args.seed
+        data, args.mean_mode_calibration_images, args.per_device_eval_batch_size, args.seed, args.mean_mode_mc_fit_steps
     )
     metrics, probs, labels = evaluate(steps, args.eval_mc_samples)
     evals.append({"step": steps, **metrics})
@@ -224,6 +225,7 @@ def run(args, command: str | None = None) -> dict | None:
         "train_runtime_s": round(time.time() - start_time, 1),
         "resumed_from_step": resumed_from,
         "mean_mode_calibration_images": calibrated,
+        "mean_mode_mc_fit_steps": args.mean_mode_mc_fit_steps if calibrated else None,
         **mean_mode,
     }
     accelerator.wait_for_everyone()

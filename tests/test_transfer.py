@@ -75,7 +75,7 @@ def check_report(out: Path, stdout: str, regularizer: str) -> dict:
 def test_recipe_metaperturb_resnet20(tmp_path, phi_dir):
     out = tmp_path / "out"
     proc = launch([*SMALL, "--perturb_model_id", str(phi_dir), "--max_train_steps", "2", "--eval_steps", "1",
-                   "--output_dir", str(out)])  # fmt: skip
+                   "--mean_mode_mc_fit_steps", "3", "--output_dir", str(out)])  # fmt: skip
     results = check_report(out, proc.stdout, "metaperturb")
     assert results["eval_mc_samples"] == 2 and results["train_steps"] == 2
     assert str(phi_dir) in (out / "README.md").read_text()
@@ -84,6 +84,7 @@ def test_recipe_metaperturb_resnet20(tmp_path, phi_dir):
     assert 0.0 <= results["eval_mean_mode_accuracy"] <= 1.0 and results["eval_mean_mode_nll"] > 0
     model, handle = mp_hub.load_perturbed(out)
     assert handle.calibration is not None and not handle.calibration.stale_norms()
+    assert results["mean_mode_mc_fit_steps"] == 3 and handle.calibration.mc_fit["steps"] == 3
     assert type(model).__name__ == "CifarResNetForImageClassification" and len(handle.sites) == 9
     saved_phi = MetaPerturb.from_pretrained(phi_dir)
     for a, b in zip(handle.phi_parameters(), saved_phi.parameters()):

@@ -196,6 +196,7 @@ def test_yaml_config_gives_defaults_and_cli_overrides(tmp_path):
         (["--checkpointing_steps", "often"], "checkpointing_steps"),
         (["--noise_anneal_fraction", "2"], "noise_anneal_fraction"),
         (["--eval_mc_samples", "0"], "eval_mc_samples"),
+        (["--mean_mode_mc_fit_steps", "-1"], "mean_mode_mc_fit_steps"),
     ],
 )
 def test_bad_arguments(argv, match):

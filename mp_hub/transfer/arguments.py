@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=2048,
         help="training images for the mean-mode BatchNorm calibration after training (0: none)",
     )
+    reg.add_argument(
+        "--mean_mode_mc_fit_steps",
+        type=int,
+        default=0,
+        help="then fit that calibration to the MC-20 average of those images, this many steps (0: moments only)",
+    )
     reg.add_argument("--dropblock_prob", type=float, default=0.1, help="final DropBlock drop rate (ramped from 0)")
     reg.add_argument("--dropblock_size", type=int, default=7, help="clipped to each feature map's size")
 
@@ -127,6 +133,8 @@ def validate(args: argparse.Namespace) -> None:
         raise ConfigError(
             f"--mean_mode_calibration_images must be 0 (none) or >= 2, got {args.mean_mode_calibration_images}"
         )
+    if args.mean_mode_mc_fit_steps < 0:
+        raise ConfigError(f"--mean_mode_mc_fit_steps must be >= 0, got {args.mean_mode_mc_fit_steps}")
     if not 0.0 <= args.noise_anneal_fraction <= 1.0:
         raise ConfigError(f"--noise_anneal_fraction must be in [0, 1], got {args.noise_anneal_fraction}")
     if not 0.0 < args.train_val_split < 1.0:

@@ -122,7 +122,9 @@ class Regularization:
         if self.handle is not None:
             self.handle.set_noise_coeff(1.0)
 
-    def calibrate_mean_mode(self, data, max_images: int, batch_size: int, seed: int) -> int | None:
+    def calibrate_mean_mode(
+        self, data, max_images: int, batch_size: int, seed: int, mc_fit_steps: int = 0
+    ) -> int | None:
         """Mean-mode BatchNorm statistics from the training images (`mp_hub.calibration`), after `finish`.
 
         None when there is nothing to do: no φ, `max_images` 0, or a model without BatchNorm (e.g. a ViT).
@@ -133,7 +135,9 @@ class Regularization:
         if not calibratable_norms(self.handle.model):
             logger.info("mean-mode calibration: %s has no BatchNorm, nothing to do", type(self.handle.model).__name__)
             return None
-        return self.handle.calibrate_mean_mode(calibration_batches(data, batch_size, seed), max_images=max_images)
+        return self.handle.calibrate_mean_mode(
+            calibration_batches(data, batch_size, seed), max_images=max_images, mc_fit_steps=mc_fit_steps, seed=seed
+        )
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         # By identity: φ is excluded even if someone unfroze it.

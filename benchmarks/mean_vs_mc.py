@@ -1,0 +1,147 @@
+"""How closely does one-pass "mean" mode follow the MC average, and how finely can a test set tell?
+
+    python benchmarks/mean_vs_mc.py [--work_dirs runs/transfer_gain runs/transfer_gain_1000] [--mc_samples 20]
+                                    [--mc_fit_steps 200]
+
+Reads the MetaPerturb runs that `benchmarks/transfer_gain.py` saved, predicts their test images in calibrated
+"mean" mode (`mp_hub.calibrate_mean_mode`, as the recipe does it) and with MC-k (`mp_hub.inference.mc_predict`,
+noise seeded per run), and compares the two image by image:
+  Δ          accuracy(mean) − accuracy(MC), in points;
+  n10, n01   images only mean mode gets right, images only MC gets right (Δ = (n10 − n01) / N);
+  agreement  the fraction of images where both predict the same class;
+  se         the standard error of Δ as an estimate of the population gap: the per-image differences
+             d ∈ {−1, 0, 1} are paired, so se = sqrt(((n10 + n01) / N − Δ²) / N).
+Rows (target, model, regularizer, training steps) pool their seeds: Δ is the mean and se = sqrt(Σ se²) / n.
+--mc_fit_steps N: the same comparison for the MC-matched calibration too (`calibrate_mean_mode(...,
+mc_fit_steps=N)`, `mp_hub.calibration_fit`), on the same MC predictions.
+Per-image probabilities are cached in <work_dir>/mean_vs_mc/ (rerun to re-tabulate without recomputing).
+The last line printed is JSON with every figure and the git commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import torch
+from _common import git_commit
+from transfer_gain import load_calibrated
+
+from mp_hub.inference import mc_predict, mean_predict
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_NAME = re.compile(r"(?P<target>[a-z_]+)-(?P<model>resnet20|vit)-metaperturb-(?P<phi>.+)-s(?P<seed>\d+)$")
+
+
+def predictions(run_dir: Path, work_dir: Path, target: str, seed: int, mc_samples: int, fit_steps: int) -> dict:
+    """Per-image class probabilities of one run: "mean" (moment-matched calibration), "mc" (MC-k) and, with
+    `fit_steps`, "mean_fit" (MC-matched calibration); cached beside the work dir, each entry computed once."""
+    cache = work_dir / "mean_vs_mc" / f"{run_dir.name}-mc{mc_samples}.pt"
+    out = torch.load(cache) if cache.exists() else {}
+    fit_key = f"mean_fit{fit_steps}"
+    if "mc" in out and (not fit_steps or fit_key in out):
+        return out | {"mean_fit": out.get(fit_key)}
+    images, labels = torch.load(work_dir / "decoded" / f"{target}.pt")
+    data_dir = work_dir / "data" / target
+    chunks = images.split(250)
+    if "mc" not in out:
+        model, _ = load_calibrated(run_dir, data_dir, seed)
+        torch.manual_seed(1000 + seed)  # the MC draws: reproducible, and not the training run's
+        out["mean"] = torch.cat([mean_predict(model, chunk) for chunk in chunks])
+        out["mc"] = torch.cat([mc_predict(model, chunk, mc_samples) for chunk in chunks])
+        out["labels"] = labels
+    if fit_steps and fit_key not in out:
+        model, handle = load_calibrated(run_dir, data_dir, seed, mc_fit_steps=fit_steps)
+        out[fit_key] = torch.cat([mean_predict(model, chunk) for chunk in chunks])
+        out[f"{fit_key}_info"] = handle.calibration.mc_fit if handle.calibration is not None else None
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, cache)
+    return out | {"mean_fit": out.get(fit_key)}
+
+
+def compare(p_mean: torch.Tensor, p_mc: torch.Tensor, labels: torch.Tensor) -> dict:
+    right_mean, right_mc = p_mean.argmax(-1) == labels, p_mc.argmax(-1) == labels
+    n = len(labels)
+    n10, n01 = int((right_mean & ~right_mc).sum()), int((right_mc & ~right_mean).sum())
+    delta = (n10 - n01) / n
+    return {
+        "images": n,
+        "accuracy_mean": 100 * right_mean.float().mean().item(),
+        "accuracy_mc": 100 * right_mc.float().mean().item(),
+        "delta": 100 * delta,
+        "n10": n10,
+        "n01": n01,
+        "agreement": (p_mean.argmax(-1) == p_mc.argmax(-1)).float().mean().item(),
+        "se": 100 * math.sqrt(max((n10 + n01) / n - delta**2, 0.0) / n),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work_dirs", nargs="+", type=Path,
+                        default=[ROOT / "runs" / "transfer_gain", ROOT / "runs" / "transfer_gain_1000"])  # fmt: skip
+    parser.add_argument("--mc_samples", type=int, default=100)
+    parser.add_argument("--mc_fit_steps", type=int, default=0, help="also the MC-matched calibration (0: not)")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    variants = ("mean", "mean_fit") if args.mc_fit_steps else ("mean",)
+
+    runs = []
+    for work_dir in args.work_dirs:
+        for run_dir in sorted((work_dir / "runs").iterdir()):
+            match = RUN_NAME.match(run_dir.name)
+            if not match or not (run_dir / "all_results.json").exists():
+                continue
+            steps = json.loads((run_dir / "all_results.json").read_text())["train_steps"]
+            seed = int(match["seed"])
+            pred = predictions(run_dir, work_dir, match["target"], seed, args.mc_samples, args.mc_fit_steps)
+            row = {"run": run_dir.name, "target": match["target"], "model": match["model"], "phi": match["phi"],
+                   "steps": steps, "seed": seed}  # fmt: skip
+            for variant in variants:
+                row[variant] = compare(pred[variant], pred["mc"], pred["labels"])
+                got = row[variant]
+                print(f"{row['run']} ({steps} steps) {variant}: {got['accuracy_mean']:.2f}, MC-{args.mc_samples} "
+                      f"{got['accuracy_mc']:.2f}, Δ {got['delta']:+.2f} ± {got['se']:.2f} (n10 {got['n10']}, "
+                      f"n01 {got['n01']}, agreement {got['agreement']:.3f})", flush=True)  # fmt: skip
+            runs.append(row)
+    if not runs:
+        sys.exit(f"no MetaPerturb run folders under {[str(d) for d in args.work_dirs]}")
+
+    groups: dict[tuple, list[dict]] = {}
+    for row in runs:
+        groups.setdefault((row["target"], row["model"], row["phi"], row["steps"]), []).append(row)
+    table = []
+    header = " | ".join(f"{v}: Δ vs MC-{args.mc_samples} (points) | se | agreement" for v in variants)
+    print(f"\n| target | model | φ | steps | seeds | {header} |")
+    print("|---|---|---|---|---|" + "---|---|---|" * len(variants))
+    for (target, model, phi, steps), members in groups.items():
+        k = len(members)
+        entry = {"target": target, "model": model, "phi": phi, "steps": steps, "seeds": k}
+        cells = []
+        for variant in variants:
+            entry[variant] = {
+                "delta": sum(m[variant]["delta"] for m in members) / k,
+                "se": math.sqrt(sum(m[variant]["se"] ** 2 for m in members)) / k,
+                "agreement": sum(m[variant]["agreement"] for m in members) / k,
+            }
+            cells.append(f"{entry[variant]['delta']:+.2f} | {entry[variant]['se']:.2f} | "
+                         f"{entry[variant]['agreement']:.3f}")  # fmt: skip
+        table.append(entry)
+        print(f"| {target} | {model} | {phi} | {steps} | {k} | {' | '.join(cells)} |")
+    resnet = [e for e in table if e["model"] == "resnet20"]
+    for variant in variants:
+        within = sum(abs(e[variant]["delta"]) <= 0.3 for e in resnet)
+        resolved = sum(abs(e[variant]["delta"]) - 2 * e[variant]["se"] <= 0.3 for e in resnet)
+        print(f"{variant}: ResNet rows with |Δ| <= 0.3: {within} of {len(resnet)}; "
+              f"|Δ| - 2 se <= 0.3: {resolved} of {len(resnet)}")  # fmt: skip
+    print(json.dumps({"benchmark": "mean_vs_mc", "commit": git_commit(), "mc_samples": args.mc_samples,
+                      "mc_fit_steps": args.mc_fit_steps, "table": table, "runs": runs}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
