@@ -31,7 +31,9 @@ def git_commit() -> str:
 
 def time_interleaved(variants: dict, warmup: int, repeats: int) -> dict[str, float]:
     """Median wall and CPU milliseconds of each callable, run in turn within every round (so that load on a
-    shared machine falls on all variants alike): {"<name>_ms": ..., "<name>_cpu_ms": ...}."""
+    shared machine falls on all variants alike): {"<name>_ms": ..., "<name>_cpu_ms": ...}, and
+    "<name>_paired_ratio": the median over rounds of its wall time over the first variant's in the same round
+    (a slow phase of the host then cancels out instead of shifting one median more than another)."""
     import statistics
     import time
 
@@ -45,7 +47,9 @@ def time_interleaved(variants: dict, warmup: int, repeats: int) -> dict[str, flo
                 wall[name].append(1e3 * (time.perf_counter() - t0))
                 cpu[name].append(1e3 * (time.process_time() - c0))
     out = {}
+    first = next(iter(variants))
     for name in variants:
         out[f"{name}_ms"] = statistics.median(wall[name])
         out[f"{name}_cpu_ms"] = statistics.median(cpu[name])
+        out[f"{name}_paired_ratio"] = statistics.median(t / b for t, b in zip(wall[name], wall[first]))
     return out

@@ -2,7 +2,8 @@
 
     python benchmarks/inference.py [--batch 128] [--threads 2] [--k 10] [--repeats 20] [--backend auto]
 
-Timed (medians of interleaved repeats, wall-clock and process CPU, under torch.inference_mode):
+Timed (medians of interleaved repeats, wall-clock and process CPU, under torch.inference_mode; "paired": the
+median over rounds of each variant's time over the bare pass's in the same round):
   bare        φ attached but disabled: the bare model's eval forward,
   mean        every site in "mean" mode (E[softplus(μ + ε)] in closed form): one deterministic pass, with the
               mean-mode calibration installed (its BatchNorm-statistics swap hooks are part of the cost),
@@ -106,7 +107,8 @@ def main() -> None:
     print(f"ResNet-20, batch {args.batch}, {args.threads} threads, backend {args.backend}, k = {args.k} (medians)")
     for name in variants:
         print(f"  {name:10s} {res[name + '_ms']:8.1f} ms  ×{res[name + '_ratio']:.3f}  "
-              f"| CPU {res[name + '_cpu_ms']:8.1f} ms  ×{res[name + '_cpu_ratio']:.3f}")  # fmt: skip
+              f"| CPU {res[name + '_cpu_ms']:8.1f} ms  ×{res[name + '_cpu_ratio']:.3f}  "
+              f"| paired ×{res[name + '_paired_ratio']:.3f}")  # fmt: skip
     res["calibration_512_images_ms"] = calibration_ms
     print(f"  (one-time mean-mode calibration on 512 images: {calibration_ms:.0f} ms)")
     res["mc_batched_vs_loop"] = res["mc_batched_ms"] / res["mc_loop_ms"]

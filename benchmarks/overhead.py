@@ -10,7 +10,8 @@ over all variants alike), each step = forward + cross-entropy + backward + Adam 
   fused  every site on the fused kernels (`mp_hub.kernels`).
 "frozen" φ (transfer: only grad wrt x flows through the sites) and "trainable" φ (meta-training: also
 grads wrt φ) are measured separately. Reported: median wall-clock ms/step and median process CPU ms/step
-(less sensitive to other processes), and ratios to bare.
+(less sensitive to other processes), and ratios to bare: of the medians, and "paired" (the median of each
+step's ratio to the bare step of the same round, which cancels slow phases of a shared host).
 
 Peak memory: one extra step per variant under torch.profiler(profile_memory=True); the allocation and free
 events of torch's CPU allocator, replayed in time order, give the peak of live bytes during the step above
@@ -106,6 +107,7 @@ def row(r: dict, variant: str) -> str:
     text = f"{variant:5s} {r[variant + '_ms']:8.1f} | {r[variant + '_cpu_ms']:8.1f}"
     if variant != "bare":
         text += f"  ×{r[variant + '_ratio']:.3f} | ×{r[variant + '_cpu_ratio']:.3f}"
+        text += f" | paired ×{r[variant + '_paired_ratio']:.3f}"
     if r.get(variant + "_peak_mib") is not None:
         text += f"   peak {r[variant + '_peak_mib']:7.1f} MiB"
         if variant != "bare" and r.get(variant + "_peak_ratio"):
@@ -129,7 +131,7 @@ def main() -> None:
     results = {}
     for mode in [m.strip() for m in args.phi.split(",") if m.strip()]:
         r = results[mode] = measure(mode == "trainable", args)
-        print(f"φ {mode}: ms/step (median of {args.steps}, wall | process CPU)")
+        print(f"φ {mode}: ms/step (median of {args.steps}, wall | process CPU; ratios wall | CPU | paired wall)")
         for variant in VARIANTS:
             print("  " + row(r, variant))
     for mode, r in results.items():
