@@ -252,6 +252,9 @@ def calibrate_mean_mode(
     if mc_fit_steps:  # before installing: if it fails, the model keeps the calibration it had
         from .calibration_fit import fit_to_mc
 
+        if len({tuple(x.shape[1:]) for x in kept}) > 1:
+            raise InvalidInputError("mc_fit_steps needs calibration images of one shape (they are batched anew)")
+
         calibration.mc_fit = fit_to_mc(
             model, calibration, torch.cat(kept), steps=mc_fit_steps, mc_samples=mc_samples, seed=seed
         )

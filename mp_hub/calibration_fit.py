@@ -4,7 +4,7 @@ Why: moment matching (`mp_hub.calibration`) gives each BatchNorm the statistics 
 which removes most of the gap between one "mean" pass and the MC average; what is left is the mean-field
 error of replacing noise by its expectation through a network that is nonlinear in it (E[ReLU(a)] ≠
 ReLU(E[a]) again, now in the signal, not in the statistics). On the zoo benchmark's ResNet-20s the two
-predictions still disagree on 5–10 % of the test images.
+predictions still disagree on 1–10 % of the test images.
 
 What: starting from the moment-matched statistics, Adam steps on the per-channel mean and log-variance of
 every calibrated BatchNorm (the model, φ and the sites stay fixed) minimise the cross-entropy from the MC-k

@@ -84,6 +84,8 @@ def test_bad_arguments_and_a_failed_fit_keep_the_previous_calibration(resnet, mo
             mp_hub.calibrate_mean_mode(model, [_images()], **bad)
     mp_hub.calibrate_mean_mode(model, _images().split(32))
     previous = handle.calibration
+    with pytest.raises(mp_hub.InvalidInputError, match="one shape"):
+        mp_hub.calibrate_mean_mode(model, [_images(8), torch.randn(8, 3, 16, 16)], **FIT)
     forwards = {n: norm.__dict__["forward"] for n, norm in calibratable_norms(model).items()}
     monkeypatch.setattr(mp_hub.calibration_fit, "_mean_mode_divergence", lambda *a: float("nan"))
     with pytest.raises(FloatingPointError, match="diverged"):
