@@ -14,7 +14,8 @@ noise seeded per run), and compares the two image by image:
 Rows (target, model, regularizer, training steps) pool their seeds: Δ is the mean and se = sqrt(Σ se²) / n.
 --mc_fit_steps N: the same comparison for the MC-matched calibration too (`calibrate_mean_mode(...,
 mc_fit_steps=N)`, `mp_hub.calibration_fit`), on the same MC predictions.
-Per-image probabilities are cached in <work_dir>/mean_vs_mc/ (rerun to re-tabulate without recomputing).
+Per-image probabilities are cached in <work_dir>/mean_vs_mc/ (rerun to re-tabulate without recomputing; the
+one-pass predictions are shared by every --mc_samples).
 The last line printed is JSON with every figure and the git commit.
 """
 
@@ -39,28 +40,29 @@ RUN_NAME = re.compile(r"(?P<target>[a-z_]+)-(?P<model>resnet20|vit)-metaperturb-
 
 def predictions(run_dir: Path, work_dir: Path, target: str, seed: int, mc_samples: int, fit_steps: int) -> dict:
     """Per-image class probabilities of one run: "mean" (moment-matched calibration), "mc" (MC-k) and, with
-    `fit_steps`, "mean_fit" (MC-matched calibration); cached beside the work dir, each entry computed once."""
-    cache = work_dir / "mean_vs_mc" / f"{run_dir.name}-mc{mc_samples}.pt"
-    out = torch.load(cache) if cache.exists() else {}
+    `fit_steps`, "mean_fit" (MC-matched calibration). Cached beside the work dir, each computed once: the
+    one-pass ones in <run>-mean.pt, the MC ones in <run>-mc<k>.pt."""
+    cache = work_dir / "mean_vs_mc"
+    mean_file, mc_file = cache / f"{run_dir.name}-mean.pt", cache / f"{run_dir.name}-mc{mc_samples}.pt"
+    one_pass = torch.load(mean_file) if mean_file.exists() else {}
+    mc = torch.load(mc_file) if mc_file.exists() else {}
     fit_key = f"mean_fit{fit_steps}"
-    if "mc" in out and (not fit_steps or fit_key in out):
-        return out | {"mean_fit": out.get(fit_key)}
     images, labels = torch.load(work_dir / "decoded" / f"{target}.pt")
-    data_dir = work_dir / "data" / target
     chunks = images.split(250)
-    if "mc" not in out:
+    data_dir = work_dir / "data" / target
+    cache.mkdir(parents=True, exist_ok=True)
+    if "mean" not in one_pass or "mc" not in mc:
         model, _ = load_calibrated(run_dir, data_dir, seed)
+        one_pass["mean"] = torch.cat([mean_predict(model, chunk) for chunk in chunks])
         torch.manual_seed(1000 + seed)  # the MC draws: reproducible, and not the training run's
-        out["mean"] = torch.cat([mean_predict(model, chunk) for chunk in chunks])
-        out["mc"] = torch.cat([mc_predict(model, chunk, mc_samples) for chunk in chunks])
-        out["labels"] = labels
-    if fit_steps and fit_key not in out:
+        mc["mc"] = torch.cat([mc_predict(model, chunk, mc_samples) for chunk in chunks])
+        torch.save(mc, mc_file)
+    if fit_steps and fit_key not in one_pass:
         model, handle = load_calibrated(run_dir, data_dir, seed, mc_fit_steps=fit_steps)
-        out[fit_key] = torch.cat([mean_predict(model, chunk) for chunk in chunks])
-        out[f"{fit_key}_info"] = handle.calibration.mc_fit if handle.calibration is not None else None
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, cache)
-    return out | {"mean_fit": out.get(fit_key)}
+        one_pass[fit_key] = torch.cat([mean_predict(model, chunk) for chunk in chunks])
+        one_pass[f"{fit_key}_info"] = handle.calibration.mc_fit if handle.calibration is not None else None
+    torch.save(one_pass, mean_file)
+    return {"mean": one_pass["mean"], "mc": mc["mc"], "mean_fit": one_pass.get(fit_key), "labels": labels}
 
 
 def compare(p_mean: torch.Tensor, p_mc: torch.Tensor, labels: torch.Tensor) -> dict:
