@@ -5,12 +5,15 @@
 Timed (medians of interleaved repeats, wall-clock and process CPU, under torch.inference_mode; "paired": the
 median over rounds of each variant's time over the bare pass's in the same round):
   bare        φ attached but disabled: the bare model's eval forward,
+  off         every site "off" (the hooks and the fused ReLU, no φ),
   mean        every site in "mean" mode (E[softplus(μ + ε)] in closed form): one deterministic pass, with the
-              mean-mode calibration installed (its BatchNorm-statistics swap hooks are part of the cost),
+              mean-mode calibration installed (its BatchNorms' calibrated `forward`s are part of the cost),
+  mean_uncalibrated  the same without the calibration,
   mc1         one sampling pass (the cost of a single draw),
   mc_loop     k separate sampling passes (the authors' test-time MC),
   mc_batched  `mp_hub.inference.mc_predict(model, x, k)` (draws batched per chunk; at batch 128 the default
               chunk is 1, i.e. k passes), plus loop vs batched at --small-batch images, where batching pays.
+Then one site in "mean" mode against a ReLU and a 3×3 conv at ResNet-20's three stage shapes (where the time goes).
 Synthetic agreement check (random weights, φ from ../shared/reference when present, else φ's init scaled up
 so that the noise matters): max |p_mean − p_MC| and argmax agreement between "mean" and MC with --mc-check
 draws. The real-data check (accuracy within 0.3 points of MC-100) is separate.
@@ -36,6 +39,7 @@ from _common import add_thread_arguments, git_commit, time_interleaved  # noqa: 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.inference import mc_predict, mean_predict  # noqa: E402
 from mp_hub.models import model_from_type  # noqa: E402
+from mp_hub.site import PerturbSite  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL_PHI = ROOT.parent / "shared" / "reference" / "perturb_750.pth"
@@ -82,9 +86,21 @@ def main() -> None:
         finally:
             handle.enabled = True
 
+    def off():  # the hooks and the fused ReLU, no φ: what the plumbing costs
+        handle.set_inference_mode("off")
+        model(x)
+
     def mean():
         handle.set_inference_mode("mean")
         model(x)
+
+    def mean_uncalibrated():
+        handle.set_inference_mode("mean")
+        handle.calibration.remove()
+        try:
+            model(x)
+        finally:
+            handle.calibration.install()
 
     def mc1():
         handle.set_inference_mode("mc")
@@ -98,7 +114,8 @@ def main() -> None:
     def mc_batched():
         mc_predict(model, x, args.k)
 
-    variants = {"bare": bare, "mean": mean, "mc1": mc1, "mc_loop": mc_loop, "mc_batched": mc_batched}
+    variants = {"bare": bare, "off": off, "mean": mean, "mean_uncalibrated": mean_uncalibrated, "mc1": mc1,
+                "mc_loop": mc_loop, "mc_batched": mc_batched}  # fmt: skip
     with torch.inference_mode():
         res = time_interleaved(variants, args.warmup, args.repeats)
     for name in variants:
@@ -106,7 +123,7 @@ def main() -> None:
         res[f"{name}_cpu_ratio"] = res[f"{name}_cpu_ms"] / res["bare_cpu_ms"]
     print(f"ResNet-20, batch {args.batch}, {args.threads} threads, backend {args.backend}, k = {args.k} (medians)")
     for name in variants:
-        print(f"  {name:10s} {res[name + '_ms']:8.1f} ms  ×{res[name + '_ratio']:.3f}  "
+        print(f"  {name:17s} {res[name + '_ms']:8.1f} ms  ×{res[name + '_ratio']:.3f}  "
               f"| CPU {res[name + '_cpu_ms']:8.1f} ms  ×{res[name + '_cpu_ratio']:.3f}  "
               f"| paired ×{res[name + '_paired_ratio']:.3f}")  # fmt: skip
     res["calibration_512_images_ms"] = calibration_ms
@@ -135,6 +152,30 @@ def main() -> None:
     res["small_mc_batched_vs_loop"] = res["small_mc_batched_ms"] / res["small_mc_loop_ms"]
     print(f"  batch {args.small_batch}: MC-{args.k} loop {res['small_mc_loop_ms']:.1f} ms, batched "
           f"{res['small_mc_batched_ms']:.1f} ms (×{res['small_mc_batched_vs_loop']:.3f})")  # fmt: skip
+
+    # one site vs what the block around it costs, at ResNet-20's three stage shapes: where the "mean" time goes
+    per_shape = {}
+    site_variants = {}
+    for channels, size in ((16, 32), (32, 16), (64, 8)):
+        feature = torch.randn(args.batch, channels, size, size)
+        site = PerturbSite(phi, channels, spatial_norm=32, inference_mode="mean").eval()
+        site.fused_relu = True  # as attach places it in a ResNet block: the site also applies the ReLU
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
+        tag = f"{channels}x{size}"
+        site_variants[f"relu_{tag}"] = lambda f=feature: torch.relu(f)
+        site_variants[f"site_mean_{tag}"] = lambda s=site, f=feature: s(f)
+        site_variants[f"conv_{tag}"] = lambda c=conv, f=feature: c(f)
+    with torch.inference_mode():
+        timed = time_interleaved(site_variants, args.warmup, args.repeats)
+    print(
+        f"  one site in mean mode (with the ReLU it replaces) vs a ReLU and the block's 3×3 conv, batch {args.batch}:"
+    )
+    for channels, size in ((16, 32), (32, 16), (64, 8)):
+        tag = f"{channels}x{size}"
+        per_shape[tag] = {k: timed[f"{k}_{tag}_ms"] for k in ("relu", "site_mean", "conv")}
+        print(f"    C={channels:2d} {size:2d}×{size:<2d}: site {per_shape[tag]['site_mean']:.2f} ms, ReLU "
+              f"{per_shape[tag]['relu']:.2f} ms, conv {per_shape[tag]['conv']:.2f} ms")  # fmt: skip
+    res["per_shape_ms"] = per_shape
 
     check = None
     if args.mc_check:
