@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from pathlib import Path
@@ -36,6 +37,13 @@ from mp_hub.inference import mc_predict, mean_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_NAME = re.compile(r"(?P<target>[a-z_]+)-(?P<model>resnet20|vit)-metaperturb-(?P<phi>.+)-s(?P<seed>\d+)$")
+
+
+def _save(obj: dict, path: Path) -> None:
+    """Write-then-rename: a run killed mid-write leaves the previous cache file, not a truncated one."""
+    partial = path.with_suffix(".partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
 
 
 def predictions(run_dir: Path, work_dir: Path, target: str, seed: int, mc_samples: int, fit_steps: int) -> dict:
@@ -56,12 +64,12 @@ def predictions(run_dir: Path, work_dir: Path, target: str, seed: int, mc_sample
         one_pass["mean"] = torch.cat([mean_predict(model, chunk) for chunk in chunks])
         torch.manual_seed(1000 + seed)  # the MC draws: reproducible, and not the training run's
         mc["mc"] = torch.cat([mc_predict(model, chunk, mc_samples) for chunk in chunks])
-        torch.save(mc, mc_file)
+        _save(mc, mc_file)
     if fit_steps and fit_key not in one_pass:
         model, handle = load_calibrated(run_dir, data_dir, seed, mc_fit_steps=fit_steps)
         one_pass[fit_key] = torch.cat([mean_predict(model, chunk) for chunk in chunks])
         one_pass[f"{fit_key}_info"] = handle.calibration.mc_fit if handle.calibration is not None else None
-    torch.save(one_pass, mean_file)
+    _save(one_pass, mean_file)
     return {"mean": one_pass["mean"], "mc": mc["mc"], "mean_fit": one_pass.get(fit_key), "labels": labels}
 
 
