@@ -3,6 +3,8 @@
 import torch
 from torch import nn
 
+from mp_hub import MetaPerturb
+
 
 class ConvNet(nn.Module):
     """A plain nn.Module (no config, so attach needs targets=): conv3x3-BN-ReLU blocks (`blocks.{i}.{0,1,2}`) of
@@ -23,3 +25,31 @@ class ConvNet(nn.Module):
 
     def forward(self, x):
         return self.head(self.blocks(x).mean((2, 3)))
+
+
+# --- shared by the mean-mode calibration tests ---------------------------------------------------------------
+
+TARGETS = dict(targets=r"blocks\.\d+\.1", spatial_norm=32)  # sites after each BN: BN 1 reads site 0's output
+
+
+def _noisy_phi(seed=0) -> MetaPerturb:
+    torch.manual_seed(seed)
+    phi = MetaPerturb()
+    with torch.no_grad():  # strong noise: mean mode then differs clearly from the trained statistics
+        for p in phi.parameters():
+            p.mul_(30)
+    return phi
+
+
+def _trained(model: nn.Module, steps: int = 5) -> nn.Module:
+    """A few training-mode passes: BatchNorm statistics of noisy activations, as after training with φ."""
+    model.train()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _ in range(steps):
+            model(torch.randn(16, 3, 32, 32, generator=gen))
+    return model.eval()
+
+
+def _images(n=64, seed=2):
+    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))

@@ -6,8 +6,7 @@ import logging
 
 import pytest
 import torch
-from _builders import ConvNet
-from torch import nn
+from _builders import TARGETS, ConvNet, _images, _noisy_phi, _trained
 from transformers import ViTConfig, ViTForImageClassification
 
 import mp_hub
@@ -17,37 +16,12 @@ from mp_hub.calibration import calibratable_norms
 from mp_hub.inference import mean_predict
 from mp_hub.models import CifarResNetConfig, CifarResNetForImageClassification
 
-TARGETS = dict(targets=r"blocks\.\d+\.1", spatial_norm=32)  # sites after each BN: BN 1 reads site 0's output
-
-
-def _noisy_phi(seed=0) -> MetaPerturb:
-    torch.manual_seed(seed)
-    phi = MetaPerturb()
-    with torch.no_grad():  # strong noise: mean mode then differs clearly from the trained statistics
-        for p in phi.parameters():
-            p.mul_(30)
-    return phi
-
-
-def _trained(model: nn.Module, steps: int = 5) -> nn.Module:
-    """A few training-mode passes: BatchNorm statistics of noisy activations, as after training with φ."""
-    model.train()
-    gen = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for _ in range(steps):
-            model(torch.randn(16, 3, 32, 32, generator=gen))
-    return model.eval()
-
 
 @pytest.fixture
 def convnet():
     model = ConvNet(seed=0)
     handle = mp_hub.attach(model, _noisy_phi(), **TARGETS)
     return _trained(model), handle
-
-
-def _images(n=64, seed=2):
-    return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
 def _mean_pass(model, x):

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from test_calibration import TARGETS, _images, _noisy_phi, _trained
+from _builders import TARGETS, ConvNet, _images, _noisy_phi, _trained
 
 import mp_hub
 from mp_hub import ConfigError
@@ -95,8 +95,6 @@ def test_bad_arguments_and_a_failed_fit_keep_the_previous_calibration(resnet, mo
 
 
 def test_plain_module_and_save_load_round_trip(tmp_path, resnet):
-    from _builders import ConvNet
-
     convnet = ConvNet(seed=0)
     mp_hub.attach(convnet, _noisy_phi(), **TARGETS)
     assert mp_hub.calibrate_mean_mode(_trained(convnet), _images().split(32), **FIT) == 64
