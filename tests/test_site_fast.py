@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from mp_hub import ConfigError, InvalidInputError, MetaPerturb, PerturbSite, kernels
+from mp_hub import ConfigError, InvalidInputError, MetaPerturb, MetaPerturbConfig, PerturbSite, kernels
 from mp_hub import functional as MF
 from mp_hub.kernels import fused
 
@@ -89,6 +89,26 @@ def test_fused_matches_eager_outputs_stats_and_gradients(shape, training, mode, 
             assert p.grad is None, name
         else:
             close(p.grad, p64.grad, 1e-4)
+
+
+def test_frozen_phi_with_other_h_dim_and_fused_relu_trains_from_x():
+    """The saved-state backward needs the scale features' masks as bits, kept only for h = 4: with another h it
+    must keep x instead (it once read x it had not kept)."""
+    torch.manual_seed(0)
+    phi = MetaPerturb(MetaPerturbConfig(h_dim=8))
+    with torch.no_grad():
+        for p in phi.parameters():
+            p.mul_(25).requires_grad_(False)
+    fast, ref = site_pair(phi, 5, noise_coeff=0.7, clip_value=1.5, inference_mode="mean")
+    fast.fused_relu = ref.fused_relu = True
+    x = (2 * torch.randn(3, 5, 7, 6)).requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    y, y_ref = fast(x), ref(x64)
+    assert not y.grad_fn.plan.saved
+    grad_y = torch.randn(3, 5, 7, 6)
+    y.backward(grad_y)
+    y_ref.backward(grad_y.double())
+    close(x.grad, x64.grad, 1e-4)
 
 
 def test_the_generated_noise_path_equals_passing_the_same_draws():

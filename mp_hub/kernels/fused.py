@@ -96,6 +96,12 @@ class _Plan:
     saved: bool = False  # backward from saved state (mp_backward_saved) instead of x
 
 
+def _bit_masks(lib, h_dim: int) -> bool:
+    """The forward keeps the scale features' ReLU masks as bits (AVX-512 builds, h = 4): then the backward
+    through the batch statistics needs no x."""
+    return h_dim == 4 and bool(lib.mp_has_masks())
+
+
 def _ptr(t: Tensor | None):
     return None if t is None else t.data_ptr()
 
@@ -109,7 +115,7 @@ def _forward(plan: _Plan, x: Tensor, params: tuple[Tensor, ...], noise: Tensor |
     features = masks = None
     if plan.batch_stats:
         features = torch.empty(batch, channels, h_dim)
-        if keep_masks and h_dim == 4 and lib.mp_has_masks():  # ReLU masks as bits: the backward skips 4 stencils
+        if keep_masks and _bit_masks(lib, h_dim):  # ReLU masks as bits: the backward skips 4 stencils
             masks = torch.empty(batch * channels * ((height * (width + 2) + 15) // 16), dtype=torch.int64)
         if lib.mp_features(x.data_ptr(), batch, channels, height, width, kernels.data_ptr(), h_dim,
                            features.data_ptr(), _ptr(masks), threads):  # fmt: skip
@@ -204,8 +210,11 @@ def site_forward(site, lib, x: Tensor, noise: Tensor | None) -> Tensor:
     plan = _Plan(lib, site, mode, batch_stats, keys, float(site.noise_coeff), int(site.fused_relu))
     params = _phi_params(site.phi)
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-        # without grads for the noise generator and the scale kernels, nothing in the backward needs x itself
-        plan.saved = bool(site.fused_relu and lib.mp_has_masks() and not any(p.requires_grad for p in params[:5]))
+        # without grads for the noise generator and the scale kernels, and with the features' masks as bits,
+        # nothing in the backward needs x itself
+        plan.saved = bool(
+            site.fused_relu and _bit_masks(lib, params[4].shape[0]) and not any(p.requires_grad for p in params[:5])
+        )
         return _FusedSite.apply(x, noise, plan, *(p.contiguous() for p in params))
     with torch.no_grad():
         return _forward(plan, x, tuple(p.contiguous() for p in params), noise, keep_masks=False)[0]
