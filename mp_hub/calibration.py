@@ -13,6 +13,11 @@ is in eval mode and every site is in "mean" mode: training and "mc" evaluation k
 (which are never modified: each BatchNorm reads the calibrated ones through its own `forward`).
 If the model trains further, the calibration is stale (a BatchNorm's `num_batches_tracked` moved): it is then
 not used, with a warning, until `calibrate_mean_mode` runs again.
+
+LayerNorm models (a ViT) normalise each sample by itself, so there are no statistics to measure; their mean-field
+error is fixed by the MC-matched fit alone (`mc_fit_steps` > 0, `mp_hub.calibration_fit`): each LayerNorm gets
+a mean-mode weight and bias (`LayerNormAffine`), used under the same rule and stale once the LayerNorm's own
+weight or bias changes.
 """
 
 from __future__ import annotations
@@ -43,6 +48,16 @@ def calibratable_norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._Batc
     }
 
 
+def fittable_layer_norms(model: nn.Module) -> dict[str, nn.LayerNorm]:
+    """The plain `nn.LayerNorm`s with a weight, by module name: what the MC-matched fit can calibrate.
+    Subclasses are left out (e.g. transformers' channels-first ConvNeXt LayerNorm has its own `forward`)."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if type(module) is nn.LayerNorm and module.weight is not None
+    }
+
+
 def _key(name: str) -> str:
     return name.replace(".", "-")  # ModuleDict keys cannot hold dots
 
@@ -58,23 +73,58 @@ class NormStats(nn.Module):
         self.register_buffer("num_images", torch.tensor(0, dtype=torch.long))
 
 
-def _tracked_matches(norm: nn.modules.batchnorm._BatchNorm, stats: NormStats) -> bool:
-    """The BatchNorm has not trained since its statistics were calibrated."""
+class LayerNormAffine(nn.Module):
+    """Mean-mode weight and bias of one LayerNorm, and the LayerNorm's own weight and bias they were fitted from."""
+
+    def __init__(self, norm: nn.LayerNorm):
+        super().__init__()
+        weight = norm.weight.detach().clone()
+        bias = norm.bias.detach().clone() if norm.bias is not None else torch.zeros_like(weight)
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+        self.register_buffer("source_weight", weight.clone())
+        self.register_buffer("source_bias", bias.clone())
+        self.register_buffer("num_images", torch.tensor(0, dtype=torch.long))
+
+
+def _own_bias(norm: nn.LayerNorm) -> Tensor:
+    return norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
+
+
+def _tracked_matches(norm: nn.Module, stats: nn.Module) -> bool:
+    """The norm layer has not trained since its calibration: a BatchNorm's `num_batches_tracked` did not move,
+    a LayerNorm's weight and bias are the ones the fit started from."""
+    if isinstance(stats, LayerNormAffine):
+        return torch.equal(norm.weight, stats.source_weight) and torch.equal(_own_bias(norm), stats.source_bias)
     return int(norm.num_batches_tracked) == int(stats.source_batches_tracked)
 
 
-class MeanModeCalibration(nn.Module):
-    """Per-BatchNorm statistics for "mean" mode, read by each BatchNorm's `forward` while they apply.
+def _version_key(norm: nn.Module) -> tuple:
+    """Changes whenever what `_tracked_matches` reads is modified in place (optimizer steps, load_state_dict)."""
+    if isinstance(norm, nn.LayerNorm):
+        return tuple((id(t), t._version) for t in (norm.weight, norm.bias) if t is not None)
+    tracked = norm.num_batches_tracked
+    return (id(tracked), tracked._version)
 
-    Each BatchNorm gets a `CalibratedNormForward` as its instance `forward` (no hooks, no buffer swapping: the
+
+class MeanModeCalibration(nn.Module):
+    """Per-norm-layer state for "mean" mode, read by each layer's `forward` while it applies: statistics for a
+    BatchNorm (`NormStats`), a weight and bias for a LayerNorm (`LayerNormAffine`).
+
+    Each layer gets a `CalibratedNormForward` as its instance `forward` (no hooks, no buffer swapping: the
     model's own buffers are never touched, so concurrent "mc" and "mean" callers are safe); `remove` restores
     the modules' class `forward`.
     """
 
-    def __init__(self, norms: dict[str, nn.modules.batchnorm._BatchNorm], sites: list[PerturbSite]):
+    def __init__(self, norms: dict[str, nn.Module], sites: list[PerturbSite]):
         super().__init__()
         self.names = list(norms)
-        self.stats = nn.ModuleDict({_key(n): NormStats(m.num_features) for n, m in norms.items()})
+        self.stats = nn.ModuleDict(
+            {
+                _key(n): LayerNormAffine(m) if isinstance(m, nn.LayerNorm) else NormStats(m.num_features)
+                for n, m in norms.items()
+            }
+        )
         self.__dict__["_norms"] = norms  # the model's own modules: not submodules of this one
         self.__dict__["_sites"] = sites
         self._warned_stale = False
@@ -84,8 +134,12 @@ class MeanModeCalibration(nn.Module):
     def num_images(self) -> int:
         return int(next(iter(self.stats.values())).num_images) if self.names else 0
 
+    @property
+    def layer_norm_names(self) -> list[str]:
+        return [n for n in self.names if isinstance(self.stats[_key(n)], LayerNormAffine)]
+
     def stale_norms(self) -> list[str]:
-        """BatchNorms that have trained (moved their `num_batches_tracked`) since the calibration."""
+        """Norm layers that have trained since the calibration (see `_tracked_matches`)."""
         return [n for n in self.names if not _tracked_matches(self._norms[n], self.stats[_key(n)])]
 
     def active(self) -> bool:
@@ -96,8 +150,8 @@ class MeanModeCalibration(nn.Module):
     def warn_stale(self) -> None:
         if not self._warned_stale:
             logger.warning(
-                "the mean-mode calibration is stale (the model trained after it): mean mode uses the model's "
-                "own BatchNorm statistics until mp_hub.calibrate_mean_mode(...) runs again"
+                "the mean-mode calibration is stale (the model trained after it): mean mode uses the norm layers' "
+                "own statistics and weights until mp_hub.calibrate_mean_mode(...) runs again"
             )
             self._warned_stale = True
 
@@ -112,16 +166,16 @@ class MeanModeCalibration(nn.Module):
 
 
 class CalibratedNormForward:
-    """A BatchNorm's `forward` while a calibration is installed: in eval with every site in "mean" mode, the
-    eval-mode batch norm with the calibrated statistics; otherwise the module's own `forward`."""
+    """A norm layer's `forward` while a calibration is installed: in eval with every site in "mean" mode, the
+    eval-mode batch norm with the calibrated statistics (or the layer norm with the calibrated weight and bias);
+    otherwise the module's own `forward`."""
 
-    def __init__(self, calibration: MeanModeCalibration, norm: nn.modules.batchnorm._BatchNorm, stats: NormStats):
+    def __init__(self, calibration: MeanModeCalibration, norm: nn.Module, stats: nn.Module):
         self.calibration, self.norm, self.stats = calibration, norm, stats
-        self._checked = None  # (id, _version) of num_batches_tracked when last found current: skips item() calls
+        self._checked = None  # _version_key when last found current: skips item() / equal() calls
 
     def _current(self) -> bool:
-        tracked = self.norm.num_batches_tracked
-        key = (id(tracked), tracked._version)
+        key = _version_key(self.norm)
         if key == self._checked:
             return True
         if not _tracked_matches(self.norm, self.stats):
@@ -136,8 +190,10 @@ class CalibratedNormForward:
         if not self._current():
             self.calibration.warn_stale()
             return type(norm).forward(norm, x)
-        norm._check_input_dim(x)
         stats = self.stats
+        if isinstance(stats, LayerNormAffine):
+            return F.layer_norm(x, norm.normalized_shape, stats.weight, stats.bias, norm.eps)
+        norm._check_input_dim(x)
         return F.batch_norm(x, stats.running_mean, stats.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
 
 
@@ -182,7 +238,8 @@ def measure_mean_mode_stats(
                         logger.info("calibration: a last batch of one image has no variance; skipped")
                     break
                 pixel_values = pixel_values.to(device)
-                model(pixel_values)  # positional: HF models and plain modules alike
+                if norms:  # (none: a LayerNorm model, which only needs the images kept for the fit)
+                    model(pixel_values)  # positional: HF models and plain modules alike
                 if keep is not None:
                     keep.append(pixel_values)
                 seen += pixel_values.shape[0]
@@ -214,7 +271,9 @@ def calibrate_mean_mode(
 
     `mc_fit_steps` > 0: then fit those statistics so that "mean" mode matches the MC-`mc_samples` average on the
     same images (`mp_hub.calibration_fit`; it keeps the images in memory and costs `mc_samples` passes over them
-    plus `mc_fit_steps` forward/backward passes of 128 images; `seed` fixes its draws and batches).
+    plus `mc_fit_steps` forward/backward passes of 128 images; `seed` fixes its draws and batches). The fit
+    also gives every plain `nn.LayerNorm` a mean-mode weight and bias: a LayerNorm model (a ViT) can only be
+    calibrated this way.
 
     `batches` yields tensors, `(pixel_values, labels)` or dicts with `pixel_values` (a DataLoader works);
     `max_images` caps how many are used. The model's own statistics, its mode and the sites' state are left
@@ -231,23 +290,31 @@ def calibrate_mean_mode(
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
     norms = calibratable_norms(model)
-    if not norms:
+    layer_norms = fittable_layer_norms(model) if mc_fit_steps else {}
+    if not norms and not layer_norms:
+        if fittable_layer_norms(model):
+            raise ConfigError(
+                f"{type(model).__name__} has no BatchNorm with running statistics, only LayerNorms (which normalise "
+                "each sample by itself): its mean mode is calibrated by the MC-matched fit alone; pass mc_fit_steps > 0"
+            )
         raise ConfigError(
-            f"{type(model).__name__} has no BatchNorm with running statistics: its mean mode has nothing to "
-            "calibrate (LayerNorm models normalise each sample by itself)"
+            f"{type(model).__name__} has no BatchNorm with running statistics and no nn.LayerNorm: its mean mode "
+            "has nothing to calibrate"
         )
     kept: list[Tensor] | None = [] if mc_fit_steps else None
     measured, seen = measure_mean_mode_stats(model, norms, batches, max_images, keep=kept)
     if seen < 2:
         raise InvalidInputError("calibrate_mean_mode got no batch of at least 2 images")
-    calibration = MeanModeCalibration(norms, handle.site_list())
-    ref = next(iter(norms.values())).running_mean
-    calibration.to(device=ref.device, dtype=ref.dtype)
+    calibration = MeanModeCalibration({**norms, **layer_norms}, handle.site_list())
+    if norms:  # (a LayerNormAffine is made on its layer's device, from its weight)
+        ref = next(iter(norms.values())).running_mean
+        calibration.to(device=ref.device, dtype=ref.dtype)
     for name, (mean, var) in measured.items():
         stats = calibration.stats[_key(name)]
         stats.running_mean.copy_(mean)
         stats.running_var.copy_(var)
         stats.source_batches_tracked.fill_(int(norms[name].num_batches_tracked))
+    for stats in calibration.stats.values():
         stats.num_images.fill_(seen)
     if mc_fit_steps:  # before installing: if it fails, the model keeps the calibration it had
         from .calibration_fit import fit_to_mc
@@ -259,5 +326,7 @@ def calibrate_mean_mode(
             model, calibration, torch.cat(kept), steps=mc_fit_steps, mc_samples=mc_samples, seed=seed
         )
     handle._set_calibration(calibration)
-    logger.info("calibrated mean mode: %d BatchNorm layers on %d images", len(norms), seen)
+    logger.info(
+        "calibrated mean mode: %d BatchNorm and %d LayerNorm layers on %d images", len(norms), len(layer_norms), seen
+    )
     return seen

@@ -1,4 +1,4 @@
-"""MC-matched mean-mode calibration: fit the calibrated BatchNorm statistics to the MC average.
+"""MC-matched mean-mode calibration: fit the calibrated BatchNorm statistics (LayerNorm weights) to the MC average.
 
 Why: moment matching (`mp_hub.calibration`) gives each BatchNorm the statistics of mean-mode activations,
 which removes most of the gap between one "mean" pass and the MC average; what is left is the mean-field
@@ -10,6 +10,8 @@ What: starting from the moment-matched statistics, Adam steps on the per-channel
 every calibrated BatchNorm (the model, φ and the sites stay fixed) minimise the cross-entropy from the MC-k
 class probabilities (the teacher, computed once on the calibration images) to the one-pass "mean" ones. The
 result is stored exactly like a moment-matched calibration (`NormStats`), so inference costs the same.
+A LayerNorm normalises each sample by itself, so it has no statistics to fit: there the fit moves a copy of its
+weight and bias instead (`LayerNormAffine`), from the layer's own.
 Deterministic for given images and seed (every process of a multi-process run gets the same statistics).
 """
 
@@ -23,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .calibration import MeanModeCalibration, _key
+from .calibration import LayerNormAffine, MeanModeCalibration, _key
 from .evaluation import logits_of, sites_inference_mode
 
 logger = logging.getLogger(__name__)
@@ -47,6 +49,35 @@ class _FitNormForward:
         return y
 
 
+class _FitLayerNormForward:
+    """A LayerNorm's `forward` during the fit: differentiable in a copy of its weight and bias."""
+
+    def __init__(self, norm: nn.LayerNorm, weight: Tensor, bias: Tensor):
+        self.norm, self.weight, self.bias = norm, weight, bias
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return F.layer_norm(x, self.norm.normalized_shape, self.weight, self.bias, self.norm.eps)
+
+
+def _start(norm: nn.Module, stats: nn.Module) -> tuple[tuple[Tensor, Tensor], object]:
+    """The fit's variables for one norm layer, from its calibration, and the `forward` that reads them."""
+    if isinstance(stats, LayerNormAffine):
+        pair = (stats.weight.detach().clone().requires_grad_(True), stats.bias.detach().clone().requires_grad_(True))
+        return pair, _FitLayerNormForward(norm, *pair)
+    mean = stats.running_mean.detach().clone().requires_grad_(True)
+    log_var = stats.running_var.detach().clamp_min(1e-12).log().requires_grad_(True)
+    return (mean, log_var), _FitNormForward(norm, mean, log_var)
+
+
+def _store(stats: nn.Module, pair: tuple[Tensor, Tensor]) -> None:
+    if isinstance(stats, LayerNormAffine):
+        stats.weight.copy_(pair[0])
+        stats.bias.copy_(pair[1])
+    else:
+        stats.running_mean.copy_(pair[0])
+        stats.running_var.copy_(pair[1].exp())
+
+
 def _soft_cross_entropy(teacher: Tensor, logits: Tensor) -> Tensor:
     return -(teacher * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
 
@@ -66,11 +97,12 @@ def _mean_mode_divergence(model: nn.Module, images: Tensor, teacher: Tensor) -> 
 def fit_to_mc(
     model: nn.Module, calibration: MeanModeCalibration, images: Tensor, *, steps: int, mc_samples: int, seed: int = 0
 ) -> dict[str, Any]:
-    """Fit `calibration`'s statistics (in place) so that "mean" mode matches MC-`mc_samples` on `images`.
+    """Fit `calibration`'s statistics, weights and biases (in place) so that "mean" mode matches MC-`mc_samples`
+    on `images`.
 
     `model` is the bare model; `calibration` need not be installed. The model's parameters, buffers, mode, its
-    BatchNorms' `forward`s and the caller's RNG state are left as they were. Returns what the fit did (saved
-    with the calibration). On failure (a diverged fit) `calibration` keeps its moment-matched statistics.
+    norm layers' `forward`s and the caller's RNG state are left as they were. Returns what the fit did (saved
+    with the calibration). On failure (a diverged fit) `calibration` keeps what it had.
     """
     from .inference import mc_predict
 
@@ -89,11 +121,7 @@ def fit_to_mc(
             torch.manual_seed(seed)
             teacher = torch.cat([mc_predict(model, chunk, mc_samples) for chunk in images.split(FIT_BATCH)])
             for name, norm in norms.items():
-                stats = calibration.stats[_key(name)]
-                mean = stats.running_mean.detach().clone().requires_grad_(True)
-                log_var = stats.running_var.detach().clamp_min(1e-12).log().requires_grad_(True)
-                fitted[name] = (mean, log_var)
-                norm.forward = _FitNormForward(norm, mean, log_var)
+                fitted[name], norm.forward = _start(norm, calibration.stats[_key(name)])
             with sites_inference_mode(model, "mean"):
                 before = _mean_mode_divergence(model, images, teacher)
                 optimizer = torch.optim.Adam([t for pair in fitted.values() for t in pair], lr=FIT_LR)
@@ -109,10 +137,8 @@ def fit_to_mc(
         if not (math.isfinite(before) and math.isfinite(after)):  # keep the moment-matched statistics
             raise FloatingPointError(f"the MC-matched calibration diverged (KL {before} -> {after})")
         with torch.no_grad():
-            for name, (mean, log_var) in fitted.items():
-                stats = calibration.stats[_key(name)]
-                stats.running_mean.copy_(mean)
-                stats.running_var.copy_(log_var.exp())
+            for name, pair in fitted.items():
+                _store(calibration.stats[_key(name)], pair)
     finally:
         for name, norm in norms.items():
             if forwards[name] is None:

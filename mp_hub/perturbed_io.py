@@ -3,7 +3,8 @@
 A saved folder holds the base model exactly as `model.save_pretrained` writes it (base weights only, so plain
 transformers still loads it), plus
   metaperturb.safetensors   φ once (`phi.*`), every site's buffers (`sites.<key>.*`) and, once
-                            `calibrate_mean_mode` has run, the mean-mode BatchNorm statistics (`calibration.*`),
+                            `calibrate_mean_mode` has run, the mean-mode BatchNorm statistics and LayerNorm
+                            weights (`calibration.*`),
   metaperturb_config.json   how to attach again: resolver, targets, placement, C₀, H₀, κ, inference mode, φ's
                             config and source id, the base model id and the site names,
   README.md                 a model card (`model_cards/perturbed_model_card.md`).
@@ -32,7 +33,7 @@ from .attach import (
     handle_of,
     sites_state_module,
 )
-from .calibration import MeanModeCalibration, calibratable_norms
+from .calibration import MeanModeCalibration, calibratable_norms, fittable_layer_norms
 from .cards import TEMPLATES, _cell
 from .config import MetaPerturbConfig
 from .errors import CheckpointError, ConfigError
@@ -43,7 +44,8 @@ logger = logging.getLogger(__name__)
 
 PERTURB_WEIGHTS = "metaperturb.safetensors"
 PERTURB_CONFIG = "metaperturb_config.json"
-FORMAT_VERSION = 2  # 2 added the mean-mode calibration; a folder without one is still written as 1
+FORMAT_VERSION = 3  # 2 added the mean-mode calibration, 3 its LayerNorm entries; each folder is written with the
+# lowest version that holds it (1 without a calibration), so older mp_hub versions read what they can
 TAGS = ["metaperturb", "mp_hub", "image-classification"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -63,7 +65,7 @@ def perturbation_config(handle: AttachedPerturbation) -> dict[str, Any]:
 
     model, targets, calibration = handle.model, handle.targets, handle.calibration
     return {
-        "format_version": FORMAT_VERSION if calibration is not None else 1,
+        "format_version": 1 if calibration is None else (3 if calibration.layer_norm_names else 2),
         "mp_hub_version": __version__,
         "resolver": handle.resolver,
         "model_type": getattr(getattr(model, "config", None), "model_type", None),
@@ -244,11 +246,11 @@ def _restore_calibration(handle: AttachedPerturbation, saved: dict[str, Any] | N
     """Rebuild the (empty) mean-mode calibration the folder was saved with, so the strict load fills it."""
     if not saved:
         return
-    norms = calibratable_norms(handle.model)
+    norms = {**calibratable_norms(handle.model), **fittable_layer_norms(handle.model)}
     missing = [n for n in saved.get("norm_layers", []) if n not in norms]
     if missing or not saved.get("norm_layers"):
         raise CheckpointError(
-            f"'{source}' has a mean-mode calibration for BatchNorm layers the rebuilt model lacks: {missing}"
+            f"'{source}' has a mean-mode calibration for norm layers the rebuilt model lacks: {missing}"
         )
     calibration = MeanModeCalibration({n: norms[n] for n in saved["norm_layers"]}, handle.site_list())
     calibration.mc_fit = saved.get("mc_fit")  # absent in folders written before the MC-matched fit existed

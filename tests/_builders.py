@@ -27,6 +27,36 @@ class ConvNet(nn.Module):
         return self.head(self.blocks(x).mean((2, 3)))
 
 
+class LayerNormNet(nn.Module):
+    """ConvNet's layout with a LayerNorm over the channels in place of each BatchNorm: conv3x3 (`blocks.{i}.0`),
+    an Identity where a site goes (`blocks.{i}.1`), LayerNorm per pixel (`blocks.{i}.2.norm`), GELU; then a 3-way
+    head (logits ×20: confident, so that the MC average and one mean pass differ clearly)."""
+
+    def __init__(self, widths=(8, 8), seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        chans = (3, *widths)
+        self.blocks = nn.Sequential(
+            *[nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.Identity(), _PixelLayerNorm(b), nn.GELU())
+              for a, b in zip(chans, widths)]
+        )  # fmt: skip
+        self.head = nn.Linear(widths[-1], 3)
+        with torch.no_grad():
+            self.head.weight.mul_(20)
+
+    def forward(self, x):
+        return self.head(self.blocks(x).mean((2, 3)))
+
+
+class _PixelLayerNorm(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 # --- shared by the mean-mode calibration tests ---------------------------------------------------------------
 
 TARGETS = dict(targets=r"blocks\.\d+\.1", spatial_norm=32)  # sites after each BN: BN 1 reads site 0's output

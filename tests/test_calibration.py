@@ -142,8 +142,14 @@ def test_errors_are_typed_and_named(convnet):
         ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8)
     )
     mp_hub.attach(vit, MetaPerturb())
-    with pytest.raises(ConfigError, match="no BatchNorm"):
+    with pytest.raises(ConfigError, match="no BatchNorm with running statistics, only LayerNorms.*mc_fit_steps > 0"):
         mp_hub.calibrate_mean_mode(vit, [_images()])
+    plain = ConvNet(seed=0)
+    for block in plain.blocks:
+        block[1] = torch.nn.Identity()  # no BatchNorm, no LayerNorm
+    mp_hub.attach(plain, MetaPerturb(), **TARGETS)
+    with pytest.raises(ConfigError, match="no BatchNorm with running statistics and no nn.LayerNorm"):
+        mp_hub.calibrate_mean_mode(plain, [_images()], mc_fit_steps=2)
 
 
 def test_uncalibrated_mean_predict_warns_once(convnet, caplog):

@@ -1,15 +1,17 @@
 """MC-matched mean-mode calibration: BatchNorm statistics fitted so that one mean pass follows the MC average."""
 
 import json
+import logging
 
 import pytest
 import torch
 import torch.nn.functional as F
-from _builders import TARGETS, ConvNet, _images, _noisy_phi, _trained
+from _builders import TARGETS, ConvNet, LayerNormNet, _images, _noisy_phi, _trained
 
 import mp_hub
 from mp_hub import ConfigError
-from mp_hub.calibration import CalibratedNormForward, calibratable_norms
+from mp_hub.calibration import CalibratedNormForward, calibratable_norms, fittable_layer_norms
+from mp_hub.evaluation import sites_inference_mode
 from mp_hub.inference import mc_predict, mean_predict
 from mp_hub.models import CifarResNetConfig, CifarResNetForImageClassification
 
@@ -109,3 +111,42 @@ def test_plain_module_and_save_load_round_trip(tmp_path, resnet):
     assert loaded_handle.calibration.mc_fit == handle.calibration.mc_fit
     x = _images(4, seed=3)
     torch.testing.assert_close(mean_predict(loaded, x), mean_predict(model, x), rtol=0, atol=0)
+
+
+def test_layer_norm_model_is_calibrated_by_the_fit_alone(tmp_path, caplog):
+    model = LayerNormNet()
+    handle = mp_hub.attach(model, _noisy_phi(), **TARGETS)
+    model.eval()
+    images = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(2))  # 16 px: a fast test
+    with pytest.raises(ConfigError, match="only LayerNorms.*mc_fit_steps > 0"):
+        mp_hub.calibrate_mean_mode(model, images.split(32))
+    own = {n: (m.weight.clone(), m.bias.clone()) for n, m in fittable_layer_norms(model).items()}
+    assert mp_hub.calibrate_mean_mode(model, images.split(32), seed=3, **FIT) == 64
+    calibration, fit = handle.calibration, handle.calibration.mc_fit
+    assert calibration.names == calibration.layer_norm_names == ["blocks.0.2.norm", "blocks.1.2.norm"]
+    assert fit["kl_before"] > 1e-3 and fit["kl_after"] < 0.5 * fit["kl_before"]
+    assert _kl_to_mc(model, images, seed=3) == pytest.approx(fit["kl_after"], rel=1e-3)  # the fitted ones are used
+    for name, norm in fittable_layer_norms(model).items():  # the model's own LayerNorms are untouched
+        assert torch.equal(norm.weight, own[name][0]) and torch.equal(norm.bias, own[name][1])
+        assert isinstance(norm.__dict__["forward"], CalibratedNormForward)
+
+    handle.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "metaperturb_config.json").read_text())
+    assert config["format_version"] == 3 and config["mean_mode_calibration"]["norm_layers"] == calibration.names
+    loaded, loaded_handle = mp_hub.load_perturbed(tmp_path, model=LayerNormNet(seed=1))
+    assert loaded_handle.calibration.layer_norm_names == calibration.names
+    x = images[:4]
+    torch.testing.assert_close(mean_predict(loaded, x), mean_predict(model, x), rtol=0, atol=0)
+
+    norm, stats = model.blocks[0][2].norm, calibration.stats["blocks-0-2-norm"]
+    tokens = torch.randn(2, 5, 8)
+    with sites_inference_mode(model, "mean"):
+        used = norm(tokens)
+    torch.testing.assert_close(used, F.layer_norm(tokens, (8,), stats.weight, stats.bias, norm.eps), rtol=0, atol=0)
+    assert not torch.allclose(stats.weight, norm.weight)
+    with torch.no_grad():  # a training step on the LayerNorm makes its calibration stale: then it is not used
+        norm.weight.add_(0.1)
+    with sites_inference_mode(model, "mean"), caplog.at_level(logging.WARNING, logger="mp_hub.calibration"):
+        used = norm(tokens)
+    assert handle.calibration.stale_norms() == ["blocks.0.2.norm"] and "stale" in caplog.text
+    torch.testing.assert_close(used, F.layer_norm(tokens, (8,), norm.weight, norm.bias, norm.eps), rtol=0, atol=0)

@@ -284,6 +284,26 @@ def test_mc_predict_runs_the_prefix_once_and_averages_the_draws():
     assert torch.allclose(mc_predict(model, x, k=4), bare, atol=1e-6)
 
 
+def test_mc_predict_batches_the_draws_of_a_vit_with_a_cls_token():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from mp_hub import attach
+    from mp_hub.inference import mc_predict
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                       image_size=16, patch_size=4, num_labels=3)  # fmt: skip
+    model = ViTForImageClassification(config).eval()
+    handle = attach(model, make_phi(scale=10.0))
+    x = torch.randn(5, 3, 16, 16)
+    probs = mc_predict(model, x, k=7, chunk=3)  # the first site repeats the patch tokens: the CLS token too
+    assert probs.shape == (5, 3) and torch.allclose(probs.sum(-1), torch.ones(5))
+    handle.set_noise_coeff(0.0)  # each draw is the bare model: image b's CLS token stays with image b's patches
+    with torch.no_grad(), handle.disabled():
+        bare = torch.softmax(model(x).logits, -1)
+    assert torch.allclose(mc_predict(model, x, k=4, chunk=4), bare, atol=1e-6)
+
+
 def test_mc_predict_matches_separate_passes_in_distribution():
     from mp_hub.inference import mc_predict, mean_predict
 

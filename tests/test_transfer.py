@@ -122,6 +122,18 @@ def test_recipe_tiny_vit(tmp_path, phi_dir):
     assert handle.inference_mode == "mean"
 
 
+def test_recipe_tiny_vit_mc_fit_calibrates_its_layer_norms(tmp_path, phi_dir, recipe):
+    out = tmp_path / "out"
+    args = [*SMALL, *TINY_VIT, "--perturb_model_id", str(phi_dir), "--max_train_steps", "2",
+            "--inference_mode", "mean", "--mean_mode_mc_fit_steps", "3", "--output_dir", str(out)]  # fmt: skip
+    assert recipe.main(args) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["mean_mode_calibration_images"] == 32 and results["mean_mode_mc_fit_steps"] == 3
+    _, handle = mp_hub.load_perturbed(out)
+    assert handle.calibration.mc_fit["steps"] == 3
+    assert handle.calibration.layer_norm_names == handle.calibration.names and len(handle.calibration.names) == 5
+
+
 def test_stopped_and_resumed_equals_uninterrupted(tmp_path, phi_dir, recipe):
     base = [*SMALL, *RESNET8, "--perturb_model_id", str(phi_dir), "--max_train_steps", "4", "--eval_steps", "1"]
     full, split = tmp_path / "full", tmp_path / "split"

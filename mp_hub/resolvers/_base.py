@@ -209,4 +209,9 @@ class TokenGrid:
             raise AttachError(f"expected ViT tokens of shape (B, N, C), got {tuple(x.shape)}")
         h, w = self.grid(x.shape[1] - self.prefix)
         patches = tokens_to_map(x[:, self.prefix :], h, w, perturb)
-        return patches if self.prefix == 0 else torch.cat((x[:, : self.prefix], patches), dim=1)
+        if self.prefix == 0:
+            return patches
+        prefix = x[:, : self.prefix]
+        if patches.shape[0] != x.shape[0]:  # mc_predict's batched draws: the first site repeated the batch
+            prefix = prefix.repeat(patches.shape[0] // x.shape[0], 1, 1)
+        return torch.cat((prefix, patches), dim=1)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..calibration import calibratable_norms
+from ..calibration import calibratable_norms, fittable_layer_norms
 from ..errors import AttachError, CheckpointError, ConfigError, NotCachedError
 from ..perturb import MetaPerturb
 from ..regularizers import DropBlock2d, attach_regularizer, linear_drop_prob, set_drop_prob
@@ -125,15 +125,21 @@ class Regularization:
     def calibrate_mean_mode(
         self, data, max_images: int, batch_size: int, seed: int, mc_fit_steps: int = 0
     ) -> int | None:
-        """Mean-mode BatchNorm statistics from the training images (`mp_hub.calibration`), after `finish`.
+        """Mean-mode BatchNorm statistics from the training images (`mp_hub.calibration`), after `finish`; with
+        `mc_fit_steps`, fitted to the MC average (LayerNorm weights too).
 
-        None when there is nothing to do: no φ, `max_images` 0, or a model without BatchNorm (e.g. a ViT).
-        Every process uses the same images, so the calibration is identical everywhere.
+        None when there is nothing to do: no φ, `max_images` 0, or a model without BatchNorm (e.g. a ViT) and
+        no fit. Every process uses the same images, so the calibration is identical everywhere.
         """
         if self.handle is None or max_images == 0:
             return None
-        if not calibratable_norms(self.handle.model):
-            logger.info("mean-mode calibration: %s has no BatchNorm, nothing to do", type(self.handle.model).__name__)
+        model = self.handle.model
+        if not calibratable_norms(model) and not (mc_fit_steps and fittable_layer_norms(model)):
+            logger.info(
+                "mean-mode calibration: %s has no BatchNorm (LayerNorms are calibrated only with "
+                "--mean_mode_mc_fit_steps), nothing to do",
+                type(model).__name__,
+            )
             return None
         return self.handle.calibrate_mean_mode(
             calibration_batches(data, batch_size, seed), max_images=max_images, mc_fit_steps=mc_fit_steps, seed=seed
