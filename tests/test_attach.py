@@ -26,6 +26,7 @@ from transformers import (
 
 import mp_hub
 from mp_hub import AttachError, MetaPerturb
+from mp_hub.inference import mc_predict
 from mp_hub.models import (
     CifarConv4Config,
     CifarConv4ForImageClassification,
@@ -205,6 +206,19 @@ def test_detach_restores_outputs_and_save_reload_is_exact(arch, pixels, tmp_path
 
 def _capture_input(module, store):
     return module.register_forward_pre_hook(lambda m, args: store.append(args[0].detach().clone()))
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_batched_mc_draws_keep_each_image_whole(arch, pixels):
+    """mc_predict repeats the batch at the first site: everything after it (CLS tokens, shortcuts) must follow.
+    With κ = 0 every draw is the bare model, so a draw mixing two images' parts would show."""
+    model, _, kwargs = build(arch)
+    model.eval()
+    with torch.no_grad():
+        bare = torch.softmax(logits(model, pixels), -1)
+    handle = mp_hub.attach(model, MetaPerturb(), **kwargs)
+    handle.set_noise_coeff(0.0)
+    torch.testing.assert_close(mc_predict(model, pixels, k=3, chunk=3), bare, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["resnet_basic", "resnet_bottleneck", "regnet", "cifar_resnet"])
