@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mean_mode_mc_fit_steps",
         type=int,
         default=0,
-        help="then fit that calibration to the MC-20 average of those images, this many steps (0: moments only)",
+        help="then fit that calibration to the MC-20 average of those images, this many steps (0: moments only; "
+        "a LayerNorm model such as a ViT is calibrated only by this fit)",
     )
     reg.add_argument("--dropblock_prob", type=float, default=0.1, help="final DropBlock drop rate (ramped from 0)")
     reg.add_argument("--dropblock_size", type=int, default=7, help="clipped to each feature map's size")
