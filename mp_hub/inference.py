@@ -3,7 +3,8 @@
 `mean_predict` runs every site in "mean" mode: the softplus noise is replaced by its expectation
 E[softplus(μ + ε)] (closed form, `functional.expected_softplus`), one pass at about the bare model's cost. A
 BatchNorm model needs `mp_hub.calibrate_mean_mode` first (BatchNorm statistics of mean-mode activations; see
-`mp_hub.calibration`): without it mean mode is 1–10 points below the MC average on the zoo benchmark.
+`mp_hub.calibration`): without it mean mode is 1–10 points below the MC average on the zoo benchmark. A
+LayerNorm model (ViT) is calibrated by the MC-matched fit (`mc_fit_steps`, `mp_hub.calibration_fit`).
 
 `mc_predict` averages the softmax over k noise draws like the authors' test-time MC, exactly (the same
 distribution as k separate passes): the first site the forward pass reaches repeats its input `chunk` times,
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from .attach import handle_of
-from .calibration import calibratable_norms
+from .calibration import calibratable_norms, fittable_layer_norms
 from .errors import AttachError, ConfigError, InvalidInputError
 from .evaluation import logits_of, perturb_sites, sites_inference_mode
 from .site import MC_EXPANSION, PerturbSite
@@ -60,6 +61,11 @@ def _warn_uncalibrated(model: nn.Module) -> None:
         logger.warning(
             "mean mode on a BatchNorm model without calibration: expect lower accuracy than the MC average; "
             "run mp_hub.calibrate_mean_mode(model, train_batches) once after training"
+        )
+    elif fittable_layer_norms(handle.model):
+        logger.warning(
+            "mean mode on a LayerNorm model without calibration: expect predictions that differ from the MC "
+            "average; run mp_hub.calibrate_mean_mode(model, train_batches, mc_fit_steps=200) once after training"
         )
 
 

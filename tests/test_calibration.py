@@ -6,7 +6,7 @@ import logging
 
 import pytest
 import torch
-from _builders import TARGETS, ConvNet, _images, _noisy_phi, _trained
+from _builders import TARGETS, ConvNet, LayerNormNet, _images, _noisy_phi, _trained
 from transformers import ViTConfig, ViTForImageClassification
 
 import mp_hub
@@ -157,7 +157,13 @@ def test_uncalibrated_mean_predict_warns_once(convnet, caplog):
     with caplog.at_level(logging.WARNING, logger="mp_hub.inference"):
         mean_predict(model, _images(4))
         mean_predict(model, _images(4))
-    assert caplog.text.count("without calibration") == 1
+    assert caplog.text.count("BatchNorm model without calibration") == 1
+    caplog.clear()
+    layer_norm_model = LayerNormNet()
+    mp_hub.attach(layer_norm_model, MetaPerturb(), **TARGETS)
+    with caplog.at_level(logging.WARNING, logger="mp_hub.inference"):
+        mean_predict(layer_norm_model.eval(), _images(4))
+    assert "LayerNorm model without calibration" in caplog.text and "mc_fit_steps=200" in caplog.text
 
 
 def test_save_and_load_keep_the_calibration(tmp_path):
