@@ -306,11 +306,8 @@ def calibrate_mean_mode(
     if seen < 2:
         raise InvalidInputError("calibrate_mean_mode got no batch of at least 2 images")
     calibration = MeanModeCalibration({**norms, **layer_norms}, handle.site_list())
-    if norms:  # (a LayerNormAffine is made on its layer's device, from its weight)
-        ref = next(iter(norms.values())).running_mean
-        calibration.to(device=ref.device, dtype=ref.dtype)
-    for name, (mean, var) in measured.items():
-        stats = calibration.stats[_key(name)]
+    for name, (mean, var) in measured.items():  # (a LayerNormAffine is made from its layer's weight, in place)
+        stats = calibration.stats[_key(name)].to(device=mean.device, dtype=mean.dtype)
         stats.running_mean.copy_(mean)
         stats.running_var.copy_(var)
         stats.source_batches_tracked.fill_(int(norms[name].num_batches_tracked))
