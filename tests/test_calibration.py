@@ -199,3 +199,12 @@ def test_loading_refuses_a_calibration_for_missing_layers(tmp_path):
     path.write_text(json.dumps(config))
     with pytest.raises(mp_hub.CheckpointError, match="no_such_bn"):
         mp_hub.load_perturbed(tmp_path)
+
+
+def test_a_float64_model_gets_float64_statistics():
+    model = ConvNet(seed=0).double()
+    handle = mp_hub.attach(model, _noisy_phi().double(), **TARGETS)
+    model.eval()
+    mp_hub.calibrate_mean_mode(model, _images().double().split(32))
+    assert {s.running_mean.dtype for s in handle.calibration.stats.values()} == {torch.float64}
+    assert mean_predict(model, _images(4).double()).dtype == torch.float32  # probabilities: float32 softmax
