@@ -2,20 +2,46 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# glibc's malloc hands freed blocks of >= 128 KiB back to the OS and page-faults them in again on the next
+# allocation; with these settings it keeps them (what a caching allocator such as jemalloc does)
+KEEP_FREED_MEMORY = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
+
+
+def reexec_keeping_freed_memory() -> None:
+    """With --keep-freed-memory: run this script again under GLIBC_TUNABLES=KEEP_FREED_MEMORY (glibc reads its
+    tunables only at process start, so it cannot be set from within). Call before anything else."""
+    if "--keep-freed-memory" in sys.argv and os.environ.get("GLIBC_TUNABLES") != KEEP_FREED_MEMORY:
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": KEEP_FREED_MEMORY})
 
 
 def add_thread_arguments(parser) -> None:
-    """--threads, and --omp-passive (which the script itself must apply before importing torch)."""
+    """--threads, --omp-passive (which the script itself must apply before importing torch) and
+    --keep-freed-memory (`reexec_keeping_freed_memory`)."""
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--omp-passive",
         action="store_true",
         help="OMP_WAIT_POLICY=PASSIVE: on an oversubscribed machine, spinning OpenMP threads make steps bimodal",
     )
+    parser.add_argument(
+        "--keep-freed-memory",
+        action="store_true",
+        help="glibc malloc keeps freed memory (no page faults on reallocation; see KEEP_FREED_MEMORY)",
+    )
+
+
+def environment() -> dict:
+    """What the figures depend on besides the code: for the final JSON line."""
+    return {
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+    }
 
 
 def git_commit() -> str:

@@ -1,6 +1,7 @@
 """Inference cost of a perturbed CIFAR ResNet-20: bare eval forward vs "mean" mode vs MC-k, and MC-k vs mean.
 
     python benchmarks/inference.py [--batch 128] [--threads 2] [--k 10] [--repeats 20] [--backend auto]
+                                   [--omp-passive] [--keep-freed-memory]
 
 Timed (medians of interleaved repeats, wall-clock and process CPU, under torch.inference_mode; "paired": the
 median over rounds of each variant's time over the bare pass's in the same round):
@@ -17,6 +18,9 @@ Then one site in "mean" mode against a ReLU and a 3×3 conv at ResNet-20's three
 Synthetic agreement check (random weights, φ from ../shared/reference when present, else φ's init scaled up
 so that the noise matters): max |p_mean − p_MC| and argmax agreement between "mean" and MC with --mc-check
 draws. The real-data check (accuracy within 0.3 points of MC-100) is separate.
+--keep-freed-memory: glibc's malloc keeps freed memory instead of page-faulting every large activation in
+again (`_common.KEEP_FREED_MEMORY`; about half the bare forward's time on this machine goes to those faults).
+
 The last line printed is JSON with every figure and the git commit.
 """
 
@@ -25,16 +29,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
+from _common import reexec_keeping_freed_memory  # noqa: E402
+
+reexec_keeping_freed_memory()
 if "--omp-passive" in sys.argv:  # must precede the OpenMP runtime's start, i.e. importing torch
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch  # noqa: E402
-from _common import add_thread_arguments, git_commit, time_interleaved  # noqa: E402
+from _common import add_thread_arguments, environment, git_commit, time_interleaved  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.inference import mc_predict, mean_predict  # noqa: E402
@@ -54,6 +62,18 @@ def load_phi() -> tuple[MetaPerturb, str]:
         for p in phi.parameters():
             p.mul_(25)
     return phi, "random init ×25"
+
+
+def page_faults(fn, repeats: int = 5) -> tuple[int, float]:
+    """Median minor page faults and system-time ms of one call (the process's, all threads)."""
+    faults, system = [], []
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        fn()
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        faults.append(after.ru_minflt - before.ru_minflt)
+        system.append(1e3 * (after.ru_stime - before.ru_stime))
+    return int(statistics.median(faults)), statistics.median(system)
 
 
 def main() -> None:
@@ -126,6 +146,11 @@ def main() -> None:
         print(f"  {name:17s} {res[name + '_ms']:8.1f} ms  ×{res[name + '_ratio']:.3f}  "
               f"| CPU {res[name + '_cpu_ms']:8.1f} ms  ×{res[name + '_cpu_ratio']:.3f}  "
               f"| paired ×{res[name + '_paired_ratio']:.3f}")  # fmt: skip
+    with torch.inference_mode():  # what the allocator costs: page faults of one pass (see --keep-freed-memory)
+        for name in ("bare", "mean"):
+            faults, system_ms = page_faults(variants[name])
+            res[f"{name}_page_faults"], res[f"{name}_system_ms"] = faults, system_ms
+            print(f"  {name}: {faults} minor page faults and {system_ms:.0f} ms of system time per pass (median of 5)")
     res["calibration_512_images_ms"] = calibration_ms
     print(f"  (one-time mean-mode calibration on 512 images: {calibration_ms:.0f} ms)")
     res["mc_batched_vs_loop"] = res["mc_batched_ms"] / res["mc_loop_ms"]
@@ -195,7 +220,7 @@ def main() -> None:
         "benchmark": "inference", "commit": git_commit(), "model": "cifar_resnet20", "batch": args.batch,
         "threads": args.threads, "backend": args.backend, "k": args.k, "repeats": args.repeats,
         "fused_available": kernels.fused_available(), "torch": torch.__version__,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "results": res,
+        **environment(), "results": res,
         "agreement_check": check,
     }))  # fmt: skip
 

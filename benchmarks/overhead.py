@@ -1,7 +1,7 @@
 """Cost of a MetaPerturb training step on CIFAR ResNet-20: bare model vs φ at all 9 sites, eager and fused.
 
     python benchmarks/overhead.py [--steps 10] [--warmup 3] [--batch 128] [--threads 2] [--phi frozen,trainable]
-                                  [--no-memory] [--omp-passive]
+                                  [--no-memory] [--omp-passive] [--keep-freed-memory]
 
 Variants, interleaved step by step in one process (on a shared machine load drifts; interleaving spreads it
 over all variants alike), each step = forward + cross-entropy + backward + Adam step, batch of 32×32 images:
@@ -22,6 +22,9 @@ On a machine shared with other jobs, OpenMP threads that spin at barriers while 
 can make whole phases of a run 5–10× slower (bimodal step times, for every variant); --omp-passive sets
 OMP_WAIT_POLICY=PASSIVE for steadier figures.
 
+--keep-freed-memory: glibc's malloc keeps freed memory instead of page-faulting every large activation in
+again (`_common.KEEP_FREED_MEMORY`; about half the bare forward's time on this machine goes to those faults).
+
 The last line printed is JSON with every figure and the git commit (suffixed -dirty for uncommitted changes).
 """
 
@@ -32,12 +35,15 @@ import json
 import os
 import sys
 
+from _common import reexec_keeping_freed_memory  # noqa: E402
+
+reexec_keeping_freed_memory()
 if "--omp-passive" in sys.argv:  # must precede the OpenMP runtime's start, i.e. importing torch
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 import torch  # noqa: E402
-import torch.nn.functional as F
-from _common import add_thread_arguments, git_commit, time_interleaved  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from _common import add_thread_arguments, environment, git_commit, time_interleaved  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.models import model_from_type  # noqa: E402
@@ -140,7 +146,7 @@ def main() -> None:
         "benchmark": "overhead", "commit": git_commit(), "model": "cifar_resnet20", "batch": args.batch,
         "image_size": 32, "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
         "fused_available": fused, "torch": torch.__version__,
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "results": results,
+        **environment(), "results": results,
     }))  # fmt: skip
 
 
