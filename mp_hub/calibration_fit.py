@@ -134,7 +134,7 @@ def fit_to_mc(
                     loss.backward()
                     optimizer.step()
                 after = _mean_mode_divergence(model, images, teacher)
-        if not (math.isfinite(before) and math.isfinite(after)):  # keep the moment-matched statistics
+        if not (math.isfinite(before) and math.isfinite(after)):  # the calibration keeps what it had
             raise FloatingPointError(f"the MC-matched calibration diverged (KL {before} -> {after})")
         with torch.no_grad():
             for name, pair in fitted.items():
