@@ -70,6 +70,7 @@ def run_transfer(args, target: str, data_dir: Path, regularizer: str, phi: str |
             "--image_size", "32", "--no_flip", "--seed", str(seed), "--output_dir", str(out),
             "--per_device_train_batch_size", str(args.batch_size), "--max_train_steps", str(args.max_train_steps),
             "--eval_mc_samples", str(args.eval_mc_samples), "--eval_steps", str(args.max_train_steps),
+            "--mean_mode_mc_fit_steps", "0",  # moment matching only: mean_vs_mc.py fits and compares both
             "--regularizer", "metaperturb" if regularizer == "metaperturb" else regularizer,
         ]  # fmt: skip
         if model == "resnet20":

