@@ -298,8 +298,8 @@ def calibrate_mean_mode(
                 "each sample by itself): its mean mode is calibrated by the MC-matched fit alone; pass mc_fit_steps > 0"
             )
         raise ConfigError(
-            f"{type(model).__name__} has no BatchNorm with running statistics and no nn.LayerNorm: its mean mode "
-            "has nothing to calibrate"
+            f"{type(model).__name__} has no BatchNorm with running statistics and no nn.LayerNorm with a weight: "
+            "its mean mode has nothing to calibrate"
         )
     kept: list[Tensor] | None = [] if mc_fit_steps else None
     measured, seen = measure_mean_mode_stats(model, norms, batches, max_images, keep=kept)

@@ -148,7 +148,7 @@ def test_errors_are_typed_and_named(convnet):
     for block in plain.blocks:
         block[1] = torch.nn.Identity()  # no BatchNorm, no LayerNorm
     mp_hub.attach(plain, MetaPerturb(), **TARGETS)
-    with pytest.raises(ConfigError, match="no BatchNorm with running statistics and no nn.LayerNorm"):
+    with pytest.raises(ConfigError, match="no BatchNorm with running statistics and no nn.LayerNorm with a weight"):
         mp_hub.calibrate_mean_mode(plain, [_images()], mc_fit_steps=2)
 
 
