@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mp_hub import MetaPerturb, load_perturbed  # noqa: E402
-from mp_hub.calibration import calibratable_norms, fittable_layer_norms  # noqa: E402
+from mp_hub.calibration import calibration_targets  # noqa: E402
 from mp_hub.data import decode_images, samples_per_class_subset  # noqa: E402
 from mp_hub.evaluation import compute_metrics  # noqa: E402
 from mp_hub.inference import mean_predict  # noqa: E402
@@ -110,8 +110,7 @@ def load_calibrated(run_dir: Path, data_dir: Path, seed: int, mc_fit_steps: int 
 
     model, handle = load_perturbed(run_dir)
     model.eval()
-    fits = calibratable_norms(model) or (mc_fit_steps and fittable_layer_norms(model))
-    if fits and (handle.calibration is None or mc_fit_steps):
+    if calibration_targets(model, mc_fit_steps) and (handle.calibration is None or mc_fit_steps):
         train = decode_images(load_dataset(str(data_dir))["train"], "image", "label", 32)
         data = TransferData(train=train, eval=None, labels=[], eval_split="test", dataset_id="", image_size=32)
         handle.calibrate_mean_mode(  # the recipe's defaults

@@ -58,6 +58,12 @@ def fittable_layer_norms(model: nn.Module) -> dict[str, nn.LayerNorm]:
     }
 
 
+def calibration_targets(model: nn.Module, mc_fit_steps: int) -> dict[str, nn.Module]:
+    """The norm layers `calibrate_mean_mode` calibrates, by name: every BatchNorm with running statistics and,
+    with the MC-matched fit (`mc_fit_steps` > 0), every plain LayerNorm with a weight. Empty: nothing to do."""
+    return {**calibratable_norms(model), **(fittable_layer_norms(model) if mc_fit_steps else {})}
+
+
 def _key(name: str) -> str:
     return name.replace(".", "-")  # ModuleDict keys cannot hold dots
 
@@ -72,6 +78,20 @@ class NormStats(nn.Module):
         self.register_buffer("source_batches_tracked", torch.tensor(0, dtype=torch.long))
         self.register_buffer("num_images", torch.tensor(0, dtype=torch.long))
 
+    def matches(self, norm: nn.modules.batchnorm._BatchNorm) -> bool:
+        """The BatchNorm has not trained since: its `num_batches_tracked` did not move."""
+        return int(norm.num_batches_tracked) == int(self.source_batches_tracked)
+
+    @staticmethod
+    def version_key(norm: nn.modules.batchnorm._BatchNorm) -> tuple:
+        """Changes whenever what `matches` reads is modified in place (training steps, load_state_dict)."""
+        tracked = norm.num_batches_tracked
+        return (id(tracked), tracked._version)
+
+    def normalize(self, norm: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+        norm._check_input_dim(x)
+        return F.batch_norm(x, self.running_mean, self.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+
 
 class LayerNormAffine(nn.Module):
     """Mean-mode weight and bias of one LayerNorm, and the LayerNorm's own weight and bias they were fitted from."""
@@ -79,32 +99,28 @@ class LayerNormAffine(nn.Module):
     def __init__(self, norm: nn.LayerNorm):
         super().__init__()
         weight = norm.weight.detach().clone()
-        bias = norm.bias.detach().clone() if norm.bias is not None else torch.zeros_like(weight)
+        bias = self._own_bias(norm).detach().clone()
         self.register_buffer("weight", weight)
         self.register_buffer("bias", bias)
         self.register_buffer("source_weight", weight.clone())
         self.register_buffer("source_bias", bias.clone())
         self.register_buffer("num_images", torch.tensor(0, dtype=torch.long))
 
+    @staticmethod
+    def _own_bias(norm: nn.LayerNorm) -> Tensor:
+        return norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
 
-def _own_bias(norm: nn.LayerNorm) -> Tensor:
-    return norm.bias if norm.bias is not None else torch.zeros_like(norm.weight)
+    def matches(self, norm: nn.LayerNorm) -> bool:
+        """The LayerNorm has not trained since: its weight and bias are the ones the fit started from."""
+        return torch.equal(norm.weight, self.source_weight) and torch.equal(self._own_bias(norm), self.source_bias)
 
-
-def _tracked_matches(norm: nn.Module, stats: nn.Module) -> bool:
-    """The norm layer has not trained since its calibration: a BatchNorm's `num_batches_tracked` did not move,
-    a LayerNorm's weight and bias are the ones the fit started from."""
-    if isinstance(stats, LayerNormAffine):
-        return torch.equal(norm.weight, stats.source_weight) and torch.equal(_own_bias(norm), stats.source_bias)
-    return int(norm.num_batches_tracked) == int(stats.source_batches_tracked)
-
-
-def _version_key(norm: nn.Module) -> tuple:
-    """Changes whenever what `_tracked_matches` reads is modified in place (optimizer steps, load_state_dict)."""
-    if isinstance(norm, nn.LayerNorm):
+    @staticmethod
+    def version_key(norm: nn.LayerNorm) -> tuple:
+        """Changes whenever what `matches` reads is modified in place (optimizer steps, load_state_dict)."""
         return tuple((id(t), t._version) for t in (norm.weight, norm.bias) if t is not None)
-    tracked = norm.num_batches_tracked
-    return (id(tracked), tracked._version)
+
+    def normalize(self, norm: nn.LayerNorm, x: Tensor) -> Tensor:
+        return F.layer_norm(x, norm.normalized_shape, self.weight, self.bias, norm.eps)
 
 
 class MeanModeCalibration(nn.Module):
@@ -139,8 +155,8 @@ class MeanModeCalibration(nn.Module):
         return [n for n in self.names if isinstance(self.stats[_key(n)], LayerNormAffine)]
 
     def stale_norms(self) -> list[str]:
-        """Norm layers that have trained since the calibration (see `_tracked_matches`)."""
-        return [n for n in self.names if not _tracked_matches(self._norms[n], self.stats[_key(n)])]
+        """Norm layers that have trained since the calibration (see each entry's `matches`)."""
+        return [n for n in self.names if not self.stats[_key(n)].matches(self._norms[n])]
 
     def active(self) -> bool:
         """Every site is in "mean" mode."""
@@ -172,13 +188,13 @@ class CalibratedNormForward:
 
     def __init__(self, calibration: MeanModeCalibration, norm: nn.Module, stats: nn.Module):
         self.calibration, self.norm, self.stats = calibration, norm, stats
-        self._checked = None  # _version_key when last found current: skips item() / equal() calls
+        self._checked = None  # the stats' version_key when last found current: skips item() / equal() calls
 
     def _current(self) -> bool:
-        key = _version_key(self.norm)
+        key = self.stats.version_key(self.norm)
         if key == self._checked:
             return True
-        if not _tracked_matches(self.norm, self.stats):
+        if not self.stats.matches(self.norm):
             return False
         self._checked = key
         return True
@@ -190,11 +206,7 @@ class CalibratedNormForward:
         if not self._current():
             self.calibration.warn_stale()
             return type(norm).forward(norm, x)
-        stats = self.stats
-        if isinstance(stats, LayerNormAffine):
-            return F.layer_norm(x, norm.normalized_shape, stats.weight, stats.bias, norm.eps)
-        norm._check_input_dim(x)
-        return F.batch_norm(x, stats.running_mean, stats.running_var, norm.weight, norm.bias, False, 0.0, norm.eps)
+        return self.stats.normalize(norm, x)
 
 
 def _pixel_values(batch: Any) -> Tensor:
@@ -289,9 +301,8 @@ def calibrate_mean_mode(
     for name, value, low in (("mc_fit_steps", mc_fit_steps, 0), ("mc_samples", mc_samples, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
-    norms = calibratable_norms(model)
-    layer_norms = fittable_layer_norms(model) if mc_fit_steps else {}
-    if not norms and not layer_norms:
+    targets = calibration_targets(model, mc_fit_steps)
+    if not targets:
         if fittable_layer_norms(model):
             raise ConfigError(
                 f"{type(model).__name__} has no BatchNorm with running statistics, only LayerNorms (which normalise "
@@ -301,11 +312,12 @@ def calibrate_mean_mode(
             f"{type(model).__name__} has no BatchNorm with running statistics and no nn.LayerNorm with a weight: "
             "its mean mode has nothing to calibrate"
         )
+    norms = {n: m for n, m in targets.items() if not isinstance(m, nn.LayerNorm)}  # what moment matching measures
     kept: list[Tensor] | None = [] if mc_fit_steps else None
     measured, seen = measure_mean_mode_stats(model, norms, batches, max_images, keep=kept)
     if seen < 2:
         raise InvalidInputError("calibrate_mean_mode got no batch of at least 2 images")
-    calibration = MeanModeCalibration({**norms, **layer_norms}, handle.site_list())
+    calibration = MeanModeCalibration(targets, handle.site_list())
     for name, (mean, var) in measured.items():  # (a LayerNormAffine is made from its layer's weight, in place)
         stats = calibration.stats[_key(name)].to(device=mean.device, dtype=mean.dtype)
         stats.running_mean.copy_(mean)
@@ -324,6 +336,9 @@ def calibrate_mean_mode(
         )
     handle._set_calibration(calibration)
     logger.info(
-        "calibrated mean mode: %d BatchNorm and %d LayerNorm layers on %d images", len(norms), len(layer_norms), seen
+        "calibrated mean mode: %d BatchNorm and %d LayerNorm layers on %d images",
+        len(norms),
+        len(targets) - len(norms),
+        seen,
     )
     return seen

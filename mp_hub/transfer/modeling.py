@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from ..calibration import calibratable_norms, fittable_layer_norms
+from ..calibration import calibration_targets
 from ..errors import AttachError, CheckpointError, ConfigError, NotCachedError
 from ..perturb import MetaPerturb
 from ..regularizers import DropBlock2d, attach_regularizer, linear_drop_prob, set_drop_prob
@@ -134,7 +134,7 @@ class Regularization:
         if self.handle is None or max_images == 0:
             return None
         model = self.handle.model
-        if not calibratable_norms(model) and not (mc_fit_steps and fittable_layer_norms(model)):
+        if not calibration_targets(model, mc_fit_steps):
             logger.info(
                 "mean-mode calibration: %s has no BatchNorm (LayerNorms are calibrated only with "
                 "--mean_mode_mc_fit_steps), nothing to do",
