@@ -13,16 +13,19 @@ ROOT = Path(__file__).resolve().parents[1]
 KEEP_FREED_MEMORY = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
 
 
-def reexec_keeping_freed_memory() -> None:
-    """With --keep-freed-memory: run this script again under GLIBC_TUNABLES=KEEP_FREED_MEMORY (glibc reads its
-    tunables only at process start, so it cannot be set from within). Call before anything else."""
+def apply_process_flags() -> None:
+    """The flags that act on the process, not on the script: call first, before importing torch.
+
+    --keep-freed-memory runs this script again under GLIBC_TUNABLES=KEEP_FREED_MEMORY (glibc reads its tunables
+    only at process start); --omp-passive sets OMP_WAIT_POLICY=PASSIVE (read when the OpenMP runtime starts)."""
     if "--keep-freed-memory" in sys.argv and os.environ.get("GLIBC_TUNABLES") != KEEP_FREED_MEMORY:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "GLIBC_TUNABLES": KEEP_FREED_MEMORY})
+    if "--omp-passive" in sys.argv:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
 
 
 def add_thread_arguments(parser) -> None:
-    """--threads, --omp-passive (which the script itself must apply before importing torch) and
-    --keep-freed-memory (`reexec_keeping_freed_memory`)."""
+    """--threads, --omp-passive and --keep-freed-memory (the last two applied by `apply_process_flags`)."""
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--omp-passive",

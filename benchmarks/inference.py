@@ -28,18 +28,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
-import sys
 import time
 from pathlib import Path
 
-from _common import reexec_keeping_freed_memory  # noqa: E402
+from _common import apply_process_flags
 
-reexec_keeping_freed_memory()
-if "--omp-passive" in sys.argv:  # must precede the OpenMP runtime's start, i.e. importing torch
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+apply_process_flags()  # --keep-freed-memory, --omp-passive: before torch (and its OpenMP runtime) loads
 
 import torch  # noqa: E402
 from _common import add_thread_arguments, environment, git_commit, time_interleaved  # noqa: E402
