@@ -67,11 +67,12 @@ def predictions(run_dir: Path, work_dir: Path, target: str, seed: int, mc_sample
         torch.manual_seed(1000 + seed)  # the MC draws: reproducible, and not the training run's
         mc["mc"] = torch.cat([mc_predict(model, chunk, mc_samples) for chunk in chunks])
         _save(mc, mc_file)
+        _save(one_pass, mean_file)
     if fit_steps and fit_key not in one_pass:
         model, handle = load_calibrated(run_dir, data_dir, seed, mc_fit_steps=fit_steps)
         one_pass[fit_key] = torch.cat([mean_predict(model, chunk) for chunk in chunks])
         one_pass[f"{fit_key}_info"] = handle.calibration.mc_fit if handle.calibration is not None else None
-    _save(one_pass, mean_file)
+        _save(one_pass, mean_file)
     return {"mean": one_pass["mean"], "mc": mc["mc"], "mean_fit": one_pass.get(fit_key), "labels": labels}
 
 
