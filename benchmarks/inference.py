@@ -72,6 +72,28 @@ def page_faults(fn, repeats: int = 5) -> tuple[int, float]:
     return int(statistics.median(faults)), statistics.median(system)
 
 
+def kernel_layouts(phi: MetaPerturb, feature: torch.Tensor, threads: int) -> dict:
+    """The "mean"-mode forward kernel alone on the padded layout (`mp_forward`, what the site ran before the
+    stacked layout) and on the stacked one (`mp_forward_stacked`, what it runs now): same arguments, same output."""
+    lib = kernels.build.load()
+    gen = phi.noise_generator
+    l1, g1, l2, g2 = (k.detach().contiguous() for k in (*gen.layer1.kernels, *gen.layer2.kernels))
+    batch, channels, height, width = feature.shape
+    scale = torch.full((channels,), 0.5)
+    common = (batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),
+              scale.data_ptr(), 1.0, 100.0, 1, 2, None, 0, 0)  # fmt: skip
+    out = {"padded": torch.empty_like(feature), "stacked": torch.empty_like(feature)}
+    calls = {
+        "padded": lambda: lib.mp_forward(feature.data_ptr(), out["padded"].data_ptr(), *common, None, None, threads),
+        "stacked": lambda: lib.mp_forward_stacked(feature.data_ptr(), out["stacked"].data_ptr(), *common, threads),
+    }
+    for call in calls.values():
+        call()
+    if not torch.equal(out["padded"], out["stacked"]):
+        raise RuntimeError("the stacked layout's output differs from the padded layout's")
+    return calls
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=128)
@@ -186,6 +208,9 @@ def main() -> None:
         site_variants[f"relu_{tag}"] = lambda f=feature: torch.relu(f)
         site_variants[f"site_mean_{tag}"] = lambda s=site, f=feature: s(f)
         site_variants[f"conv_{tag}"] = lambda c=conv, f=feature: c(f)
+        if kernels.fused_available():
+            for layout, call in kernel_layouts(phi, feature, args.threads).items():
+                site_variants[f"kernel_{layout}_{tag}"] = call
     with torch.inference_mode():
         timed = time_interleaved(site_variants, args.warmup, args.repeats)
     print(
@@ -194,8 +219,13 @@ def main() -> None:
     for channels, size in ((16, 32), (32, 16), (64, 8)):
         tag = f"{channels}x{size}"
         per_shape[tag] = {k: timed[f"{k}_{tag}_ms"] for k in ("relu", "site_mean", "conv")}
-        print(f"    C={channels:2d} {size:2d}×{size:<2d}: site {per_shape[tag]['site_mean']:.2f} ms, ReLU "
-              f"{per_shape[tag]['relu']:.2f} ms, conv {per_shape[tag]['conv']:.2f} ms")  # fmt: skip
+        line = (f"    C={channels:2d} {size:2d}×{size:<2d}: site {per_shape[tag]['site_mean']:.2f} ms, ReLU "
+                f"{per_shape[tag]['relu']:.2f} ms, conv {per_shape[tag]['conv']:.2f} ms")  # fmt: skip
+        if f"kernel_stacked_{tag}_ms" in timed:  # the same output, bitwise (checked in kernel_layouts)
+            padded, stacked = timed[f"kernel_padded_{tag}_ms"], timed[f"kernel_stacked_{tag}_ms"]
+            per_shape[tag].update(kernel_padded=padded, kernel_stacked=stacked, stacked_vs_padded=stacked / padded)
+            line += f"; its kernel: padded layout {padded:.2f} ms, stacked {stacked:.2f} ms (×{stacked / padded:.3f})"
+        print(line)
     res["per_shape_ms"] = per_shape
 
     check = None

@@ -45,7 +45,8 @@ def close(a, b, tol=2e-5):
     assert (a.double() - b).abs().max().item() <= tol * scale, (a.double() - b).abs().max().item()
 
 
-SHAPES = [(3, 5, 7, 6), (4, 16, 8, 8), (2, 3, 1, 1), (1, 4, 5, 5)]
+# odd and non-square planes, single rows and columns: the edges of both kernel layouts (padded and stacked)
+SHAPES = [(3, 5, 7, 6), (4, 16, 8, 8), (2, 3, 1, 1), (1, 4, 5, 5), (2, 3, 5, 1), (2, 2, 1, 9), (2, 2, 3, 17)]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -109,6 +110,51 @@ def test_frozen_phi_with_other_h_dim_and_fused_relu_trains_from_x():
     y.backward(grad_y)
     y_ref.backward(grad_y.double())
     close(x.grad, x64.grad, 1e-4)
+
+
+def _forward_both_layouts(lib, phi, x, mode, eps, relu):
+    """mp_forward (padded layout, writing its saved state too) and mp_forward_stacked on the same arguments."""
+    gen = phi.noise_generator
+    l1, g1, l2, g2 = (k.detach().contiguous() for k in (*gen.layer1.kernels, *gen.layer2.kernels))
+    batch, channels, height, width = x.shape
+    scale = torch.rand(channels) + 0.5
+    common = (batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),
+              scale.data_ptr(), 0.7, 1.5, relu, mode, None if eps is None else eps.data_ptr(), 11, 22)  # fmt: skip
+    padded, stacked, saved = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    lib.mp_forward(x.data_ptr(), padded.data_ptr(), *common, saved.data_ptr(), None, 2)
+    lib.mp_forward_stacked(x.data_ptr(), stacked.data_ptr(), *common, 2)
+    return padded, stacked
+
+
+@pytest.mark.parametrize("relu", [0, 1])
+@pytest.mark.parametrize("mode", [fused.MODE_EPS, fused.MODE_RNG, fused.MODE_MEAN])
+def test_the_stacked_forward_is_bitwise_the_padded_one(mode, relu):
+    """The forward without saved state runs on the stacked layout; it must be the same function to the bit."""
+    lib, phi = fused.build.load(), make_phi()
+    torch.manual_seed(2)
+    for shape in SHAPES:
+        x = 2 * torch.randn(shape)
+        eps = torch.randn(shape) if mode == fused.MODE_EPS else None
+        padded, stacked = _forward_both_layouts(lib, phi, x, mode, eps, relu)
+        assert torch.equal(padded, stacked), (shape, (padded - stacked).abs().max().item())
+
+
+def test_a_non_finite_value_does_not_leak_across_the_row_edge():
+    """The stacked layout's masked taps read the neighbouring row's last/first value; masking must not turn an
+    inf there into a NaN (0 · inf) where the eager path has a finite output."""
+    phi = make_phi()
+    fast, ref = site_pair(phi, 3, clip_value=1.5, inference_mode="mean")
+    for site in (fast, ref):
+        site.eval()
+    ref.load_state_dict({k: v.double() for k, v in fast.state_dict().items()})
+    x = torch.randn(2, 3, 6, 5)
+    x[0, 1, 2, 4] = float("inf")  # last column: row 3's first column is its neighbour only in flat memory
+    x[1, 2, 3, 0] = -float("inf")  # first column: row 2's last column likewise
+    y, y_ref = fast(x), ref(x.double())
+    assert torch.equal(torch.isfinite(y), torch.isfinite(y_ref))
+    finite = torch.isfinite(y_ref)
+    assert finite.float().mean() > 0.5  # most of the output stays finite, and there it agrees
+    close(y[finite], y_ref[finite])
 
 
 def test_the_generated_noise_path_equals_passing_the_same_draws():
@@ -190,6 +236,16 @@ def test_no_grad_and_grad_paths_agree_and_mean_mode_is_deterministic():
     b = site(x.requires_grad_())
     assert torch.equal(a, b.detach())
     assert torch.equal(site(x, noise=torch.randn_like(x)), b)  # "mean" ignores a given noise, like eager
+    # frozen φ and a fused ReLU: with grad the forward keeps state for its backward (padded layout), without it
+    # runs on the stacked layout; the outputs are still bitwise equal
+    site.fused_relu = True
+    for p in phi.parameters():
+        p.requires_grad_(False)
+    with torch.no_grad():
+        a = site(x)
+    b = site(x)
+    assert b.grad_fn.plan.saved == bool(fused.build.load().mp_has_masks())
+    assert torch.equal(a, b.detach())
 
 
 def test_expected_softplus_closed_form_against_quadrature():

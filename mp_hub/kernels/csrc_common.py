@@ -15,7 +15,7 @@ SOURCE = r"""
 
 #define GUARD 32
 
-int mp_abi_version(void) { return 7; }
+int mp_abi_version(void) { return 8; }
 
 typedef struct {
   long H, W, Wp, P, PS, lo, hi, n;  // lo..hi: flat range of the H interior rows; n = H * W
