@@ -143,9 +143,9 @@ class PerturbSite(nn.Module):
             x, noise = expansion.expand(x, noise)
         if self.inference_mode == "off":
             return F.relu(x) if self.fused_relu else x
-        lib = kernels_for(self, x, noise)
-        if lib is not None:
-            return site_forward(self, lib, x, noise)
+        fast = kernels_for(self, x, noise)
+        if fast is not None:
+            return site_forward(self, fast, x, noise)
         mu = self.phi.noise_generator(x)
         scale = self.scale(x).to(x.dtype)
         if self.inference_mode == "mean":

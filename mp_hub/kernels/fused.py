@@ -46,18 +46,18 @@ def _phi_params(phi) -> tuple[Tensor, ...]:
     return (*gen.layer1.kernels, *gen.layer2.kernels, scale.kernels, scale.fc.weight)
 
 
-def _ineligible(site, x: Tensor, noise: Tensor | None) -> str | None:
+def _ineligible(site, x: Tensor, noise: Tensor | None, params: tuple[Tensor, ...]) -> str | None:
     """Why the fused kernels cannot serve this call (None: they can)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.layout != torch.strided:
+    if not x.is_cpu or x.dtype != torch.float32 or x.layout != torch.strided:
         return f"x is {x.dtype} on {x.device.type} (the kernels take float32 CPU tensors)"
     config = site.phi.config
     if config.kernel_size != 3 or not 1 <= config.h_dim <= 32:
         return f"φ has kernel_size {config.kernel_size}, h_dim {config.h_dim} (the kernels take 3×3, h_dim <= 32)"
-    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in _phi_params(site.phi)):
+    if any(p.dtype != torch.float32 or not p.is_cpu for p in params):
         return "φ's parameters are not float32 on CPU"
     if any(b.dtype != torch.float32 or not b.is_contiguous() for b in (site.running_mean, site.running_var)):
         return "the site's running statistics are not contiguous float32"
-    if noise is not None and (noise.dtype != torch.float32 or noise.device.type != "cpu" or noise.requires_grad):
+    if noise is not None and (noise.dtype != torch.float32 or not noise.is_cpu or noise.requires_grad):
         return "noise is not a float32 CPU tensor without grad"
     if x.numel() >= 2**31:
         return "x has 2^31 elements or more"
@@ -69,16 +69,17 @@ def _ineligible(site, x: Tensor, noise: Tensor | None) -> str | None:
     return None
 
 
-def kernels_for(site, x: Tensor, noise: Tensor | None):
-    """The loaded kernel library if this call should take the fused path, else None."""
+def kernels_for(site, x: Tensor, noise: Tensor | None) -> tuple[object, tuple[Tensor, ...]] | None:
+    """(the loaded kernel library, φ's parameters) if this call should take the fused path, else None."""
     backend = site.backend or get_default_backend()
     if backend == "eager":
         return None
-    reason = _ineligible(site, x, noise)
+    params = _phi_params(site.phi)
+    reason = _ineligible(site, x, noise, params)
     if reason is None:
         lib = build.load()
         if lib is not None:
-            return lib
+            return lib, params
         reason = f"the kernels could not be built ({build.load_error()})"
     if backend == "fused":
         _warn_once(reason)
@@ -123,10 +124,10 @@ def _forward(plan: _Plan, x: Tensor, params: tuple[Tensor, ...], noise: Tensor |
             raise InvalidInputError("x has non-finite values (inf or nan) at a PerturbSite during training")
     stats = torch.empty(channels * (1 + 2 * h_dim))  # scale | mean | var of the features used
     scale, mean, var = stats[:channels], stats[channels : channels * (1 + h_dim)], stats[channels * (1 + h_dim) :]
-    with torch.no_grad():  # running statistics are updated in place, like the eager path's update_running_stats
-        lib.mp_scale_forward(_ptr(features), batch, channels, h_dim, fc_weight.data_ptr(), site.running_mean.data_ptr(),
-                             site.running_var.data_ptr(), site.momentum, channels / site.channel_norm,
-                             height / site.spatial_norm, scale.data_ptr(), mean.data_ptr(), var.data_ptr())  # fmt: skip
+    # updates the running statistics in place (in training), like the eager path's update_running_stats
+    lib.mp_scale_forward(_ptr(features), batch, channels, h_dim, fc_weight.data_ptr(), site.running_mean.data_ptr(),
+                         site.running_var.data_ptr(), site.momentum, channels / site.channel_norm,
+                         height / site.spatial_norm, scale.data_ptr(), mean.data_ptr(), var.data_ptr())  # fmt: skip
     y = torch.empty_like(x)
     a = rbits = None
     if plan.saved:  # the padded layout, which also writes a = μ + ε and the CEO1 masks for mp_backward_saved
@@ -200,8 +201,9 @@ class _FusedSite(torch.autograd.Function):
         )  # fmt: skip
 
 
-def site_forward(site, lib, x: Tensor, noise: Tensor | None) -> Tensor:
-    """y = site(x, noise) on the fused kernels (the caller checked eligibility with `kernels_for`)."""
+def site_forward(site, fast: tuple[object, tuple[Tensor, ...]], x: Tensor, noise: Tensor | None) -> Tensor:
+    """y = site(x, noise) on the fused kernels; `fast` is what `kernels_for` returned for this call."""
+    lib, params = fast
     x = x.contiguous()
     if site.inference_mode == "mean":  # like the eager path, "mean" ignores a given noise
         noise, mode, keys = None, MODE_MEAN, (0, 0)
@@ -213,7 +215,6 @@ def site_forward(site, lib, x: Tensor, noise: Tensor | None) -> Tensor:
         mode, keys = MODE_RNG, (key & 0x7FFFFFFF, key >> 31)
     batch_stats = site.training and x.shape[0] >= 2
     plan = _Plan(lib, site, mode, batch_stats, keys, float(site.noise_coeff), int(site.fused_relu))
-    params = _phi_params(site.phi)
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
         # without grads for the noise generator and the scale kernels, and with the features' masks as bits,
         # nothing in the backward needs x itself
