@@ -62,7 +62,8 @@ def time_interleaved(variants: dict, warmup: int, repeats: int) -> dict[str, flo
     """Median wall and CPU milliseconds of each callable, run in turn within every round (so that load on a
     shared machine falls on all variants alike): {"<name>_ms": ..., "<name>_cpu_ms": ...}, and
     "<name>_paired_ratio": the median over rounds of its wall time over the first variant's in the same round
-    (a slow phase of the host then cancels out instead of shifting one median more than another)."""
+    (a slow phase of the host then cancels out instead of shifting one median more than another), with the
+    quartiles of those per-round ratios, "<name>_paired_q25" and "<name>_paired_q75": how far to trust it."""
     import statistics
     import time
 
@@ -80,5 +81,8 @@ def time_interleaved(variants: dict, warmup: int, repeats: int) -> dict[str, flo
     for name in variants:
         out[f"{name}_ms"] = statistics.median(wall[name])
         out[f"{name}_cpu_ms"] = statistics.median(cpu[name])
-        out[f"{name}_paired_ratio"] = statistics.median(t / b for t, b in zip(wall[name], wall[first]))
+        ratios = [t / b for t, b in zip(wall[name], wall[first])]
+        out[f"{name}_paired_ratio"] = statistics.median(ratios)
+        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+        out[f"{name}_paired_q25"], out[f"{name}_paired_q75"] = quartiles[0], quartiles[2]
     return out

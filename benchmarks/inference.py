@@ -1,10 +1,13 @@
 """Inference cost of a perturbed CIFAR ResNet-20: bare eval forward vs "mean" mode vs MC-k, and MC-k vs mean.
 
-    python benchmarks/inference.py [--batch 128] [--threads 2] [--k 10] [--repeats 20] [--backend auto]
-                                   [--omp-passive] [--keep-freed-memory]
+    python benchmarks/inference.py [--batch 128] [--threads 2] [--k 10] [--repeats 40] [--mc-repeats 10]
+                                   [--backend auto] [--omp-passive] [--keep-freed-memory]
 
 Timed (medians of interleaved repeats, wall-clock and process CPU, under torch.inference_mode; "paired": the
-median over rounds of each variant's time over the bare pass's in the same round):
+median over rounds of each variant's time over the bare pass's in the same round, with the quartiles of those
+per-round ratios). Two groups, each interleaved with its own bare pass: the one-pass variants (--repeats
+rounds), then the k-pass ones (--mc-repeats rounds), so that a round of the first group lasts a few bare
+passes and a slow phase of the host falls on its variants alike:
   bare        φ attached but disabled: the bare model's eval forward,
   off         every site "off" (the hooks and the fused ReLU, no φ),
   mean        every site in "mean" mode (E[softplus(μ + ε)] in closed form): one deterministic pass, with the
@@ -99,7 +102,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     add_thread_arguments(parser)
     parser.add_argument("--k", type=int, default=10, help="MC draws for the timing")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=40, help="rounds of the one-pass variants")
+    parser.add_argument("--mc-repeats", type=int, default=10, help="rounds of the k-pass variants")
     parser.add_argument("--warmup", type=int, default=4)
     parser.add_argument("--backend", default="auto", choices=kernels.BACKENDS)
     parser.add_argument("--small-batch", type=int, default=16, help="batch for the batched-vs-loop MC comparison")
@@ -152,21 +156,28 @@ def main() -> None:
     def mc_batched():
         mc_predict(model, x, args.k)
 
-    variants = {"bare": bare, "off": off, "mean": mean, "mean_uncalibrated": mean_uncalibrated, "mc1": mc1,
-                "mc_loop": mc_loop, "mc_batched": mc_batched}  # fmt: skip
+    one_pass = {"bare": bare, "off": off, "mean": mean, "mean_uncalibrated": mean_uncalibrated, "mc1": mc1}
+    k_pass = {"bare": bare, "mc_loop": mc_loop, "mc_batched": mc_batched}
     with torch.inference_mode():
-        res = time_interleaved(variants, args.warmup, args.repeats)
-    for name in variants:
-        res[f"{name}_ratio"] = res[f"{name}_ms"] / res["bare_ms"]
-        res[f"{name}_cpu_ratio"] = res[f"{name}_cpu_ms"] / res["bare_cpu_ms"]
-    print(f"ResNet-20, batch {args.batch}, {args.threads} threads, backend {args.backend}, k = {args.k} (medians)")
-    for name in variants:
-        print(f"  {name:17s} {res[name + '_ms']:8.1f} ms  ×{res[name + '_ratio']:.3f}  "
-              f"| CPU {res[name + '_cpu_ms']:8.1f} ms  ×{res[name + '_cpu_ratio']:.3f}  "
-              f"| paired ×{res[name + '_paired_ratio']:.3f}")  # fmt: skip
+        res = time_interleaved(one_pass, args.warmup, args.repeats)
+        mc = time_interleaved(k_pass, 1, args.mc_repeats)
+    res.update({key.replace("bare_", "bare_in_mc_group_", 1) if key.startswith("bare_") else key: value
+                for key, value in mc.items()})  # fmt: skip
+    print(f"ResNet-20, batch {args.batch}, {args.threads} threads, backend {args.backend}, k = {args.k} (medians; "
+          f"paired: median [quartiles] of the per-round ratios)")  # fmt: skip
+    for group, variants, bare_key in ((args.repeats, one_pass, "bare"), (args.mc_repeats, k_pass, "bare_in_mc_group")):
+        print(f"  {group} rounds of {', '.join(variants)}:")
+        for name in variants:
+            key = bare_key if name == "bare" else name
+            res[f"{key}_ratio"] = res[f"{key}_ms"] / res[f"{bare_key}_ms"]
+            res[f"{key}_cpu_ratio"] = res[f"{key}_cpu_ms"] / res[f"{bare_key}_cpu_ms"]
+            print(f"    {name:17s} {res[key + '_ms']:8.1f} ms  ×{res[key + '_ratio']:.3f}  "
+                  f"| CPU {res[key + '_cpu_ms']:8.1f} ms  ×{res[key + '_cpu_ratio']:.3f}  "
+                  f"| paired ×{res[key + '_paired_ratio']:.3f} [{res[key + '_paired_q25']:.3f}, "
+                  f"{res[key + '_paired_q75']:.3f}]")  # fmt: skip
     with torch.inference_mode():  # what the allocator costs: page faults of one pass (see --keep-freed-memory)
         for name in ("bare", "mean"):
-            faults, system_ms = page_faults(variants[name])
+            faults, system_ms = page_faults(one_pass[name])
             res[f"{name}_page_faults"], res[f"{name}_system_ms"] = faults, system_ms
             print(f"  {name}: {faults} minor page faults and {system_ms:.0f} ms of system time per pass (median of 5)")
     res["calibration_512_images_ms"] = calibration_ms
@@ -179,7 +190,7 @@ def main() -> None:
     times = {"loop": [], "batched": []}
     with torch.inference_mode():
         handle.set_inference_mode("mc")
-        for i in range(args.warmup + args.repeats):
+        for i in range(args.warmup + args.mc_repeats):
             t0 = time.perf_counter()
             for _ in range(args.k):
                 torch.softmax(model(small).logits, -1)
