@@ -1,0 +1,39 @@
+"""The timing scripts still run end to end and print their JSON line (tiny settings: figures are not checked)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mp_hub import kernels
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str) -> dict:
+    run = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_inference_benchmark_runs_and_reports_every_group():
+    tiny = ("--batch", "4", "--repeats", "2", "--mc-repeats", "1", "--warmup", "0", "--k", "2", "--small-batch", "2")
+    report = run_benchmark("inference.py", *tiny, "--mc-check", "2")
+    results = report["results"]
+    for name in ("bare", "off", "mean", "mean_uncalibrated", "mc1", "mc_loop", "mc_batched"):
+        assert results[f"{name}_paired_q25"] <= results[f"{name}_paired_ratio"] <= results[f"{name}_paired_q75"]
+    assert results["bare_in_mc_group_ms"] > 0
+    # the kernel comparison ran (and, inside the script, checked that both layouts give the same output)
+    assert set(results["per_shape_ms"]) == {"16x32", "32x16", "64x8"}
+    if kernels.fused_available():
+        assert all("stacked_vs_padded" in shape for shape in results["per_shape_ms"].values())
+    assert report["commit"] and report["agreement_check"]["draws"] == 2
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_runs():
+    report = run_benchmark("overhead.py", "--steps", "2", "--warmup", "0", "--batch", "4", "--no-memory")
+    assert report["commit"]
