@@ -10,7 +10,7 @@ rounds), then the k-pass ones (--mc-repeats rounds), so that a round of the firs
 passes and a slow phase of the host falls on its variants alike:
   bare        φ attached but disabled: the bare model's eval forward,
   off         every site "off" (the hooks and the fused ReLU, no φ),
-  mean        every site in "mean" mode (E[softplus(μ + ε)] in closed form): one deterministic pass, with the
+  mean        every site in "mean" mode (E[softplus(μ + ε)] instead of the noise): one deterministic pass, with the
               mean-mode calibration installed (its BatchNorms' calibrated `forward`s are part of the cost),
   mean_uncalibrated  the same without the calibration,
   mc1         one sampling pass (the cost of a single draw),

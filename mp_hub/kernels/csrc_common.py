@@ -1,5 +1,7 @@
 """Common part of the fused kernels' C source: layout, stencils, vectorisable math, noise."""
 
+from ..functional import ESP_LIMIT, ESP_SCALE, ESP_TABLE
+
 SOURCE = r"""
 // Fused CPU kernels of a MetaPerturb site: float32, NCHW contiguous, 3x3 kernels, zero padding.
 // Each (H, W) plane is copied into a zero-padded flat layout (row stride Wp = W + 2) so that a 3x3 stencil is
@@ -161,22 +163,48 @@ static inline float softplus_d(float t, float *sig) {  // softplus(t) and its de
   *sig = t >= 0.0f ? r : e * r;
   return (t > 0.0f ? t : 0.0f) + log1p01(e);
 }
-// E[softplus(mu + eps)], eps ~ N(0, 1), = max(mu, 0) + e^-|mu| P(|mu|) / Q(|mu|): same fit as functional.py.
-static const float EP[6] = {0.8060591766603009f, 0.23157058976931197f, 0.030261089334770837f,
-                            0.0056102881957864215f, 0.0011695630042578133f, 0.00011471394424043084f};
-static const float EQ[6] = {1.0f, -0.09241108264110309f, 0.06476655974173456f, -0.0015924304661296726f,
-                            0.0009951686336963598f, 6.273309722907008e-05f};
+// E[softplus(mu + eps)], eps ~ N(0, 1), = max(mu, 0) + q(|mu|), q a piecewise polynomial: ESP_C[j][k] is the
+// u^j coefficient on segment k, u = t * ESP_SCALE - k (the table and its fit: functional.py). *grad = dz/dmu.
+// max(mu, 0) is written 0 > mu ? 0 : mu so that a nan mu stays nan, as torch's relu (and as esp16 below).
 static inline float esp(float mu, float *grad) {
-  float t = mu < 0.0f ? -mu : mu, e = exp_neg(-t);
-  float p = ((((EP[5] * t + EP[4]) * t + EP[3]) * t + EP[2]) * t + EP[1]) * t + EP[0];
-  float q = ((((EQ[5] * t + EQ[4]) * t + EQ[3]) * t + EQ[2]) * t + EQ[1]) * t + EQ[0];
-  float dp = (((5.0f * EP[5] * t + 4.0f * EP[4]) * t + 3.0f * EP[3]) * t + 2.0f * EP[2]) * t + EP[1];
-  float dq = (((5.0f * EQ[5] * t + 4.0f * EQ[4]) * t + 3.0f * EQ[3]) * t + 2.0f * EQ[2]) * t + EQ[1];
-  float iq = 1.0f / q, r = p * iq, dr = (dp - r * dq) * iq;  // d/dt [e^-t r(t)] = e^-t (r' - r)
-  float sgn = mu > 0.0f ? 1.0f : (mu < 0.0f ? -1.0f : 0.0f);
-  *grad = (mu > 0.0f ? 1.0f : 0.0f) + sgn * e * (dr - r);
-  return (mu > 0.0f ? mu : 0.0f) + e * r;
+  const float t = mu < 0.0f ? -mu : mu;
+  const int inside = t < ESP_LIMIT;  // false for inf and nan, whose segment index would be meaningless
+  const float v = (inside ? t : 0.0f) * ESP_SCALE;
+  int k = (int)v;
+  k = k > ESP_SEGMENTS - 1 ? ESP_SEGMENTS - 1 : k;
+  const float u = v - (float)k;
+  float q = ESP_C[ESP_DEGREE][k], dq = 0.0f;
+  for (int j = ESP_DEGREE - 1; j >= 0; j--) {
+    dq = dq * u + q;
+    q = q * u + ESP_C[j][k];
+  }
+  q = inside ? q : 0.0f;
+  const float sgn = mu > 0.0f ? 1.0f : (mu < 0.0f ? -1.0f : 0.0f);
+  *grad = (mu > 0.0f ? 1.0f : 0.0f) + (inside ? sgn * dq * ESP_SCALE : 0.0f);
+  return (0.0f > mu ? 0.0f : mu) + q;
 }
+#if defined(__AVX512F__)
+// The same for 16 lanes (no derivative): each coefficient of the 32 segments is two registers, and one
+// permute per coefficient picks every lane's segment.
+typedef struct { __m512 lo[ESP_DEGREE + 1], hi[ESP_DEGREE + 1]; } EspTable;  // load once, outside the loop
+static inline void esp16_table(EspTable *tab) {
+  for (int j = 0; j <= ESP_DEGREE; j++) {
+    tab->lo[j] = _mm512_load_ps(ESP_C[j]);
+    tab->hi[j] = _mm512_load_ps(ESP_C[j] + 16);
+  }
+}
+static inline __m512 esp16(__m512 mu, const EspTable *tab) {
+  const __m512 t = _mm512_abs_ps(mu);
+  const __mmask16 inside = _mm512_cmp_ps_mask(t, _mm512_set1_ps(ESP_LIMIT), _CMP_LT_OQ);
+  const __m512 v = _mm512_mul_ps(_mm512_maskz_mov_ps(inside, t), _mm512_set1_ps(ESP_SCALE));
+  const __m512i k = _mm512_min_epi32(_mm512_cvttps_epi32(v), _mm512_set1_epi32(ESP_SEGMENTS - 1));
+  const __m512 u = _mm512_sub_ps(v, _mm512_cvtepi32_ps(k));
+  __m512 q = _mm512_permutex2var_ps(tab->lo[ESP_DEGREE], k, tab->hi[ESP_DEGREE]);
+  for (int j = ESP_DEGREE - 1; j >= 0; j--)
+    q = _mm512_fmadd_ps(q, u, _mm512_permutex2var_ps(tab->lo[j], k, tab->hi[j]));
+  return _mm512_add_ps(_mm512_max_ps(_mm512_setzero_ps(), mu), _mm512_maskz_mov_ps(inside, q));
+}
+#endif
 
 // Counter-based standard normals: 32-bit random words from a counter-based generator keyed by (k1, k2) and
 // indexed by (plane, position), then Box-Muller; pair j of a plane fills out[j] and out[j + half]. The same
@@ -246,3 +274,18 @@ void mp_expected_softplus(const float *mu, float *out, float *grad, long n) {
   }
 }
 """
+
+
+def _esp_table() -> str:
+    """functional.ESP_TABLE as C constants, transposed: a row per coefficient, 32 segments each (two registers)."""
+    segments, degree = len(ESP_TABLE), len(ESP_TABLE[0]) - 1
+    rows = ",\n".join("  {" + ", ".join(repr(row[j]) for row in ESP_TABLE) + "}" for j in range(degree + 1))
+    return (
+        f"#define ESP_SCALE {ESP_SCALE!r}f\n#define ESP_LIMIT {ESP_LIMIT!r}f\n#define ESP_SEGMENTS {segments}\n"
+        f"#define ESP_DEGREE {degree}\n"
+        f"static const float ESP_C[{degree + 1}][{segments}] __attribute__((aligned(64))) = {{\n{rows}}};\n"
+    )
+
+
+# the table goes before the math that reads it
+SOURCE = SOURCE.replace("// ---- vectorisable scalar math", _esp_table() + "// ---- vectorisable scalar math", 1)
