@@ -5,7 +5,8 @@
 q(t) = E[softplus(ε − t)], ε ~ N(0, 1), t ≥ 0, by trapezoid quadrature on a fine grid (float64; for a smooth
 integrand under a Gaussian the trapezoid rule converges faster than any power of the step). Per segment
 [k·h, (k + 1)·h) of [0, ESP_LIMIT), a least-squares polynomial of degree 6 in u = t/h − k ∈ [0, 1). Prints
-the table (paste it into `functional.ESP_TABLE`), then the committed table's max error against quadrature.
+the coefficients (paste them into `mp_hub/esp_coefficients.py`), then the committed table's max error against
+quadrature.
 The last line printed is JSON with the figures and the git commit.
 """
 
@@ -51,9 +52,10 @@ def main() -> None:
     segments = int(round(ESP_LIMIT * ESP_SCALE))
     if not args.check_only:
         table = fit(segments)
-        print("ESP_TABLE = (")
-        for row in table:
-            print("    (" + ", ".join(repr(float(v)) for v in row) + "),")
+        print("ESP_COEFFICIENTS = (  # paste into mp_hub/esp_coefficients.py")
+        flat = [float(v) for row in table for v in row]
+        for k in range(0, len(flat), 4):
+            print("    " + ", ".join(repr(v) for v in flat[k : k + 4]) + ",")
         print(")")
         print(f"refitted table: max abs error {table_error(table):.2e}")
     committed = table_error(np.array(ESP_TABLE))
