@@ -88,7 +88,9 @@ def kernel_layouts(phi: MetaPerturb, feature: torch.Tensor, threads: int) -> dic
     out = {"padded": torch.empty_like(feature), "stacked": torch.empty_like(feature)}
     calls = {
         "padded": lambda: lib.mp_forward(feature.data_ptr(), out["padded"].data_ptr(), *common, None, None, threads),
-        "stacked": lambda: lib.mp_forward_stacked(feature.data_ptr(), out["stacked"].data_ptr(), *common, threads),
+        "stacked": lambda: lib.mp_forward_stacked(
+            feature.data_ptr(), out["stacked"].data_ptr(), *common, None, None, threads
+        ),
     }
     for call in calls.values():
         call()

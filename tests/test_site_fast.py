@@ -113,30 +113,39 @@ def test_frozen_phi_with_other_h_dim_and_fused_relu_trains_from_x():
 
 
 def _forward_both_layouts(lib, phi, x, mode, eps, relu):
-    """mp_forward (padded layout, writing its saved state too) and mp_forward_stacked on the same arguments."""
+    """mp_forward (the padded layout, the reference) and mp_forward_stacked (what the sites run) on the same
+    arguments: for each, y, the saved a = μ + ε and the CEO1 masks as bits (None where the build has no bit masks)."""
     gen = phi.noise_generator
     l1, g1, l2, g2 = (k.detach().contiguous() for k in (*gen.layer1.kernels, *gen.layer2.kernels))
     batch, channels, height, width = x.shape
     scale = torch.rand(channels) + 0.5
     common = (batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),
               scale.data_ptr(), 0.7, 1.5, relu, mode, None if eps is None else eps.data_ptr(), 11, 22)  # fmt: skip
-    padded, stacked, saved = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
-    lib.mp_forward(x.data_ptr(), padded.data_ptr(), *common, saved.data_ptr(), None, 2)
-    lib.mp_forward_stacked(x.data_ptr(), stacked.data_ptr(), *common, 2)
-    return padded, stacked
+    has_masks = bool(lib.mp_has_masks())
+    outputs = {}
+    for layout, forward in (("padded", lib.mp_forward), ("stacked", lib.mp_forward_stacked)):
+        y, a = torch.empty_like(x), torch.empty_like(x)
+        # garbage in the bit buffer: every word must be written, pad bits included
+        bits = torch.full((batch * channels * ((height * (width + 2) + 15) // 16),), -1, dtype=torch.int16)
+        forward(x.data_ptr(), y.data_ptr(), *common, a.data_ptr(), bits.data_ptr() if has_masks else None, 2)
+        outputs[layout] = (y, a, bits if has_masks else None)
+    return outputs["padded"], outputs["stacked"]
 
 
 @pytest.mark.parametrize("relu", [0, 1])
 @pytest.mark.parametrize("mode", [fused.MODE_EPS, fused.MODE_RNG, fused.MODE_MEAN])
 def test_the_stacked_forward_is_bitwise_the_padded_one(mode, relu):
-    """The forward without saved state runs on the stacked layout; it must be the same function to the bit."""
+    """The sites' forward runs on the stacked layout; it must be the padded one's function to the bit: the output,
+    and the state saved for mp_backward_saved (a = μ + ε, the CEO1 masks in the padded layout's bit order)."""
     lib, phi = fused.build.load(), make_phi()
     torch.manual_seed(2)
     for shape in SHAPES:
         x = 2 * torch.randn(shape)
         eps = torch.randn(shape) if mode == fused.MODE_EPS else None
         padded, stacked = _forward_both_layouts(lib, phi, x, mode, eps, relu)
-        assert torch.equal(padded, stacked), (shape, (padded - stacked).abs().max().item())
+        for name, p, q in zip(("y", "a", "masks"), padded, stacked):
+            if p is not None:
+                assert torch.equal(p, q), (shape, name)
 
 
 def test_a_non_finite_value_does_not_leak_across_the_row_edge():

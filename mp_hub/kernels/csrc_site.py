@@ -135,8 +135,8 @@ static void site_output(const float *restrict xs, const float *restrict mu, cons
 // mode: 0 = eps given, 1 = counter-based normal draws (keys k1, k2), 2 = "mean" (z = E[softplus(mu + eps)]).
 // l1, g1, l2, g2: lambda1, gamma1, lambda2, gamma2 (9 values each).
 // a_out, rbits (optional): what mp_backward_saved needs instead of x, namely mu + eps (mu in "mean" mode) and
-// the CEO1 ReLU masks (rbits needs AVX-512: mp_has_masks()). Without those, mp_forward_stacked (csrc_stacked)
-// computes the same output, bitwise, in less time.
+// the CEO1 ReLU masks (rbits needs AVX-512: mp_has_masks()). mp_forward_stacked (csrc_stacked) computes the
+// same outputs, bitwise, in less time: this one is the reference it is tested and timed against.
 void mp_forward(const float *x, float *y, long B, long C, long H, long W, const float *l1, const float *g1,
                 const float *l2, const float *g2, const float *scale, float kappa, float clip, int relu, int mode,
                 const float *eps, uint32_t k1, uint32_t k2, float *a_out, uint16_t *rbits, int nt) {

@@ -2,8 +2,7 @@
 
 Passes over the (B, C, H, W) tensors per training step of one site:
   forward   1. scale features, their ReLU masks, the non-finite check (reads x)
-            2. μ, noise, multiplier, clamp (reads x, writes y; on the stacked layout of `csrc_stacked` unless
-               it saves state for pass 3)
+            2. μ, noise, multiplier, clamp (reads x, writes y; on the stacked layout of `csrc_stacked`)
   backward  3. recompute μ and the noise; dL/dx through the multiplier and the noise generator; dL/ds, dL/dφ
             4. dL/dx through the batch statistics of the scale features, from the saved masks (adds into gx)
 Saved for backward: x, the masks as bits (an eighth of x's size) and the caller's noise if it passed one;
@@ -130,16 +129,12 @@ def _forward(plan: _Plan, x: Tensor, params: tuple[Tensor, ...], noise: Tensor |
                          height / site.spatial_norm, scale.data_ptr(), mean.data_ptr(), var.data_ptr())  # fmt: skip
     y = torch.empty_like(x)
     a = rbits = None
-    if plan.saved:  # the padded layout, which also writes a = μ + ε and the CEO1 masks for mp_backward_saved
+    if plan.saved:  # what mp_backward_saved reads instead of x: a = μ + ε and the CEO1 masks as bits
         a = torch.empty_like(x)
         rbits = torch.empty(batch * channels * ((height * (width + 2) + 15) // 16), dtype=torch.int16)
-        lib.mp_forward(x.data_ptr(), y.data_ptr(), batch, channels, height, width, l1.data_ptr(), g1.data_ptr(),
-                       l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa, site.clip_value, plan.relu,
-                       plan.mode, _ptr(noise), *plan.keys, a.data_ptr(), rbits.data_ptr(), threads)  # fmt: skip
-    else:  # the same y, bitwise, in less time (csrc_stacked)
-        lib.mp_forward_stacked(x.data_ptr(), y.data_ptr(), batch, channels, height, width, l1.data_ptr(),
-                               g1.data_ptr(), l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa,
-                               site.clip_value, plan.relu, plan.mode, _ptr(noise), *plan.keys, threads)  # fmt: skip
+    lib.mp_forward_stacked(x.data_ptr(), y.data_ptr(), batch, channels, height, width, l1.data_ptr(), g1.data_ptr(),
+                           l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa, site.clip_value, plan.relu,
+                           plan.mode, _ptr(noise), *plan.keys, _ptr(a), _ptr(rbits), threads)  # fmt: skip
     return y, (features, masks, scale, mean, var), (a, rbits)
 
 
