@@ -186,6 +186,7 @@ static inline float esp(float mu, float *grad) {
 #if defined(__AVX512F__)
 // The same for 16 lanes (no derivative): each coefficient of the 32 segments is two registers, and one
 // permute per coefficient picks every lane's segment.
+_Static_assert(ESP_SEGMENTS == 32, "esp16 picks segments from two 16-float registers: the table needs 32");
 typedef struct { __m512 lo[ESP_DEGREE + 1], hi[ESP_DEGREE + 1]; } EspTable;  // load once, outside the loop
 static inline void esp16_table(EspTable *tab) {
   for (int j = 0; j <= ESP_DEGREE; j++) {

@@ -132,6 +132,27 @@ static void site_output(const float *restrict xs, const float *restrict mu, cons
     }
   }
 }
+// What the forwards' per-plane step needs besides mu: their arguments, gathered once.
+typedef struct {
+  const float *x, *scale, *eps;
+  float *y, *a_out;
+  float kappa, clip;
+  int relu, mode;
+  uint32_t k1, k2;
+  long C, n;
+} Outputs;
+// Plane (b, c): its noise (given, drawn into eps_buf with words, or none in "mean" mode), then site_output.
+static void plane_output(const Outputs *o, long b, long c, const float *mu, float *eps_buf, uint32_t *words) {
+  const long off = (b * o->C + c) * o->n;
+  const float *es = NULL;
+  if (o->mode != 2) {
+    es = o->eps ? o->eps + off : eps_buf;
+    if (!o->eps) normals(eps_buf, words, o->n, (uint32_t)(b * o->C + c), o->k1, o->k2);
+  }
+  site_output(o->x + off, mu, es, o->y + off, o->n, o->scale[c], o->kappa, o->clip, o->relu,
+              o->a_out ? o->a_out + off : NULL);
+}
+
 // mode: 0 = eps given, 1 = counter-based normal draws (keys k1, k2), 2 = "mean" (z = E[softplus(mu + eps)]).
 // l1, g1, l2, g2: lambda1, gamma1, lambda2, gamma2 (9 values each).
 // a_out, rbits (optional): what mp_backward_saved needs instead of x, namely mu + eps (mu in "mean" mode) and
@@ -144,6 +165,7 @@ void mp_forward(const float *x, float *y, long B, long C, long H, long W, const 
   gather_ng(ng, l1, g1, l2, g2);
   Geom g = geom(H, W);
   const long n = g.n;
+  const Outputs out = {x, scale, eps, y, a_out, kappa, clip, relu, mode, k1, k2, C, n};
 #pragma omp parallel num_threads(nt)
   {
     Img s = img_layout(&g, C, 0);
@@ -152,13 +174,7 @@ void mp_forward(const float *x, float *y, long B, long C, long H, long W, const 
       ng_phase1(x + b * C * n, C, ng, &s, &g, rbits ? rbits + b * C * ((g.hi - g.lo + 15) / 16) : NULL);
       for (long c = 0; c < C; c++) {
         ng_mu(c, ng, &s, &g);
-        const long off = (b * C + c) * n;
-        const float *es = NULL;
-        if (mode != 2) {
-          es = eps ? eps + off : s.eps;
-          if (!eps) normals(s.eps, s.words, n, (uint32_t)(b * C + c), k1, k2);
-        }
-        site_output(x + off, s.mu, es, y + off, n, scale[c], kappa, clip, relu, a_out ? a_out + off : NULL);
+        plane_output(&out, b, c, s.mu, s.eps, s.words);
       }
     }
   }

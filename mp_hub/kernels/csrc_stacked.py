@@ -135,6 +135,7 @@ void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W
   float ng[36];
   gather_ng(ng, l1, g1, l2, g2);
   const long n = H * W;
+  const Outputs out = {x, scale, eps, y, a_out, kappa, clip, relu, mode, k1, k2, C, n};
 #pragma omp parallel num_threads(nt)
   {
     Stack s = stack_layout(C, H, W);
@@ -143,13 +144,7 @@ void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W
       stacked_phase1(x + b * C * n, C, H, W, ng, &s, rbits ? rbits + b * C * ((H * (W + 2) + 15) / 16) : NULL);
       for (long c = 0; c < C; c++) {
         stacked_mu(c, n, W, ng, &s);
-        const long off = (b * C + c) * n;
-        const float *es = NULL;
-        if (mode != 2) {
-          es = eps ? eps + off : s.eps;
-          if (!eps) normals(s.eps, s.words, n, (uint32_t)(b * C + c), k1, k2);
-        }
-        site_output(x + off, s.mu, es, y + off, n, scale[c], kappa, clip, relu, a_out ? a_out + off : NULL);
+        plane_output(&out, b, c, s.mu, s.eps, s.words);
       }
     }
   }
