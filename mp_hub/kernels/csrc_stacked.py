@@ -1,4 +1,4 @@
-"""C source of the site's forward without saved state (inference, and training steps that keep x), "stacked".
+"""C source of the site's forward on the "stacked" layout: every site forward, in inference and in training.
 
 The padded layout of `csrc_common` gives each (H, W) plane its own zero border (row stride W + 2). For the
 forward alone that costs, per plane: a row-by-row copy into the padded layout, clearing its border, and a
