@@ -110,7 +110,7 @@ def load_calibrated(run_dir: Path, data_dir: Path, seed: int, mc_fit_steps: int 
 
     model, handle = load_perturbed(run_dir)
     model.eval()
-    if calibration_targets(model, mc_fit_steps) and (handle.calibration is None or mc_fit_steps):
+    if calibration_targets(model, layer_norms=mc_fit_steps > 0) and (handle.calibration is None or mc_fit_steps):
         train = decode_images(load_dataset(str(data_dir))["train"], "image", "label", 32)
         data = TransferData(train=train, eval=None, labels=[], eval_split="test", dataset_id="", image_size=32)
         handle.calibrate_mean_mode(  # the recipe's defaults

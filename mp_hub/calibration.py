@@ -58,10 +58,11 @@ def fittable_layer_norms(model: nn.Module) -> dict[str, nn.LayerNorm]:
     }
 
 
-def calibration_targets(model: nn.Module, mc_fit_steps: int) -> dict[str, nn.Module]:
-    """The norm layers `calibrate_mean_mode` calibrates, by name: every BatchNorm with running statistics and,
-    with the MC-matched fit (`mc_fit_steps` > 0), every plain LayerNorm with a weight. Empty: nothing to do."""
-    return {**calibratable_norms(model), **(fittable_layer_norms(model) if mc_fit_steps else {})}
+def calibration_targets(model: nn.Module, *, layer_norms: bool) -> dict[str, nn.Module]:
+    """The norm layers a calibration can hold, by name: every BatchNorm with running statistics and, with
+    `layer_norms` (the MC-matched fit runs: `mc_fit_steps` > 0), every plain LayerNorm with a weight. Empty:
+    nothing to calibrate."""
+    return {**calibratable_norms(model), **(fittable_layer_norms(model) if layer_norms else {})}
 
 
 def _key(name: str) -> str:
@@ -301,7 +302,7 @@ def calibrate_mean_mode(
     for name, value, low in (("mc_fit_steps", mc_fit_steps, 0), ("mc_samples", mc_samples, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
-    targets = calibration_targets(model, mc_fit_steps)
+    targets = calibration_targets(model, layer_norms=mc_fit_steps > 0)
     if not targets:
         if fittable_layer_norms(model):
             raise ConfigError(

@@ -33,7 +33,7 @@ from .attach import (
     handle_of,
     sites_state_module,
 )
-from .calibration import MeanModeCalibration, calibratable_norms, fittable_layer_norms
+from .calibration import MeanModeCalibration, calibration_targets
 from .cards import TEMPLATES, _cell
 from .config import MetaPerturbConfig
 from .errors import CheckpointError, ConfigError
@@ -246,7 +246,7 @@ def _restore_calibration(handle: AttachedPerturbation, saved: dict[str, Any] | N
     """Rebuild the (empty) mean-mode calibration the folder was saved with, so the strict load fills it."""
     if not saved:
         return
-    norms = {**calibratable_norms(handle.model), **fittable_layer_norms(handle.model)}
+    norms = calibration_targets(handle.model, layer_norms=True)  # whatever the folder's calibration may hold
     missing = [n for n in saved.get("norm_layers", []) if n not in norms]
     if missing or not saved.get("norm_layers"):
         raise CheckpointError(

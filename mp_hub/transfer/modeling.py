@@ -134,7 +134,7 @@ class Regularization:
         if self.handle is None or max_images == 0:
             return None
         model = self.handle.model
-        if not calibration_targets(model, mc_fit_steps):
+        if not calibration_targets(model, layer_norms=mc_fit_steps > 0):
             logger.info(
                 "mean-mode calibration: %s has no BatchNorm (LayerNorms are calibrated only with "
                 "--mean_mode_mc_fit_steps), nothing to do",
