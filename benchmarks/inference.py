@@ -45,6 +45,7 @@ from _common import add_thread_arguments, environment, git_commit, time_interlea
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.inference import mc_predict, mean_predict  # noqa: E402
+from mp_hub.kernels import fused  # noqa: E402
 from mp_hub.models import model_from_type  # noqa: E402
 from mp_hub.site import PerturbSite  # noqa: E402
 
@@ -79,8 +80,7 @@ def kernel_layouts(phi: MetaPerturb, feature: torch.Tensor, threads: int) -> dic
     """The "mean"-mode forward kernel alone on the padded layout (`mp_forward`, what the site ran before the
     stacked layout) and on the stacked one (`mp_forward_stacked`, what it runs now): same arguments, same output."""
     lib = kernels.build.load()
-    gen = phi.noise_generator
-    l1, g1, l2, g2 = (k.detach().contiguous() for k in (*gen.layer1.kernels, *gen.layer2.kernels))
+    l1, g1, l2, g2 = (k.detach().contiguous() for k in fused._phi_params(phi)[:4])  # what the sites pass
     batch, channels, height, width = feature.shape
     scale = torch.full((channels,), 0.5)
     common = (batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),

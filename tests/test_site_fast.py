@@ -115,8 +115,7 @@ def test_frozen_phi_with_other_h_dim_and_fused_relu_trains_from_x():
 def _forward_both_layouts(lib, phi, x, mode, eps, relu):
     """mp_forward (the padded layout, the reference) and mp_forward_stacked (what the sites run) on the same
     arguments: for each, y, the saved a = μ + ε and the CEO1 masks as bits (None where the build has no bit masks)."""
-    gen = phi.noise_generator
-    l1, g1, l2, g2 = (k.detach().contiguous() for k in (*gen.layer1.kernels, *gen.layer2.kernels))
+    l1, g1, l2, g2 = (k.detach().contiguous() for k in fused._phi_params(phi)[:4])
     batch, channels, height, width = x.shape
     scale = torch.rand(channels) + 0.5
     common = (batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),
