@@ -114,37 +114,53 @@ def test_frozen_phi_with_other_h_dim_and_fused_relu_trains_from_x():
 
 def _forward_both_layouts(lib, phi, x, mode, eps, relu):
     """mp_forward (the padded layout, the reference) and mp_forward_stacked (what the sites run) on the same
-    arguments: for each, y, the saved a = μ + ε and the CEO1 masks as bits (None where the build has no bit masks)."""
+    arguments: y and the saved a = μ + ε of each, and the CEO1 masks as bits that only the stacked one writes
+    (None where the build has no bit masks)."""
     l1, g1, l2, g2 = (k.detach().contiguous() for k in fused._phi_params(phi)[:4])
     batch, channels, height, width = x.shape
     scale = torch.rand(channels) + 0.5
     common = (batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),
               scale.data_ptr(), 0.7, 1.5, relu, mode, None if eps is None else eps.data_ptr(), 11, 22)  # fmt: skip
+    padded, stacked = (torch.empty_like(x), torch.empty_like(x)), (torch.empty_like(x), torch.empty_like(x))
+    lib.mp_forward(x.data_ptr(), padded[0].data_ptr(), *common, padded[1].data_ptr(), 2)
+    # garbage in the bit buffer: every word must be written, the bits past a plane's end included
+    bits = torch.full((batch * channels * ((height * width + 15) // 16),), -1, dtype=torch.int16)
     has_masks = bool(lib.mp_has_masks())
-    outputs = {}
-    for layout, forward in (("padded", lib.mp_forward), ("stacked", lib.mp_forward_stacked)):
-        y, a = torch.empty_like(x), torch.empty_like(x)
-        # garbage in the bit buffer: every word must be written, pad bits included
-        bits = torch.full((batch * channels * ((height * (width + 2) + 15) // 16),), -1, dtype=torch.int16)
-        forward(x.data_ptr(), y.data_ptr(), *common, a.data_ptr(), bits.data_ptr() if has_masks else None, 2)
-        outputs[layout] = (y, a, bits if has_masks else None)
-    return outputs["padded"], outputs["stacked"]
+    lib.mp_forward_stacked(x.data_ptr(), stacked[0].data_ptr(), *common, stacked[1].data_ptr(),
+                           bits.data_ptr() if has_masks else None, 2)  # fmt: skip
+    return padded, stacked, bits if has_masks else None
+
+
+def _unpack_plane_bits(bits, shape):
+    """The stacked forward's CEO1 masks as a bool tensor of `shape`: per plane, 16 positions a word, flat order."""
+    batch, channels, height, width = shape
+    n, words = height * width, (height * width + 15) // 16
+    w = bits.view(batch * channels, words).to(torch.int32) & 0xFFFF
+    flags = (w[:, :, None] >> torch.arange(16)) & 1
+    return flags.view(batch * channels, 16 * words)[:, :n].bool().view(shape), flags.view(-1, 16 * words)[:, n:]
 
 
 @pytest.mark.parametrize("relu", [0, 1])
 @pytest.mark.parametrize("mode", [fused.MODE_EPS, fused.MODE_RNG, fused.MODE_MEAN])
 def test_the_stacked_forward_is_bitwise_the_padded_one(mode, relu):
-    """The sites' forward runs on the stacked layout; it must be the padded one's function to the bit: the output,
-    and the state saved for mp_backward_saved (a = μ + ε, the CEO1 masks in the padded layout's bit order)."""
+    """The sites' forward runs on the stacked layout; it must be the padded one's function to the bit: the output
+    and a = μ + ε, saved for mp_backward_saved. Its CEO1 masks must be relu(CEO1(x)) > 0, with zeros past the end
+    of each plane (against float64: a float32 value within rounding of 0 may go either way)."""
     lib, phi = fused.build.load(), make_phi()
     torch.manual_seed(2)
+    layer1 = tuple(k.detach().double() for k in fused._phi_params(phi)[:2])
     for shape in SHAPES:
         x = 2 * torch.randn(shape)
         eps = torch.randn(shape) if mode == fused.MODE_EPS else None
-        padded, stacked = _forward_both_layouts(lib, phi, x, mode, eps, relu)
-        for name, p, q in zip(("y", "a", "masks"), padded, stacked):
-            if p is not None:
-                assert torch.equal(p, q), (shape, name)
+        padded, stacked, bits = _forward_both_layouts(lib, phi, x, mode, eps, relu)
+        for name, p, q in zip(("y", "a"), padded, stacked):
+            assert torch.equal(p, q), (shape, name)
+        if bits is not None:
+            masks, past_end = _unpack_plane_bits(bits, shape)
+            ceo1 = MF.channel_equivariant(x.double(), *layer1)
+            decided = ceo1.abs() > 1e-5
+            assert torch.equal(masks[decided], (ceo1 > 0)[decided]), shape
+            assert not past_end.any(), shape
 
 
 def test_a_non_finite_value_does_not_leak_across_the_row_edge():
@@ -246,8 +262,8 @@ def test_no_grad_and_grad_paths_agree_and_mean_mode_is_deterministic():
     b = site(x.requires_grad_())
     assert torch.equal(a, b.detach())
     assert torch.equal(site(x, noise=torch.randn_like(x)), b)  # "mean" ignores a given noise, like eager
-    # frozen φ and a fused ReLU: with grad the forward keeps state for its backward (padded layout), without it
-    # runs on the stacked layout; the outputs are still bitwise equal
+    # frozen φ and a fused ReLU: with grad the forward keeps state for its backward, without it keeps none; the
+    # outputs are still bitwise equal
     site.fused_relu = True
     for p in phi.parameters():
         p.requires_grad_(False)

@@ -17,7 +17,7 @@ SOURCE = r"""
 
 #define GUARD 32
 
-int mp_abi_version(void) { return 9; }
+int mp_abi_version(void) { return 10; }
 
 typedef struct {
   long H, W, Wp, P, PS, lo, hi, n;  // lo..hi: flat range of the H interior rows; n = H * W

@@ -77,22 +77,8 @@ static void masked_transpose4(const uint64_t *restrict mk, const float *c, const
     _mm512_storeu_ps(o + k, acc);
   }
 }
-// The ReLU mask of CEO1 (plane > 0), kept by the forward for mp_backward_saved: 16 positions per uint16.
-static void pack_positive(const float *restrict p, uint16_t *restrict out, const Geom *g) {
-  const long nb = (g->hi - g->lo + 15) / 16;
-  const __m512 zero = _mm512_setzero_ps();
-  for (long b = 0; b < nb; b++)
-    out[b] = (uint16_t)_mm512_cmp_ps_mask(_mm512_loadu_ps(p + g->lo + 16 * b), zero, _CMP_GT_OQ);
-}
-static void unpack_positive(const uint16_t *restrict in, float *restrict m, const Geom *g) {
-  const long nb = (g->hi - g->lo + 15) / 16;
-  const __m512 one = _mm512_set1_ps(1.0f);
-  for (long b = 0; b < nb; b++) _mm512_storeu_ps(m + g->lo + 16 * b, _mm512_maskz_mov_ps((__mmask16)in[b], one));
-}
 #else
 int mp_has_masks(void) { return 0; }
-static void pack_positive(const float *p, uint16_t *out, const Geom *g) { (void)p; (void)out; (void)g; }
-static void unpack_positive(const uint16_t *in, float *m, const Geom *g) { (void)in; (void)m; (void)g; }
 static void masked_transpose4(const uint64_t *mk, const float *c, const float *K, int32_t *pat, float *o,
                               const Geom *g) {
   (void)mk; (void)c; (void)K; (void)pat; (void)o; (void)g;

@@ -21,26 +21,32 @@ SOURCE = r"""// ---- backward from (o, a, CEO1 masks): dL/dx, dL/ds ----
     gmu[i] = gm * kappa * sc * dz;                                                                                \
   }
 
+// On the stacked layout of csrc_stacked (dL/dmu and dL/dCEO1 as C stacked planes each, their channel sums as one):
+// no copies into padded planes, and dL/dx is added straight into gx. The taps are added in the order of the
+// padded layout's corr3 / TAPS: the result was checked bitwise against this function's padded version when it
+// moved; the tests hold it to the eager path (tests/test_site_fast.py).
 void mp_backward_saved(const float *out, const float *gy, const float *a, const uint16_t *rbits, float *gx, long B,
                        long C, long H, long W, const float *l1, const float *g1, const float *l2, const float *g2,
                        const float *scale, float kappa, float clip, int relu, int mode, float *gs_out, int nt) {
   float ng[36];
   gather_ng(ng, l1, g1, l2, g2);
   float *gs = (float *)malloc(sizeof(float) * (size_t)(B * C));
-  Geom g = geom(H, W);
-  const long n = g.n, st = g.Wp, nb = (g.hi - g.lo + 15) / 16;
+  const long n = H * W, sp = n + W, nb = (n + 15) / 16;
   const float ic = 1.0f / (float)C;
 #pragma omp parallel num_threads(nt)
   {
-    Img s = img_layout(&g, C, 1);
-    float *restrict s1 = s.s1, *restrict s2 = s.s2, *restrict t = s.t, *restrict mk = s.mr;
+    // the forward's scratch, other names: gm (dL/dmu) and ga (dL/dCEO1) in the C-plane blocks, their channel
+    // sums s2 and s1 in the single planes, the unpacked CEO1 mask of one channel in mu's place
+    Stack s = stack_layout(C, H, W);
+    const uint32_t *restrict ml = s.ml, *restrict mrk = s.mrk;
+    float *restrict s1 = s.mr, *restrict s2 = s.mx, *restrict t = s.t, *restrict mk = s.mu;
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
-      zero_plane(s2, &g);
+      memset(s2, 0, sizeof(float) * (size_t)n);
       for (long c = 0; c < C; c++) {
         const long off = (b * C + c) * n;
         const float *restrict os = out + off, *restrict gys = gy + off, *restrict as = a + off;
-        float *restrict gxs = gx + off, *restrict gmu = s.gmu, *restrict gmp = s.gm + c * g.PS;
+        float *restrict gxs = gx + off, *restrict gmu = s.xs + c * sp;
         const float sc = scale[c];
         float gsum = 0.0f;
         if (mode == 2) {
@@ -50,30 +56,42 @@ void mp_backward_saved(const float *out, const float *gy, const float *a, const 
 #pragma omp simd reduction(+ : gsum)
           SAVED_ELEM(softplus_d(as[i], &dz))
         }
-        load_plane(gmp, gmu, &g);
 #pragma omp simd
-        for (long k = g.lo; k < g.hi; k++) s2[k] += gmp[k];
+        for (long k = 0; k < n; k++) s2[k] += gmu[k];
         gs[b * C + c] = gsum * kappa;
       }
-      corr3(t, s2, ng + 27, 1, 0, ic, &g);  // dL/d mean_c(r), divided by C
-      zero_plane(s1, &g);
-      zero_plane(mk, &g);
+      {
+        LOADW(ng + 27, 1, ic)  // dL/d mean_c(r), divided by C
+#pragma omp simd
+        for (long k = 0; k < n; k++) t[k] = TAPS_M(s2, k, W, ml, mrk);
+      }
+      memset(s1, 0, sizeof(float) * (size_t)n);
       {
         LOADW(ng + 18, 1, 1.0f)
         for (long c = 0; c < C; c++) {  // dL/d CEO1, through the saved ReLU masks
-          const float *restrict gmp = s.gm + c * g.PS;
-          float *restrict ga = s.ga + c * g.PS;
-          unpack_positive(rbits + (b * C + c) * nb, mk, &g);
-          zero_pads(ga, &g);
+          const float *restrict gmp = s.xs + c * sp;
+          float *restrict ga = s.rs + c * sp;
+          unpack_plane_mask(rbits + (b * C + c) * nb, n, mk);
 #pragma omp simd
-          for (long k = g.lo; k < g.hi; k++) {
-            float v = mk[k] > 0.0f ? t[k] + TAPS(gmp, k, st) : 0.0f;
+          for (long k = 0; k < n; k++) {
+            const float v = mk[k] > 0.0f ? t[k] + TAPS_M(gmp, k, W, ml, mrk) : 0.0f;
             ga[k] = v;
             s1[k] += v;
           }
         }
       }
-      ceo1_transpose_add(gx + b * C * n, ng, &s, &g, C);
+      {
+        LOADW(ng + 9, 1, ic)  // dL/d mean_c(x), divided by C
+#pragma omp simd
+        for (long k = 0; k < n; k++) t[k] = TAPS_M(s1, k, W, ml, mrk);
+      }
+      LOADW(ng, 1, 1.0f)  // dL/dx += lambda1^T * ga_c + gamma1^T * mean_c(ga)
+      for (long c = 0; c < C; c++) {
+        const float *restrict ga = s.rs + c * sp;
+        float *restrict gxs = gx + (b * C + c) * n;
+#pragma omp simd
+        for (long k = 0; k < n; k++) gxs[k] += t[k] + TAPS_M(ga, k, W, ml, mrk);
+      }
     }
   }
   for (long c = 0; c < C; c++) {

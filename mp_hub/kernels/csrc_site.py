@@ -27,9 +27,8 @@ static Img img_layout(const Geom *g, long C, int bwd) {
   return s;
 }
 
-// xp, mx, rp, mr of one image, and t = gamma2 * mean_c(r), ready for ng_mu; rbits (optional, AVX-512 only):
-// the masks rp > 0 of the C channels, for mp_backward_saved.
-static void ng_phase1(const float *x, long C, const float *ng, Img *s, const Geom *g, uint16_t *rbits) {
+// xp, mx, rp, mr of one image, and t = gamma2 * mean_c(r), ready for ng_mu.
+static void ng_phase1(const float *x, long C, const float *ng, Img *s, const Geom *g) {
   const float ic = 1.0f / (float)C;
   float *restrict mx = s->mx, *restrict mr = s->mr, *restrict cm = s->cm;
   zero_plane(mx, g);
@@ -57,7 +56,6 @@ static void ng_phase1(const float *x, long C, const float *ng, Img *s, const Geo
       rp[k] = r;
       mr[k] += r;
     }
-    if (rbits) pack_positive(rp, rbits + c * ((g->hi - g->lo + 15) / 16), g);
   }
 #pragma omp simd
   for (long k = g->lo; k < g->hi; k++) mr[k] *= ic;
@@ -155,12 +153,12 @@ static void plane_output(const Outputs *o, long b, long c, const float *mu, floa
 
 // mode: 0 = eps given, 1 = counter-based normal draws (keys k1, k2), 2 = "mean" (z = E[softplus(mu + eps)]).
 // l1, g1, l2, g2: lambda1, gamma1, lambda2, gamma2 (9 values each).
-// a_out, rbits (optional): what mp_backward_saved needs instead of x, namely mu + eps (mu in "mean" mode) and
-// the CEO1 ReLU masks (rbits needs AVX-512: mp_has_masks()). mp_forward_stacked (csrc_stacked) computes the
-// same outputs, bitwise, in less time: this one is the reference it is tested and timed against.
+// a_out (optional): mu + eps (mu in "mean" mode), which mp_backward_saved reads instead of x. This padded-layout
+// forward is the reference that mp_forward_stacked (csrc_stacked, what the sites run) is tested and timed
+// against: the same y and a_out, bitwise, in less time; only the stacked one also writes the CEO1 masks.
 void mp_forward(const float *x, float *y, long B, long C, long H, long W, const float *l1, const float *g1,
                 const float *l2, const float *g2, const float *scale, float kappa, float clip, int relu, int mode,
-                const float *eps, uint32_t k1, uint32_t k2, float *a_out, uint16_t *rbits, int nt) {
+                const float *eps, uint32_t k1, uint32_t k2, float *a_out, int nt) {
   float ng[36];
   gather_ng(ng, l1, g1, l2, g2);
   Geom g = geom(H, W);
@@ -171,7 +169,7 @@ void mp_forward(const float *x, float *y, long B, long C, long H, long W, const 
     Img s = img_layout(&g, C, 0);
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
-      ng_phase1(x + b * C * n, C, ng, &s, &g, rbits ? rbits + b * C * ((g.hi - g.lo + 15) / 16) : NULL);
+      ng_phase1(x + b * C * n, C, ng, &s, &g);
       for (long c = 0; c < C; c++) {
         ng_mu(c, ng, &s, &g);
         plane_output(&out, b, c, s.mu, s.eps, s.words);
@@ -212,7 +210,7 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
       double acc[36] = {0};
-      ng_phase1(x + b * C * n, C, ng, &s, &g, NULL);
+      ng_phase1(x + b * C * n, C, ng, &s, &g);
       zero_plane(s2, &g);
       for (long c = 0; c < C; c++) {
         ng_mu(c, ng, &s, &g);

@@ -11,8 +11,9 @@ that also sums the mean over channels.
 
 The stencils add the taps in the padded layout's order, the masked taps reading an exact zero, so both layouts
 give the same output bit for bit (tests/test_site_fast.py). `benchmarks/inference.py` times the two side by
-side at ResNet-20's three stage shapes. The backward keeps the padded layout; what this forward saves for
-`mp_backward_saved` (μ + ε and the CEO1 ReLU masks as bits) is written in the order that backward reads.
+side at ResNet-20's three stage shapes. `mp_backward_saved` (csrc_saved) runs on this layout too, from what
+this forward saves for it: μ + ε and the CEO1 ReLU masks as bits in flat plane order. The backward that
+recomputes from x (`mp_backward`, φ trainable) and the scale features keep the padded layout.
 """
 
 SOURCE = r"""// ---- forward, stacked layout: plane c of an image at c * (n + W), zero rows between and around ----
@@ -62,29 +63,26 @@ static void mean_term(float *restrict t, float *restrict m, const float *w, floa
 }
 
 #if defined(__AVX512F__)
-// The CEO1 ReLU masks rp > 0 of one plane as bits in the padded layout's order (what pack_positive writes
-// there and mp_backward_saved reads): bit i * (W + 2) + 1 + j for row i, column j; the pad columns stay 0.
-static void pack_rows_positive(const float *restrict rp, long H, long W, uint16_t *restrict out) {
-  memset(out, 0, sizeof(uint16_t) * (size_t)((H * (W + 2) + 15) / 16));
-  for (long i = 0; i < H; i++)
-    for (long j = 0; j < W; j += 16) {
-      const __mmask16 cols = W - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (W - j)) - 1u);
-      const __m512 r = _mm512_maskz_loadu_ps(cols, rp + i * W + j);
-      const uint32_t bits = (uint32_t)_mm512_mask_cmp_ps_mask(cols, r, _mm512_setzero_ps(), _CMP_GT_OQ);
-      const long pos = i * (W + 2) + 1 + j;
-      const uint32_t shifted = bits << (pos & 15);
-      out[pos >> 4] |= (uint16_t)shifted;
-      if (shifted >> 16) out[(pos >> 4) + 1] |= (uint16_t)(shifted >> 16);  // a set bit is a real position
-    }
+// The CEO1 ReLU masks rp > 0 of one stacked plane (n values) as bits, 16 positions a word, in flat order; the bits
+// past n in the last word are 0. mp_backward_saved unpacks them with unpack_plane_mask.
+static void pack_plane_positive(const float *restrict rp, long n, uint16_t *restrict out) {
+  for (long j = 0; 16 * j < n; j++) {
+    const __mmask16 live = n - 16 * j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - 16 * j)) - 1u);
+    out[j] = (uint16_t)_mm512_mask_cmp_ps_mask(live, _mm512_maskz_loadu_ps(live, rp + 16 * j), _mm512_setzero_ps(),
+                                               _CMP_GT_OQ);
+  }
+}
+static void unpack_plane_mask(const uint16_t *restrict in, long n, float *restrict m) {  // m: round16(n) floats
+  const __m512 one = _mm512_set1_ps(1.0f);
+  for (long j = 0; 16 * j < n; j++) _mm512_storeu_ps(m + 16 * j, _mm512_maskz_mov_ps((__mmask16)in[j], one));
 }
 #else
-static void pack_rows_positive(const float *rp, long H, long W, uint16_t *out) {
-  (void)rp; (void)H; (void)W; (void)out;
-}
+static void pack_plane_positive(const float *rp, long n, uint16_t *out) { (void)rp; (void)n; (void)out; }
+static void unpack_plane_mask(const uint16_t *in, long n, float *m) { (void)in; (void)n; (void)m; }
 #endif
 
 // One image: xs, rs and t = gamma2 * mean_c(r), ready for stacked_mu (as ng_phase1 for the padded layout);
-// rbits (optional, AVX-512): the CEO1 ReLU masks, as ng_phase1 writes them.
+// rbits (optional, AVX-512): the CEO1 ReLU masks, plane after plane (pack_plane_positive).
 static void stacked_phase1(const float *xb, long C, long H, long W, const float *ng, const Stack *s,
                            uint16_t *rbits) {
   const long n = H * W;
@@ -114,7 +112,7 @@ static void stacked_phase1(const float *xb, long C, long H, long W, const float 
       rp[k] = r;
       mr[k] += r;
     }
-    if (rbits) pack_rows_positive(rp, H, W, rbits + c * ((H * (W + 2) + 15) / 16));
+    if (rbits) pack_plane_positive(rp, n, rbits + c * ((n + 15) / 16));
   }
   mean_term(t, mr, ng + 27, 1.0f / (float)C, s, n, W);  // gamma2 * mean_c(r)
 }
@@ -127,7 +125,8 @@ static void stacked_mu(long c, long n, long W, const float *ng, const Stack *s) 
   for (long k = 0; k < n; k++) mu[k] = t[k] + TAPS_M(rp, k, W, ml, mrk);
 }
 
-// mp_forward on the stacked layout: the same arguments, the same outputs (y, a_out, rbits) bit for bit.
+// mp_forward on the stacked layout: the same y and a_out bit for bit; rbits (optional, mp_has_masks()): the CEO1
+// ReLU masks, (H W + 15) / 16 words a plane, for mp_backward_saved.
 void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W, const float *l1, const float *g1,
                         const float *l2, const float *g2, const float *scale, float kappa, float clip, int relu,
                         int mode, const float *eps, uint32_t k1, uint32_t k2, float *a_out, uint16_t *rbits,
@@ -141,7 +140,7 @@ void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W
     Stack s = stack_layout(C, H, W);
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
-      stacked_phase1(x + b * C * n, C, H, W, ng, &s, rbits ? rbits + b * C * ((H * (W + 2) + 15) / 16) : NULL);
+      stacked_phase1(x + b * C * n, C, H, W, ng, &s, rbits ? rbits + b * C * ((n + 15) / 16) : NULL);
       for (long c = 0; c < C; c++) {
         stacked_mu(c, n, W, ng, &s);
         plane_output(&out, b, c, s.mu, s.eps, s.words);

@@ -131,7 +131,7 @@ def _forward(plan: _Plan, x: Tensor, params: tuple[Tensor, ...], noise: Tensor |
     a = rbits = None
     if plan.saved:  # what mp_backward_saved reads instead of x: a = μ + ε and the CEO1 masks as bits
         a = torch.empty_like(x)
-        rbits = torch.empty(batch * channels * ((height * (width + 2) + 15) // 16), dtype=torch.int16)
+        rbits = torch.empty(batch * channels * ((height * width + 15) // 16), dtype=torch.int16)
     lib.mp_forward_stacked(x.data_ptr(), y.data_ptr(), batch, channels, height, width, l1.data_ptr(), g1.data_ptr(),
                            l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa, site.clip_value, plan.relu,
                            plan.mode, _ptr(noise), *plan.keys, _ptr(a), _ptr(rbits), threads)  # fmt: skip
