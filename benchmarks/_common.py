@@ -58,12 +58,14 @@ def git_commit() -> str:
         return "unknown"
 
 
-def time_interleaved(variants: dict, warmup: int, repeats: int) -> dict[str, float]:
+def time_interleaved(variants: dict, warmup: int, repeats: int, settle: int = 0) -> dict[str, float]:
     """Median wall and CPU milliseconds of each callable, run in turn within every round (so that load on a
     shared machine falls on all variants alike): {"<name>_ms": ..., "<name>_cpu_ms": ...}, and
     "<name>_paired_ratio": the median over rounds of its wall time over the first variant's in the same round
     (a slow phase of the host then cancels out instead of shifting one median more than another), with the
-    quartiles of those per-round ratios, "<name>_paired_q25" and "<name>_paired_q75": how far to trust it."""
+    quartiles of those per-round ratios, "<name>_paired_q25" and "<name>_paired_q75": how far to trust it.
+    settle: untimed calls of a variant right before each timed one, so that the timed call follows a call of
+    its own kind (as in a loop that runs only that variant) rather than another variant's."""
     import statistics
     import time
 
@@ -71,6 +73,8 @@ def time_interleaved(variants: dict, warmup: int, repeats: int) -> dict[str, flo
     cpu = {name: [] for name in variants}
     for i in range(warmup + repeats):
         for name, fn in variants.items():
+            for _ in range(settle if i >= warmup else 0):
+                fn()
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
             if i >= warmup:

@@ -1,14 +1,23 @@
 """Cost of a MetaPerturb training step on CIFAR ResNet-20: bare model vs φ at all 9 sites, eager and fused.
 
-    python benchmarks/overhead.py [--steps 10] [--warmup 3] [--batch 128] [--threads 2] [--phi frozen,trainable]
-                                  [--no-memory] [--omp-passive] [--keep-freed-memory]
+    python benchmarks/overhead.py [--steps 10] [--warmup 3] [--settle 0] [--batch 128] [--threads 2] [--phi ...]
+                                  [--no-memory] [--omp-passive] [--keep-freed-memory] [--device cuda] [--compile]
 
-Variants, interleaved step by step in one process (on a shared machine load drifts; interleaving spreads it
-over all variants alike), each step = forward + cross-entropy + backward + Adam step, batch of 32×32 images:
+Variants, interleaved in one process (on a shared machine load drifts; interleaving spreads it over all
+variants alike), each step = forward + cross-entropy + backward + Adam step, batch of 32×32 images. By default
+the variants alternate step by step; --settle N runs N untimed steps of a variant right before each of its
+timed ones, so that a timed step follows a step of its own kind, as in a training loop, instead of another
+variant's (whose caches and heap it inherits: the eager variant's 600 MiB above all). The variants:
   bare   φ attached with `mp_hub.attach` but disabled (the hooks return at once: the bare model's graph),
   eager  every site on the straightforward `functional` path (the authors' op-by-op formulation),
   fused  every site on the fused kernels (`mp_hub.kernels`).
-"frozen" φ (transfer: only grad wrt x flows through the sites) and "trainable" φ (meta-training: also
+With --compile, two more, each its own model instance compiled once before the timing (the compile time is
+reported):
+  bare_compiled   torch.compile of the bare model,
+  eager_compiled  torch.compile of the model with its sites (the fused kernels step aside under torch.compile;
+                  inductor compiles the sites' `functional` path with the rest).
+--device cuda runs everything on the GPU (synchronised after every step); "fused" is CPU-only and is left out
+there. "frozen" φ (transfer: only grad wrt x flows through the sites) and "trainable" φ (meta-training: also
 grads wrt φ) are measured separately. Reported: median wall-clock ms/step and median process CPU ms/step
 (less sensitive to other processes), and ratios to bare: of the medians, and "paired" (the median of each
 step's ratio to the bare step of the same round, which cancels slow phases of a shared host).
@@ -16,6 +25,7 @@ step's ratio to the bare step of the same round, which cancels slow phases of a 
 Peak memory: one extra step per variant under torch.profiler(profile_memory=True); the allocation and free
 events of torch's CPU allocator, replayed in time order, give the peak of live bytes during the step above
 the level at its start (saved activations, gradients, temporaries; parameters and Adam state exist before).
+On CUDA: torch.cuda.max_memory_allocated over one step, above the level at its start.
 Scratch buffers of the fused kernels (a few hundred KiB per thread, allocated once) are outside this count.
 
 On a machine shared with other jobs, OpenMP threads that spin at barriers while their partner is descheduled
@@ -32,6 +42,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform
+import time
 
 from _common import apply_process_flags
 
@@ -45,35 +57,47 @@ from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.models import model_from_type  # noqa: E402
 
 VARIANTS = ("bare", "eager", "fused")
+COMPILED = ("bare_compiled", "eager_compiled")
 
 
-def build(trainable_phi: bool, batch: int):
+def build(trainable_phi: bool, batch: int, device: torch.device, compiled: bool = False):
+    """step(variant) for one model (the same weights and batch every time: seed 0); `compiled`: the model runs
+    under torch.compile."""
     torch.manual_seed(0)
-    model = model_from_type("cifar_resnet20", num_labels=10, image_size=32).train()
+    model = model_from_type("cifar_resnet20", num_labels=10, image_size=32).train().to(device)
     phi = MetaPerturb()
     handle = attach(model, phi, trainable_phi=trainable_phi)
     sites = list(handle.site_modules().values())
     assert len(sites) == 9, f"expected 9 sites on ResNet-20, got {len(sites)}"
     params = [p for p in model.parameters() if p.requires_grad]  # includes φ when trainable
     optimizer = torch.optim.Adam(params, lr=1e-3)
-    x = torch.randn(batch, 3, 32, 32)
-    labels = torch.randint(0, 10, (batch,))
+    x = torch.randn(batch, 3, 32, 32).to(device)
+    labels = torch.randint(0, 10, (batch,)).to(device)
+    forward = torch.compile(model) if compiled else model
 
     def step(variant: str) -> None:
         for site in sites:
             site.set_backend("fused" if variant == "fused" else "eager")
-        handle.enabled = variant != "bare"
-        logits = model(pixel_values=x).logits
+        handle.enabled = not variant.startswith("bare")
+        logits = forward(pixel_values=x).logits
         loss = F.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if device.type == "cuda":  # the step's kernels have run when it returns: wall time is the step's
+            torch.cuda.synchronize(device)
 
     return step
 
 
-def peak_step_memory(step, variant: str) -> float | None:
-    """Peak live bytes (MiB) allocated through torch's CPU allocator during one step, above its start."""
+def peak_step_memory(step, variant: str, device: torch.device) -> float | None:
+    """Peak live bytes (MiB) allocated through torch's allocator (CPU, or the CUDA device) during one step,
+    above its start."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        step(variant)
+        return (torch.cuda.max_memory_allocated(device) - start) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -91,22 +115,50 @@ def peak_step_memory(step, variant: str) -> float | None:
 
 
 def measure(trainable_phi: bool, args) -> dict:
-    step = build(trainable_phi, args.batch)
-    out = time_interleaved({v: (lambda v=v: step(v)) for v in VARIANTS}, args.warmup, args.steps)
-    for variant in ("eager", "fused"):
+    device = torch.device(args.device)
+    step = build(trainable_phi, args.batch, device)
+    # the fused kernels are CPU-only: on a GPU the variant would only time the eager path again
+    variants = [v for v in VARIANTS if device.type == "cpu" or v != "fused"]
+    steps = {v: step for v in variants}
+    compile_s = {}
+    if args.compile:
+        for variant in COMPILED:  # one model each: no recompilation when the timing alternates them
+            steps[variant] = build(trainable_phi, args.batch, device, compiled=True)
+            t0 = time.perf_counter()
+            steps[variant](variant)  # compiles forward and backward
+            compile_s[variant] = time.perf_counter() - t0
+        variants += COMPILED
+    out = time_interleaved({v: (lambda v=v: steps[v](v)) for v in variants}, args.warmup, args.steps, args.settle)
+    out["variants"] = variants
+    for variant in variants[1:]:
         out[f"{variant}_ratio"] = out[f"{variant}_ms"] / out["bare_ms"]
         out[f"{variant}_cpu_ratio"] = out[f"{variant}_cpu_ms"] / out["bare_cpu_ms"]
+    if args.compile:  # the sites' cost when both sides are compiled
+        out["eager_compiled_vs_bare_compiled"] = out["eager_compiled_ms"] / out["bare_compiled_ms"]
+        out.update({f"{variant}_compile_s": seconds for variant, seconds in compile_s.items()})
     if not args.no_memory:
-        for variant in VARIANTS:
-            out[f"{variant}_peak_mib"] = peak_step_memory(step, variant)
+        for variant in variants:
+            out[f"{variant}_peak_mib"] = peak_step_memory(steps[variant], variant, device)
         if out["bare_peak_mib"]:
-            for variant in ("eager", "fused"):
+            for variant in variants[1:]:
                 out[f"{variant}_peak_ratio"] = out[f"{variant}_peak_mib"] / out["bare_peak_mib"]
     return out
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def row(r: dict, variant: str) -> str:
-    text = f"{variant:5s} {r[variant + '_ms']:8.1f} | {r[variant + '_cpu_ms']:8.1f}"
+    text = f"{variant:14s} {r[variant + '_ms']:8.1f} | {r[variant + '_cpu_ms']:8.1f}"
     if variant != "bare":
         text += f"  ×{r[variant + '_ratio']:.3f} | ×{r[variant + '_cpu_ratio']:.3f}"
         text += f" | paired ×{r[variant + '_paired_ratio']:.3f}"
@@ -121,27 +173,42 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant (median)")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--settle", type=int, default=0, help="untimed steps of a variant before each timed one (0: strict alternation)"
+    )
     parser.add_argument("--batch", type=int, default=128)
     add_thread_arguments(parser)
     parser.add_argument("--phi", default="frozen,trainable", help="comma list of: frozen, trainable")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: the model, data and steps on that GPU")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd bare and eager models")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {args.device!r}: this benchmark runs on cpu or cuda")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device!r}: torch {torch.__version__} sees no CUDA device here")
     torch.set_num_threads(args.threads)
     fused = kernels.fused_available()
-    if not fused:
+    if not fused and device.type == "cpu":
         print("WARNING: fused kernels unavailable here; the 'fused' variant runs the eager path")
     results = {}
     for mode in [m.strip() for m in args.phi.split(",") if m.strip()]:
         r = results[mode] = measure(mode == "trainable", args)
         print(f"φ {mode}: ms/step (median of {args.steps}, wall | process CPU; ratios wall | CPU | paired wall)")
-        for variant in VARIANTS:
+        for variant in r["variants"]:
             print("  " + row(r, variant))
+        if args.compile:
+            print(f"  compiled, sites vs bare: ×{r['eager_compiled_vs_bare_compiled']:.3f}; compile time "
+                  + ", ".join(f"{v} {r[v + '_compile_s']:.0f} s" for v in COMPILED))  # fmt: skip
     for mode, r in results.items():
-        print(f"speed-up of fused over eager (φ {mode}): ×{r['eager_ms'] / r['fused_ms']:.2f}")
+        if "fused_ms" in r:
+            print(f"speed-up of fused over eager (φ {mode}): ×{r['eager_ms'] / r['fused_ms']:.2f}")
     print(json.dumps({
         "benchmark": "overhead", "commit": git_commit(), "model": "cifar_resnet20", "batch": args.batch,
-        "image_size": 32, "threads": args.threads, "steps": args.steps, "warmup": args.warmup,
-        "fused_available": fused, "torch": torch.__version__,
+        "image_size": 32, "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "settle": args.settle,
+        "fused_available": fused, "torch": torch.__version__, "device": args.device, "compile": args.compile,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         **environment(), "results": results,
     }))  # fmt: skip
 

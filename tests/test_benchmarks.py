@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mp_hub import kernels
 
@@ -37,3 +38,24 @@ def test_inference_benchmark_runs_and_reports_every_group():
 def test_overhead_benchmark_runs():
     report = run_benchmark("overhead.py", "--steps", "2", "--warmup", "0", "--batch", "4", "--no-memory")
     assert report["commit"]
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_compiles_both_models():
+    """--compile: a bare and a perturbed model under torch.compile (inductor on CPU here: minutes)."""
+    report = run_benchmark(
+        "overhead.py", "--steps", "1", "--warmup", "0", "--batch", "2", "--no-memory", "--phi", "frozen", "--compile"
+    )
+    frozen = report["results"]["frozen"]
+    assert report["compile"] and frozen["variants"] == ["bare", "eager", "fused", "bare_compiled", "eager_compiled"]
+    assert frozen["bare_compiled_compile_s"] > 0 and frozen["eager_compiled_compile_s"] > 0
+    assert frozen["eager_compiled_vs_bare_compiled"] > 0
+
+
+def test_overhead_benchmark_refuses_a_device_it_cannot_use():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: nothing to refuse")
+    run = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "overhead.py"), "--device", "cuda"], capture_output=True, text=True
+    )
+    assert run.returncode == 2 and "sees no CUDA device" in run.stderr, run.stderr
