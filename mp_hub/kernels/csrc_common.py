@@ -4,9 +4,11 @@ from ..functional import ESP_LIMIT, ESP_SCALE, ESP_TABLE
 
 SOURCE = r"""
 // Fused CPU kernels of a MetaPerturb site: float32, NCHW contiguous, 3x3 kernels, zero padding.
-// Each (H, W) plane is copied into a zero-padded flat layout (row stride Wp = W + 2) so that a 3x3 stencil is
-// 9 shifted reads of one contiguous range and vectorises whatever W is; results on the pad columns are junk and
-// are cleared with a column mask (cm) before they feed another stencil or a reduction.
+// The padded layout (here; the scale features and the reference forward use it): each (H, W) plane is copied
+// into a zero-padded flat layout (row stride Wp = W + 2) so that a 3x3 stencil is 9 shifted reads of one
+// contiguous range and vectorises whatever W is; results on the pad columns are junk and are cleared with a
+// column mask (cm) before they feed another stencil or a reduction. The sites' noise generator runs on the
+// stacked layout of csrc_stacked instead.
 #if defined(__AVX512F__) || defined(__VAES__)
 #include <immintrin.h>
 #endif

@@ -32,21 +32,17 @@ void mp_backward_saved(const float *out, const float *gy, const float *a, const 
   gather_ng(ng, l1, g1, l2, g2);
   float *gs = (float *)malloc(sizeof(float) * (size_t)(B * C));
   const long n = H * W, sp = n + W, nb = (n + 15) / 16;
-  const float ic = 1.0f / (float)C;
 #pragma omp parallel num_threads(nt)
   {
-    // the forward's scratch, other names: gm (dL/dmu) and ga (dL/dCEO1) in the C-plane blocks, their channel
-    // sums s2 and s1 in the single planes, the unpacked CEO1 mask of one channel in mu's place
-    Stack s = stack_layout(C, H, W);
-    const uint32_t *restrict ml = s.ml, *restrict mrk = s.mrk;
-    float *restrict s1 = s.mr, *restrict s2 = s.mx, *restrict t = s.t, *restrict mk = s.mu;
+    Stack s = stack_layout(C, H, W, 1);
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
+      float *restrict s2 = s.s2;
       memset(s2, 0, sizeof(float) * (size_t)n);
       for (long c = 0; c < C; c++) {
         const long off = (b * C + c) * n;
         const float *restrict os = out + off, *restrict gys = gy + off, *restrict as = a + off;
-        float *restrict gxs = gx + off, *restrict gmu = s.xs + c * sp;
+        float *restrict gxs = gx + off, *restrict gmu = s.gm + c * sp;
         const float sc = scale[c];
         float gsum = 0.0f;
         if (mode == 2) {
@@ -60,38 +56,8 @@ void mp_backward_saved(const float *out, const float *gy, const float *a, const 
         for (long k = 0; k < n; k++) s2[k] += gmu[k];
         gs[b * C + c] = gsum * kappa;
       }
-      {
-        LOADW(ng + 27, 1, ic)  // dL/d mean_c(r), divided by C
-#pragma omp simd
-        for (long k = 0; k < n; k++) t[k] = TAPS_M(s2, k, W, ml, mrk);
-      }
-      memset(s1, 0, sizeof(float) * (size_t)n);
-      {
-        LOADW(ng + 18, 1, 1.0f)
-        for (long c = 0; c < C; c++) {  // dL/d CEO1, through the saved ReLU masks
-          const float *restrict gmp = s.xs + c * sp;
-          float *restrict ga = s.rs + c * sp;
-          unpack_plane_mask(rbits + (b * C + c) * nb, n, mk);
-#pragma omp simd
-          for (long k = 0; k < n; k++) {
-            const float v = mk[k] > 0.0f ? t[k] + TAPS_M(gmp, k, W, ml, mrk) : 0.0f;
-            ga[k] = v;
-            s1[k] += v;
-          }
-        }
-      }
-      {
-        LOADW(ng + 9, 1, ic)  // dL/d mean_c(x), divided by C
-#pragma omp simd
-        for (long k = 0; k < n; k++) t[k] = TAPS_M(s1, k, W, ml, mrk);
-      }
-      LOADW(ng, 1, 1.0f)  // dL/dx += lambda1^T * ga_c + gamma1^T * mean_c(ga)
-      for (long c = 0; c < C; c++) {
-        const float *restrict ga = s.rs + c * sp;
-        float *restrict gxs = gx + (b * C + c) * n;
-#pragma omp simd
-        for (long k = 0; k < n; k++) gxs[k] += t[k] + TAPS_M(ga, k, W, ml, mrk);
-      }
+      stacked_ceo1_grad(ng, &s, C, n, W, rbits + b * C * nb);
+      stacked_ceo1_transpose_add(gx + b * C * n, ng, &s, C, n, W);
     }
   }
   for (long c = 0; c < C; c++) {

@@ -1,28 +1,24 @@
-"""C source of the noise generator, the multiplier and the per-channel scale, forward and backward."""
+"""C source of the per-plane output step, the per-channel scale (forward and backward), and the padded-layout
+forward `mp_forward`: the reference that the stacked layout (`csrc_stacked`) is tested and timed against."""
 
 SOURCE = r"""// ---- the noise generator mu = CEO2(relu(CEO1(x))), one image at a time ----
 // ng = lambda1[9], gamma1[9], lambda2[9], gamma2[9]; CEO(x)_c = lambda * x_c + gamma * mean_c(x).
 typedef struct {
-  float *xp, *rp, *gm, *ga;  // C padded planes each: x, r = relu(CEO1(x)), dL/dmu, dL/d(CEO1)
-  float *mx, *mr, *t, *o, *cm, *s1, *s2;
-  float *mu, *eps, *gmu;  // compact, H * W each
-  uint32_t *words;        // random words for the noise of one plane
+  float *xp, *rp;  // C padded planes each: x, r = relu(CEO1(x))
+  float *mx, *mr, *t, *o, *cm;
+  float *mu, *eps;  // compact, H * W each
+  uint32_t *words;  // random words for the noise of one plane
 } Img;
-static size_t img_floats(const Geom *g, long C, int bwd) {
-  return (size_t)((bwd ? 4 : 2) * C + 7) * g->PS + 3 * g->n + round16(g->n + 1) + 48;
-}
-static Img img_layout(const Geom *g, long C, int bwd) {
-  float *ws = scratch(img_floats(g, C, bwd));
+static Img img_layout(const Geom *g, long C) {
+  float *ws = scratch((size_t)(2 * C + 5) * g->PS + 2 * g->n + round16(g->n + 1) + 48);
   Img s;
   long i = 0;
   s.xp = plane(ws, g, i); i += C;
   s.rp = plane(ws, g, i); i += C;
-  s.gm = plane(ws, g, i); i += bwd ? C : 0;
-  s.ga = plane(ws, g, i); i += bwd ? C : 0;
   s.mx = plane(ws, g, i++); s.mr = plane(ws, g, i++); s.t = plane(ws, g, i++); s.o = plane(ws, g, i++);
-  s.cm = plane(ws, g, i++); s.s1 = plane(ws, g, i++); s.s2 = plane(ws, g, i++);
-  s.mu = ws + i * g->PS; s.eps = s.mu + g->n; s.gmu = s.eps + g->n;
-  s.words = (uint32_t *)(s.gmu + g->n);
+  s.cm = plane(ws, g, i++);
+  s.mu = ws + i * g->PS; s.eps = s.mu + g->n;
+  s.words = (uint32_t *)(s.eps + g->n);
   colmask(s.cm, g);
   return s;
 }
@@ -166,7 +162,7 @@ void mp_forward(const float *x, float *y, long B, long C, long H, long W, const 
   const Outputs out = {x, scale, eps, y, a_out, kappa, clip, relu, mode, k1, k2, C, n};
 #pragma omp parallel num_threads(nt)
   {
-    Img s = img_layout(&g, C, 0);
+    Img s = img_layout(&g, C);
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
       ng_phase1(x + b * C * n, C, ng, &s, &g);
@@ -176,111 +172,6 @@ void mp_forward(const float *x, float *y, long B, long C, long H, long W, const 
       }
     }
   }
-}
-
-// gx_b += CEO1^T of the C planes s->ga (s->s1 holds their sum over c): lambda1^T * ga_c + gamma1^T * mean_c(ga).
-static void ceo1_transpose_add(float *gx_b, const float *ng, Img *s, const Geom *g, long C) {
-  float *restrict t = s->t, *restrict o = s->o;
-  corr3(t, s->s1, ng + 9, 1, 0, 1.0f / (float)C, g);  // dL/d mean_c(x), divided by C
-  LOADW(ng, 1, 1.0f)
-  const long st = g->Wp;
-  for (long c = 0; c < C; c++) {
-    const float *restrict ga = s->ga + c * g->PS;
-#pragma omp simd
-    for (long k = g->lo; k < g->hi; k++) o[k] = t[k] + TAPS(ga, k, st);
-    expand_add(gx_b + c * g->n, o, g);
-  }
-}
-
-void mp_backward(const float *x, const float *gy, float *gx, long B, long C, long H, long W, const float *l1,
-                 const float *g1, const float *l2, const float *g2, const float *scale, float kappa, float clip,
-                 int relu, int mode, const float *eps, uint32_t k1, uint32_t k2, float *gs_out, float *gng_out,
-                 int nt) {
-  float ng[36];
-  gather_ng(ng, l1, g1, l2, g2);
-  float *gs = (float *)malloc(sizeof(float) * (size_t)(B * C));
-  float *gng = gng_out ? (float *)malloc(sizeof(float) * (size_t)(B * 36)) : NULL;
-  Geom g = geom(H, W);
-  const long n = g.n, st = g.Wp;
-  const float ic = 1.0f / (float)C;
-#pragma omp parallel num_threads(nt)
-  {
-    Img s = img_layout(&g, C, 1);
-    float *restrict s1 = s.s1, *restrict s2 = s.s2, *restrict t = s.t;
-#pragma omp for schedule(dynamic, 1)
-    for (long b = 0; b < B; b++) {
-      double acc[36] = {0};
-      ng_phase1(x + b * C * n, C, ng, &s, &g);
-      zero_plane(s2, &g);
-      for (long c = 0; c < C; c++) {
-        ng_mu(c, ng, &s, &g);
-        const long off = (b * C + c) * n;
-        const float *restrict xs = x + off, *restrict gys = gy + off, *restrict mu = s.mu;
-        float *restrict gxs = gx + off, *restrict gmu = s.gmu, *restrict gmp = s.gm + c * g.PS;
-        const float sc = scale[c];
-        float gsum = 0.0f, dz, gxv, gsz;
-        if (mode == 2) {
-#pragma omp simd private(dz, gxv, gsz) reduction(+ : gsum)
-          for (long i = 0; i < n; i++) {
-            float z = esp(mu[i], &dz);
-            gmu[i] = g_elem(xs[i], gys[i], z, dz, sc, kappa, clip, relu, &gxv, &gsz);
-            gxs[i] = gxv;
-            gsum += gsz;
-          }
-        } else {
-          const float *restrict es = eps ? eps + off : s.eps;
-          if (!eps) normals(s.eps, s.words, n, (uint32_t)(b * C + c), k1, k2);
-#pragma omp simd private(dz, gxv, gsz) reduction(+ : gsum)
-          for (long i = 0; i < n; i++) {
-            float z = softplus_d(mu[i] + es[i], &dz);
-            gmu[i] = g_elem(xs[i], gys[i], z, dz, sc, kappa, clip, relu, &gxv, &gsz);
-            gxs[i] = gxv;
-            gsum += gsz;
-          }
-        }
-        load_plane(gmp, gmu, &g);
-#pragma omp simd
-        for (long k = g.lo; k < g.hi; k++) s2[k] += gmp[k];
-        gs[b * C + c] = gsum * kappa;
-        if (gng) wgrad3(acc + 18, gmp, s.rp + c * g.PS, &g);
-      }
-      if (gng) wgrad3(acc + 27, s2, s.mr, &g);
-      corr3(t, s2, ng + 27, 1, 0, ic, &g);  // dL/d mean_c(r), divided by C
-      zero_plane(s1, &g);
-      {
-        LOADW(ng + 18, 1, 1.0f)
-        for (long c = 0; c < C; c++) {  // dL/d CEO1
-          const float *restrict gmp = s.gm + c * g.PS, *restrict rp = s.rp + c * g.PS;
-          float *restrict ga = s.ga + c * g.PS;
-          zero_pads(ga, &g);
-#pragma omp simd
-          for (long k = g.lo; k < g.hi; k++) {
-            float v = rp[k] > 0.0f ? t[k] + TAPS(gmp, k, st) : 0.0f;
-            ga[k] = v;
-            s1[k] += v;
-          }
-          if (gng) wgrad3(acc, ga, s.xp + c * g.PS, &g);
-        }
-      }
-      if (gng) wgrad3(acc + 9, s1, s.mx, &g);
-      ceo1_transpose_add(gx + b * C * n, ng, &s, &g, C);
-      if (gng)
-        for (int d = 0; d < 36; d++) gng[b * 36 + d] = (float)acc[d];
-    }
-  }
-  for (long c = 0; c < C; c++) {
-    double t = 0.0;
-    for (long b = 0; b < B; b++) t += gs[b * C + c];
-    gs_out[c] = (float)t;
-  }
-  if (gng)
-    for (int d = 0; d < 36; d++) {
-      double t = 0.0;
-      for (long b = 0; b < B; b++) t += gng[b * 36 + d];
-      gng_out[d] = (float)t;
-    }
-  free(gs);
-  free(gng);
 }
 
 // ---- the per-channel scale, tiny (C x h) math kept here to save ~30 small torch ops per site and step ----

@@ -1,4 +1,4 @@
-"""C source of the site's forward on the "stacked" layout: every site forward, in inference and in training.
+"""C source of the site on the "stacked" layout: every site forward, and the backward from x (`mp_backward`).
 
 The padded layout of `csrc_common` gives each (H, W) plane its own zero border (row stride W + 2). For the
 forward alone that costs, per plane: a row-by-row copy into the padded layout, clearing its border, and a
@@ -11,9 +11,11 @@ that also sums the mean over channels.
 
 The stencils add the taps in the padded layout's order, the masked taps reading an exact zero, so both layouts
 give the same output bit for bit (tests/test_site_fast.py). `benchmarks/inference.py` times the two side by
-side at ResNet-20's three stage shapes. `mp_backward_saved` (csrc_saved) runs on this layout too, from what
-this forward saves for it: μ + ε and the CEO1 ReLU masks as bits in flat plane order. The backward that
-recomputes from x (`mp_backward`, φ trainable) and the scale features keep the padded layout.
+side at ResNet-20's three stage shapes. Both backwards run on this layout too: `mp_backward` here (it
+recomputes μ from x), and `mp_backward_saved` (csrc_saved) from what this forward saves for it, μ + ε and the
+CEO1 ReLU masks as bits in flat plane order. Their dL/dx and dL/ds are bitwise what their padded versions gave
+(checked when they moved); dL/dφ of the noise generator sums its terms in another order (to 3e-7). Only the
+scale features (csrc_features) keep the padded layout.
 """
 
 SOURCE = r"""// ---- forward, stacked layout: plane c of an image at c * (n + W), zero rows between and around ----
@@ -29,20 +31,25 @@ static inline float and_f(float v, uint32_t m) { return f_as(u_as(v) & m); }
 
 typedef struct {
   float *xs, *rs, *mx, *mr;  // C stacked planes of x and of r = relu(CEO1(x)); the two channel means (1 plane)
+  float *gm, *ga, *s2, *s1;  // backward only: C planes of dL/dmu and of dL/dCEO1, and their channel sums
   float *t, *mu, *eps;       // t = gamma * mean_c(.), mu of one channel, the normals of one plane
   uint32_t *words, *ml, *mrk;
 } Stack;
-static Stack stack_layout(long C, long H, long W) {
+static Stack stack_layout(long C, long H, long W, int bwd) {
   const long n = H * W, lead = round16(W + 1), sp = n + W;  // lead: room for the taps above the first row
   const size_t planes = (size_t)(lead + C * sp + W + 16), single = (size_t)(lead + sp + W + 16);
-  const size_t total = 2 * planes + 2 * single + 3 * (size_t)round16(n) + (size_t)round16(n + 1) + 32 +
+  const size_t blocks = bwd ? 4 : 2;  // of C planes, and as many single planes
+  const size_t total = blocks * (planes + single) + 3 * (size_t)round16(n) + (size_t)round16(n + 1) + 32 +
                        2 * (size_t)round16(n);
   float *ws = scratch(total);
   memset(ws, 0, sizeof(float) * total);  // the zero rows: only plane interiors are written below
   Stack s;
   s.xs = ws + lead; s.rs = ws + planes + lead;
-  s.mx = ws + 2 * planes + lead; s.mr = ws + 2 * planes + single + lead;
-  s.t = ws + 2 * planes + 2 * single; s.mu = s.t + round16(n); s.eps = s.mu + round16(n);
+  s.mx = ws + blocks * planes + lead; s.mr = ws + blocks * planes + single + lead;
+  s.gm = bwd ? ws + 2 * planes + lead : NULL; s.ga = bwd ? ws + 3 * planes + lead : NULL;
+  s.s2 = bwd ? ws + blocks * planes + 2 * single + lead : NULL;
+  s.s1 = bwd ? ws + blocks * planes + 3 * single + lead : NULL;
+  s.t = ws + blocks * (planes + single); s.mu = s.t + round16(n); s.eps = s.mu + round16(n);
   s.words = (uint32_t *)(s.eps + round16(n));
   s.ml = s.words + round16(n + 1) + 32; s.mrk = s.ml + round16(n);
   for (long k = 0; k < n; k++) {
@@ -137,7 +144,7 @@ void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W
   const Outputs out = {x, scale, eps, y, a_out, kappa, clip, relu, mode, k1, k2, C, n};
 #pragma omp parallel num_threads(nt)
   {
-    Stack s = stack_layout(C, H, W);
+    Stack s = stack_layout(C, H, W, 0);
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
       stacked_phase1(x + b * C * n, C, H, W, ng, &s, rbits ? rbits + b * C * ((n + 15) / 16) : NULL);
@@ -147,5 +154,142 @@ void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W
       }
     }
   }
+}
+
+// ---- backward helpers, stacked layout (mp_backward below, mp_backward_saved in csrc_saved) ----
+// acc[d] += sum_k a[k] p[k + delta_d] over a stacked plane, the taps across a row edge masked: corr3's weight
+// gradient (the padded layout's wgrad3).
+static void wgrad3_stacked(double *acc, const float *restrict a, const float *restrict p, long n, long W,
+                           const Stack *s) {
+  const uint32_t *restrict ml = s->ml, *restrict mr = s->mrk;
+  float t0 = 0.0f, t1 = 0.0f, t2 = 0.0f, t3 = 0.0f, t4 = 0.0f, t5 = 0.0f, t6 = 0.0f, t7 = 0.0f, t8 = 0.0f;
+#pragma omp simd reduction(+ : t0, t1, t2, t3, t4, t5, t6, t7, t8)
+  for (long k = 0; k < n; k++) {
+    const float v = a[k];
+    t0 += v * and_f(p[k - W - 1], ml[k]); t1 += v * p[k - W]; t2 += v * and_f(p[k - W + 1], mr[k]);
+    t3 += v * and_f(p[k - 1], ml[k]); t4 += v * p[k]; t5 += v * and_f(p[k + 1], mr[k]);
+    t6 += v * and_f(p[k + W - 1], ml[k]); t7 += v * p[k + W]; t8 += v * and_f(p[k + W + 1], mr[k]);
+  }
+  acc[0] += t0; acc[1] += t1; acc[2] += t2; acc[3] += t3; acc[4] += t4;
+  acc[5] += t5; acc[6] += t6; acc[7] += t7; acc[8] += t8;
+}
+// t = (w^T * m) / C: the transposed stencil of a CEO's mean term (dL/d mean_c), with the 1/C in the weights as
+// the padded layout's corr3(..., flip, scale 1/C) has it.
+static void mean_term_transposed(float *restrict t, const float *restrict m, const float *w, float ic,
+                                 const Stack *s, long n, long W) {
+  const uint32_t *restrict ml = s->ml, *restrict mrk = s->mrk;
+  LOADW(w, 1, ic)
+#pragma omp simd
+  for (long k = 0; k < n; k++) t[k] = TAPS_M(m, k, W, ml, mrk);
+}
+// dL/dCEO1 of the C planes (ga = mask ? t + lambda2^T * gm_c : 0, s1 = their sum), t = gamma2^T * mean(gm) /
+// C; the mask of channel c: rp_c > 0 if rp is given, else the bits of rbits unpacked.
+static void stacked_ceo1_grad(const float *ng, const Stack *s, long C, long n, long W, const uint16_t *rbits) {
+  const uint32_t *restrict ml = s->ml, *restrict mrk = s->mrk;
+  const long sp = n + W;
+  float *restrict t = s->t, *restrict s1 = s->s1, *restrict mk = s->mu;
+  mean_term_transposed(t, s->s2, ng + 27, 1.0f / (float)C, s, n, W);
+  memset(s1, 0, sizeof(float) * (size_t)n);
+  LOADW(ng + 18, 1, 1.0f)
+  for (long c = 0; c < C; c++) {
+    const float *restrict gmp = s->gm + c * sp, *restrict mask = rbits ? mk : s->rs + c * sp;
+    float *restrict ga = s->ga + c * sp;
+    if (rbits) unpack_plane_mask(rbits + c * ((n + 15) / 16), n, mk);
+#pragma omp simd
+    for (long k = 0; k < n; k++) {
+      const float v = mask[k] > 0.0f ? t[k] + TAPS_M(gmp, k, W, ml, mrk) : 0.0f;
+      ga[k] = v;
+      s1[k] += v;
+    }
+  }
+}
+// gx_b += CEO1^T of the C planes ga: lambda1^T * ga_c + gamma1^T * mean_c(ga), from s1 = sum_c ga_c.
+static void stacked_ceo1_transpose_add(float *gx_b, const float *ng, const Stack *s, long C, long n, long W) {
+  const uint32_t *restrict ml = s->ml, *restrict mrk = s->mrk;
+  float *restrict t = s->t;
+  mean_term_transposed(t, s->s1, ng + 9, 1.0f / (float)C, s, n, W);
+  LOADW(ng, 1, 1.0f)
+  for (long c = 0; c < C; c++) {
+    const float *restrict ga = s->ga + c * (n + W);
+    float *restrict gxs = gx_b + c * n;
+#pragma omp simd
+    for (long k = 0; k < n; k++) gxs[k] += t[k] + TAPS_M(ga, k, W, ml, mrk);
+  }
+}
+
+// Backward from x (what is saved where φ trains, or where the site fuses no ReLU): mu and the noise are
+// recomputed, and gng_out (optional, 36 floats) receives dL/d(lambda1, gamma1, lambda2, gamma2).
+void mp_backward(const float *x, const float *gy, float *gx, long B, long C, long H, long W, const float *l1,
+                 const float *g1, const float *l2, const float *g2, const float *scale, float kappa, float clip,
+                 int relu, int mode, const float *eps, uint32_t k1, uint32_t k2, float *gs_out, float *gng_out,
+                 int nt) {
+  float ng[36];
+  gather_ng(ng, l1, g1, l2, g2);
+  float *gs = (float *)malloc(sizeof(float) * (size_t)(B * C));
+  float *gng = gng_out ? (float *)malloc(sizeof(float) * (size_t)(B * 36)) : NULL;
+  const long n = H * W, sp = n + W;
+#pragma omp parallel num_threads(nt)
+  {
+    Stack s = stack_layout(C, H, W, 1);
+#pragma omp for schedule(dynamic, 1)
+    for (long b = 0; b < B; b++) {
+      double acc[36] = {0};
+      stacked_phase1(x + b * C * n, C, H, W, ng, &s, NULL);
+      memset(s.s2, 0, sizeof(float) * (size_t)n);
+      for (long c = 0; c < C; c++) {
+        stacked_mu(c, n, W, ng, &s);
+        const long off = (b * C + c) * n;
+        const float *restrict xs = x + off, *restrict gys = gy + off, *restrict mu = s.mu;
+        float *restrict gxs = gx + off, *restrict gmu = s.gm + c * sp, *restrict s2 = s.s2;
+        const float sc = scale[c];
+        float gsum = 0.0f, dz, gxv, gsz;
+        if (mode == 2) {
+#pragma omp simd private(dz, gxv, gsz) reduction(+ : gsum)
+          for (long i = 0; i < n; i++) {
+            float z = esp(mu[i], &dz);
+            gmu[i] = g_elem(xs[i], gys[i], z, dz, sc, kappa, clip, relu, &gxv, &gsz);
+            gxs[i] = gxv;
+            gsum += gsz;
+          }
+        } else {
+          const float *restrict es = eps ? eps + off : s.eps;
+          if (!eps) normals(s.eps, s.words, n, (uint32_t)(b * C + c), k1, k2);
+#pragma omp simd private(dz, gxv, gsz) reduction(+ : gsum)
+          for (long i = 0; i < n; i++) {
+            float z = softplus_d(mu[i] + es[i], &dz);
+            gmu[i] = g_elem(xs[i], gys[i], z, dz, sc, kappa, clip, relu, &gxv, &gsz);
+            gxs[i] = gxv;
+            gsum += gsz;
+          }
+        }
+#pragma omp simd
+        for (long k = 0; k < n; k++) s2[k] += gmu[k];
+        gs[b * C + c] = gsum * kappa;
+        if (gng) wgrad3_stacked(acc + 18, gmu, s.rs + c * sp, n, W, &s);
+      }
+      if (gng) wgrad3_stacked(acc + 27, s.s2, s.mr, n, W, &s);
+      stacked_ceo1_grad(ng, &s, C, n, W, NULL);
+      if (gng) {
+        for (long c = 0; c < C; c++) wgrad3_stacked(acc, s.ga + c * sp, s.xs + c * sp, n, W, &s);
+        wgrad3_stacked(acc + 9, s.s1, s.mx, n, W, &s);
+      }
+      stacked_ceo1_transpose_add(gx + b * C * n, ng, &s, C, n, W);
+      if (gng)
+        for (int d = 0; d < 36; d++) gng[b * 36 + d] = (float)acc[d];
+    }
+  }
+  for (long c = 0; c < C; c++) {
+    double t = 0.0;
+    for (long b = 0; b < B; b++) t += gs[b * C + c];
+    gs_out[c] = (float)t;
+  }
+  if (gng)
+    for (int d = 0; d < 36; d++) {
+      double t = 0.0;
+      for (long b = 0; b < B; b++) t += gng[b * 36 + d];
+      gng_out[d] = (float)t;
+    }
+  free(gs);
+  free(gng);
 }
 """
