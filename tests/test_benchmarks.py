@@ -59,3 +59,17 @@ def test_overhead_benchmark_refuses_a_device_it_cannot_use():
         [sys.executable, str(BENCHMARKS / "overhead.py"), "--device", "cuda"], capture_output=True, text=True
     )
     assert run.returncode == 2 and "sees no CUDA device" in run.stderr, run.stderr
+
+
+def test_time_interleaved_settles_each_timed_call_with_untimed_ones_of_its_own_kind():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from _common import time_interleaved
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    calls = []
+    variants = {name: (lambda name=name: calls.append(name)) for name in ("bare", "fused")}
+    out = time_interleaved(variants, warmup=1, repeats=2, settle=2)
+    # warm-up rounds alternate; every timed round runs each variant settle + 1 times in a row
+    assert calls == ["bare", "fused"] + (["bare"] * 3 + ["fused"] * 3) * 2
+    assert out["bare_paired_ratio"] == 1.0 and out["fused_ms"] >= 0
