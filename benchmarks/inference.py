@@ -87,10 +87,8 @@ def kernel_layouts(phi: MetaPerturb, feature: torch.Tensor, threads: int) -> dic
               scale.data_ptr(), 1.0, 100.0, 1, 2, None, 0, 0)  # fmt: skip
     out = {"padded": torch.empty_like(feature), "stacked": torch.empty_like(feature)}
     calls = {
-        "padded": lambda: lib.mp_forward(feature.data_ptr(), out["padded"].data_ptr(), *common, None, threads),
-        "stacked": lambda: lib.mp_forward_stacked(
-            feature.data_ptr(), out["stacked"].data_ptr(), *common, None, None, threads
-        ),
+        "padded": lambda: lib.mp_forward(feature.data_ptr(), out["padded"].data_ptr(), *common, threads),
+        "stacked": lambda: lib.mp_forward_stacked(feature.data_ptr(), out["stacked"].data_ptr(), *common, threads),
     }
     for call in calls.values():
         call()

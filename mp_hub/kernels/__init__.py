@@ -17,10 +17,7 @@ rounding (tests/test_site_fast.py), and the authors' reference vectors pass thro
 documented difference: with `noise=None` in "mc" mode the fused path draws ε from its own counter-based
 generator — Box–Muller on random words from ARS-7 (AES rounds, with VAES) or a 2-round integer hash (without),
 keyed from torch's default generator, so `torch.manual_seed` still makes runs reproducible — not from
-`torch.randn`; its backward regenerates the same draws instead of storing them (or, where the site fuses the
-following ReLU and φ is frozen, keeps μ + ε in place of x: `fused.py`). A second one, of measure zero: on that
-saved-state path an output exactly at the clip value counts as clipped (the reference still passes the
-gradient at x ⊙ m == clip).
+`torch.randn`; its backward regenerates the same draws instead of storing them (`fused.py`).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from .csrc import SOURCE
 
 logger = logging.getLogger(__name__)
 
-ABI_VERSION = 10
+ABI_VERSION = 11
 # -fno-trapping-math / -fno-math-errno let gcc vectorise the selects and sqrt; no -ffast-math: the kernels rely
 # on NaN comparisons (the non-finite check, the clamp) and on the order of the float operations as written.
 _BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-fno-tree-loop-distribute-patterns"]
@@ -42,9 +42,8 @@ _SIGNATURES = {
     "mp_has_masks": ([], _I),
     "mp_features": ([_P, _L, _L, _L, _L, _P, _L, _P, _P, _I], _I),
     "mp_features_backward": ([_P, _P, _P, _L, _L, _L, _L, _P, _L, _P, _P, _I], None),
-    "mp_forward": ([_P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _U, _U, _P, _I], None),
-    "mp_forward_stacked": ([_P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _U, _U, _P, _P, _I], None),
-    "mp_backward_saved": ([_P, _P, _P, _P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _I], None),
+    "mp_forward": ([_P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _U, _U, _I], None),
+    "mp_forward_stacked": ([_P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _U, _U, _I], None),
     "mp_backward": ([_P, _P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _U, _U, _P, _P, _I], None),
     "mp_scale_forward": ([_P, _L, _L, _L, _P, _P, _P, _F, _F, _F, _P, _P, _P], None),
     "mp_scale_backward": ([_P, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _L, _P, _P], None),

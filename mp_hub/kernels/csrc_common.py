@@ -19,7 +19,7 @@ SOURCE = r"""
 
 #define GUARD 32
 
-int mp_abi_version(void) { return 10; }
+int mp_abi_version(void) { return 11; }
 
 typedef struct {
   long H, W, Wp, P, PS, lo, hi, n;  // lo..hi: flat range of the H interior rows; n = H * W

@@ -96,10 +96,9 @@ static inline float g_elem(float x, float gy, float z, float dz, float sc, float
   return gm * kappa * sc * dz;
 }
 
-// y of one plane from x, mu and the normals es (NULL: "mean" mode); a_out (optional): mu + es, or mu.
+// y of one plane from x, mu and the normals es (NULL: "mean" mode).
 static void site_output(const float *restrict xs, const float *restrict mu, const float *restrict es,
-                        float *restrict ys, long n, float sc, float kappa, float clip, int relu,
-                        float *restrict a_out) {
+                        float *restrict ys, long n, float sc, float kappa, float clip, int relu) {
   if (!es) {
     long i0 = 0;
 #if defined(__AVX512F__)  // y_mean 16 lanes at a time, E[softplus] by register permutes (esp16)
@@ -116,20 +115,15 @@ static void site_output(const float *restrict xs, const float *restrict mu, cons
 #endif
 #pragma omp simd
     for (long i = i0; i < n; i++) ys[i] = y_mean(xs[i], mu[i], sc, kappa, clip, relu);
-    if (a_out) memcpy(a_out, mu, sizeof(float) * (size_t)n);
   } else {
 #pragma omp simd
     for (long i = 0; i < n; i++) ys[i] = y_noise(xs[i], mu[i], es[i], sc, kappa, clip, relu);
-    if (a_out) {
-#pragma omp simd
-      for (long i = 0; i < n; i++) a_out[i] = mu[i] + es[i];
-    }
   }
 }
 // What the forwards' per-plane step needs besides mu: their arguments, gathered once.
 typedef struct {
   const float *x, *scale, *eps;
-  float *y, *a_out;
+  float *y;
   float kappa, clip;
   int relu, mode;
   uint32_t k1, k2;
@@ -143,23 +137,21 @@ static void plane_output(const Outputs *o, long b, long c, const float *mu, floa
     es = o->eps ? o->eps + off : eps_buf;
     if (!o->eps) normals(eps_buf, words, o->n, (uint32_t)(b * o->C + c), o->k1, o->k2);
   }
-  site_output(o->x + off, mu, es, o->y + off, o->n, o->scale[c], o->kappa, o->clip, o->relu,
-              o->a_out ? o->a_out + off : NULL);
+  site_output(o->x + off, mu, es, o->y + off, o->n, o->scale[c], o->kappa, o->clip, o->relu);
 }
 
 // mode: 0 = eps given, 1 = counter-based normal draws (keys k1, k2), 2 = "mean" (z = E[softplus(mu + eps)]).
 // l1, g1, l2, g2: lambda1, gamma1, lambda2, gamma2 (9 values each).
-// a_out (optional): mu + eps (mu in "mean" mode), which mp_backward_saved reads instead of x. This padded-layout
-// forward is the reference that mp_forward_stacked (csrc_stacked, what the sites run) is tested and timed
-// against: the same y and a_out, bitwise, in less time; only the stacked one also writes the CEO1 masks.
+// This padded-layout forward is the reference that mp_forward_stacked (csrc_stacked, what the sites run) is
+// tested and timed against: the same y, bitwise, in less time.
 void mp_forward(const float *x, float *y, long B, long C, long H, long W, const float *l1, const float *g1,
                 const float *l2, const float *g2, const float *scale, float kappa, float clip, int relu, int mode,
-                const float *eps, uint32_t k1, uint32_t k2, float *a_out, int nt) {
+                const float *eps, uint32_t k1, uint32_t k2, int nt) {
   float ng[36];
   gather_ng(ng, l1, g1, l2, g2);
   Geom g = geom(H, W);
   const long n = g.n;
-  const Outputs out = {x, scale, eps, y, a_out, kappa, clip, relu, mode, k1, k2, C, n};
+  const Outputs out = {x, scale, eps, y, kappa, clip, relu, mode, k1, k2, C, n};
 #pragma omp parallel num_threads(nt)
   {
     Img s = img_layout(&g, C);

@@ -1,4 +1,4 @@
-"""C source of the site on the "stacked" layout: every site forward, and the backward from x (`mp_backward`).
+"""C source of the site's noise generator on the "stacked" layout: its forward and its backward.
 
 The padded layout of `csrc_common` gives each (H, W) plane its own zero border (row stride W + 2). For the
 forward alone that costs, per plane: a row-by-row copy into the padded layout, clearing its border, and a
@@ -11,11 +11,10 @@ that also sums the mean over channels.
 
 The stencils add the taps in the padded layout's order, the masked taps reading an exact zero, so both layouts
 give the same output bit for bit (tests/test_site_fast.py). `benchmarks/inference.py` times the two side by
-side at ResNet-20's three stage shapes. Both backwards run on this layout too: `mp_backward` here (it
-recomputes μ from x), and `mp_backward_saved` (csrc_saved) from what this forward saves for it, μ + ε and the
-CEO1 ReLU masks as bits in flat plane order. Their dL/dx and dL/ds are bitwise what their padded versions gave
-(checked when they moved); dL/dφ of the noise generator sums its terms in another order (to 3e-7). Only the
-scale features (csrc_features) keep the padded layout.
+side at ResNet-20's three stage shapes. The backward `mp_backward` runs on this layout too (it recomputes μ
+and the noise from x): its dL/dx and dL/ds are bitwise what its padded version gave (checked when it moved),
+and dL/dφ of the noise generator sums its terms in another order (to 3e-7). Only the scale features
+(csrc_features) keep the padded layout.
 """
 
 SOURCE = r"""// ---- forward, stacked layout: plane c of an image at c * (n + W), zero rows between and around ----
@@ -69,29 +68,8 @@ static void mean_term(float *restrict t, float *restrict m, const float *w, floa
   for (long k = 0; k < n; k++) t[k] = TAPS_M(m, k, W, ml, mrk);
 }
 
-#if defined(__AVX512F__)
-// The CEO1 ReLU masks rp > 0 of one stacked plane (n values) as bits, 16 positions a word, in flat order; the bits
-// past n in the last word are 0. mp_backward_saved unpacks them with unpack_plane_mask.
-static void pack_plane_positive(const float *restrict rp, long n, uint16_t *restrict out) {
-  for (long j = 0; 16 * j < n; j++) {
-    const __mmask16 live = n - 16 * j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - 16 * j)) - 1u);
-    out[j] = (uint16_t)_mm512_mask_cmp_ps_mask(live, _mm512_maskz_loadu_ps(live, rp + 16 * j), _mm512_setzero_ps(),
-                                               _CMP_GT_OQ);
-  }
-}
-static void unpack_plane_mask(const uint16_t *restrict in, long n, float *restrict m) {  // m: round16(n) floats
-  const __m512 one = _mm512_set1_ps(1.0f);
-  for (long j = 0; 16 * j < n; j++) _mm512_storeu_ps(m + 16 * j, _mm512_maskz_mov_ps((__mmask16)in[j], one));
-}
-#else
-static void pack_plane_positive(const float *rp, long n, uint16_t *out) { (void)rp; (void)n; (void)out; }
-static void unpack_plane_mask(const uint16_t *in, long n, float *m) { (void)in; (void)n; (void)m; }
-#endif
-
-// One image: xs, rs and t = gamma2 * mean_c(r), ready for stacked_mu (as ng_phase1 for the padded layout);
-// rbits (optional, AVX-512): the CEO1 ReLU masks, plane after plane (pack_plane_positive).
-static void stacked_phase1(const float *xb, long C, long H, long W, const float *ng, const Stack *s,
-                           uint16_t *rbits) {
+// One image: xs, rs and t = gamma2 * mean_c(r), ready for stacked_mu (as ng_phase1 for the padded layout).
+static void stacked_phase1(const float *xb, long C, long H, long W, const float *ng, const Stack *s) {
   const long n = H * W;
   const long sp = n + W;
   const uint32_t *restrict ml = s->ml, *restrict mrk = s->mrk;
@@ -119,7 +97,6 @@ static void stacked_phase1(const float *xb, long C, long H, long W, const float 
       rp[k] = r;
       mr[k] += r;
     }
-    if (rbits) pack_plane_positive(rp, n, rbits + c * ((n + 15) / 16));
   }
   mean_term(t, mr, ng + 27, 1.0f / (float)C, s, n, W);  // gamma2 * mean_c(r)
 }
@@ -132,22 +109,20 @@ static void stacked_mu(long c, long n, long W, const float *ng, const Stack *s) 
   for (long k = 0; k < n; k++) mu[k] = t[k] + TAPS_M(rp, k, W, ml, mrk);
 }
 
-// mp_forward on the stacked layout: the same y and a_out bit for bit; rbits (optional, mp_has_masks()): the CEO1
-// ReLU masks, (H W + 15) / 16 words a plane, for mp_backward_saved.
+// mp_forward on the stacked layout: the same arguments, the same y bit for bit.
 void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W, const float *l1, const float *g1,
                         const float *l2, const float *g2, const float *scale, float kappa, float clip, int relu,
-                        int mode, const float *eps, uint32_t k1, uint32_t k2, float *a_out, uint16_t *rbits,
-                        int nt) {
+                        int mode, const float *eps, uint32_t k1, uint32_t k2, int nt) {
   float ng[36];
   gather_ng(ng, l1, g1, l2, g2);
   const long n = H * W;
-  const Outputs out = {x, scale, eps, y, a_out, kappa, clip, relu, mode, k1, k2, C, n};
+  const Outputs out = {x, scale, eps, y, kappa, clip, relu, mode, k1, k2, C, n};
 #pragma omp parallel num_threads(nt)
   {
     Stack s = stack_layout(C, H, W, 0);
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
-      stacked_phase1(x + b * C * n, C, H, W, ng, &s, rbits ? rbits + b * C * ((n + 15) / 16) : NULL);
+      stacked_phase1(x + b * C * n, C, H, W, ng, &s);
       for (long c = 0; c < C; c++) {
         stacked_mu(c, n, W, ng, &s);
         plane_output(&out, b, c, s.mu, s.eps, s.words);
@@ -156,7 +131,7 @@ void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W
   }
 }
 
-// ---- backward helpers, stacked layout (mp_backward below, mp_backward_saved in csrc_saved) ----
+// ---- backward helpers, stacked layout ----
 // acc[d] += sum_k a[k] p[k + delta_d] over a stacked plane, the taps across a row edge masked: corr3's weight
 // gradient (the padded layout's wgrad3).
 static void wgrad3_stacked(double *acc, const float *restrict a, const float *restrict p, long n, long W,
@@ -182,22 +157,20 @@ static void mean_term_transposed(float *restrict t, const float *restrict m, con
 #pragma omp simd
   for (long k = 0; k < n; k++) t[k] = TAPS_M(m, k, W, ml, mrk);
 }
-// dL/dCEO1 of the C planes (ga = mask ? t + lambda2^T * gm_c : 0, s1 = their sum), t = gamma2^T * mean(gm) /
-// C; the mask of channel c: rp_c > 0 if rp is given, else the bits of rbits unpacked.
-static void stacked_ceo1_grad(const float *ng, const Stack *s, long C, long n, long W, const uint16_t *rbits) {
+// dL/dCEO1 of the C planes (ga = r_c > 0 ? t + lambda2^T * gm_c : 0, s1 = their sum), t = gamma2^T * mean(gm) / C.
+static void stacked_ceo1_grad(const float *ng, const Stack *s, long C, long n, long W) {
   const uint32_t *restrict ml = s->ml, *restrict mrk = s->mrk;
   const long sp = n + W;
-  float *restrict t = s->t, *restrict s1 = s->s1, *restrict mk = s->mu;
+  float *restrict t = s->t, *restrict s1 = s->s1;
   mean_term_transposed(t, s->s2, ng + 27, 1.0f / (float)C, s, n, W);
   memset(s1, 0, sizeof(float) * (size_t)n);
   LOADW(ng + 18, 1, 1.0f)
   for (long c = 0; c < C; c++) {
-    const float *restrict gmp = s->gm + c * sp, *restrict mask = rbits ? mk : s->rs + c * sp;
+    const float *restrict gmp = s->gm + c * sp, *restrict rp = s->rs + c * sp;
     float *restrict ga = s->ga + c * sp;
-    if (rbits) unpack_plane_mask(rbits + c * ((n + 15) / 16), n, mk);
 #pragma omp simd
     for (long k = 0; k < n; k++) {
-      const float v = mask[k] > 0.0f ? t[k] + TAPS_M(gmp, k, W, ml, mrk) : 0.0f;
+      const float v = rp[k] > 0.0f ? t[k] + TAPS_M(gmp, k, W, ml, mrk) : 0.0f;
       ga[k] = v;
       s1[k] += v;
     }
@@ -217,8 +190,9 @@ static void stacked_ceo1_transpose_add(float *gx_b, const float *ng, const Stack
   }
 }
 
-// Backward from x (what is saved where φ trains, or where the site fuses no ReLU): mu and the noise are
-// recomputed, and gng_out (optional, 36 floats) receives dL/d(lambda1, gamma1, lambda2, gamma2).
+// Backward from x: mu and the noise are recomputed rather than kept (keeping them, as an earlier version did
+// for frozen φ, saved no time once this backward ran on the stacked layout); gng_out (optional, 36 floats)
+// receives dL/d(lambda1, gamma1, lambda2, gamma2).
 void mp_backward(const float *x, const float *gy, float *gx, long B, long C, long H, long W, const float *l1,
                  const float *g1, const float *l2, const float *g2, const float *scale, float kappa, float clip,
                  int relu, int mode, const float *eps, uint32_t k1, uint32_t k2, float *gs_out, float *gng_out,
@@ -234,7 +208,7 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
       double acc[36] = {0};
-      stacked_phase1(x + b * C * n, C, H, W, ng, &s, NULL);
+      stacked_phase1(x + b * C * n, C, H, W, ng, &s);
       memset(s.s2, 0, sizeof(float) * (size_t)n);
       for (long c = 0; c < C; c++) {
         stacked_mu(c, n, W, ng, &s);
@@ -268,7 +242,7 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
         if (gng) wgrad3_stacked(acc + 18, gmu, s.rs + c * sp, n, W, &s);
       }
       if (gng) wgrad3_stacked(acc + 27, s.s2, s.mr, n, W, &s);
-      stacked_ceo1_grad(ng, &s, C, n, W, NULL);
+      stacked_ceo1_grad(ng, &s, C, n, W);
       if (gng) {
         for (long c = 0; c < C; c++) wgrad3_stacked(acc, s.ga + c * sp, s.xs + c * sp, n, W, &s);
         wgrad3_stacked(acc + 9, s.s1, s.mx, n, W, &s);

@@ -2,14 +2,13 @@
 
 Passes over the (B, C, H, W) tensors per training step of one site:
   forward   1. scale features, their ReLU masks, the non-finite check (reads x)
-            2. μ, noise, multiplier, clamp (reads x, writes y; on the stacked layout of `csrc_stacked`)
+            2. μ, noise, multiplier, clamp (reads x, writes y)
   backward  3. recompute μ and the noise; dL/dx through the multiplier and the noise generator; dL/ds, dL/dφ
             4. dL/dx through the batch statistics of the scale features, from the saved masks (adds into gx)
-Saved for backward: x, the masks as bits (an eighth of x's size) and the caller's noise if it passed one;
-μ, the other ReLU masks and the generated noise are recomputed, which keeps a perturbed step's memory close
-to the bare model's. Where the site fuses the ReLU after it and φ is frozen (transfer on a ResNet), the
-forward keeps a = μ + ε and the CEO1 ReLU masks instead of x, and pass 3 becomes `mp_backward_saved`: no
-recomputation (see `csrc_saved`); the memory is the same, since x is recovered from the output.
+(2 and 3 on the stacked layout of `csrc_stacked`.) Saved for backward: x, the masks as bits (an eighth of x's
+size) and the caller's noise if it passed one; μ, the other ReLU masks and the generated noise are recomputed,
+which keeps a perturbed step's memory close to the bare model's. (Keeping μ + ε and the CEO1 masks instead of
+x, for frozen φ, saved no time once pass 3 ran on the stacked layout, and was removed.)
 The tiny per-channel math (moments, running statistics, s = sigmoid(w · [...]) and its
 backward) is in C too: ~30 small torch ops less per site and step.
 """
@@ -94,7 +93,6 @@ class _Plan:
     keys: tuple[int, int]
     kappa: float
     relu: int  # 1: the ReLU after the site is fused in (PerturbSite.fused_relu)
-    saved: bool = False  # backward from saved state (mp_backward_saved) instead of x
 
 
 def _bit_masks(lib, h_dim: int) -> bool:
@@ -108,7 +106,7 @@ def _ptr(t: Tensor | None):
 
 
 def _forward(plan: _Plan, x: Tensor, params: tuple[Tensor, ...], noise: Tensor | None, keep_masks: bool):
-    """y, what the backward needs: (features, masks, scale, mean, var), and (a, CEO1 masks) if `plan.saved`."""
+    """y, and what the backward needs besides x: (features, masks, scale, mean, var)."""
     site, lib = plan.site, plan.lib
     l1, g1, l2, g2, kernels, fc_weight = params
     batch, channels, height, width = x.shape
@@ -128,31 +126,24 @@ def _forward(plan: _Plan, x: Tensor, params: tuple[Tensor, ...], noise: Tensor |
                          site.running_var.data_ptr(), site.momentum, channels / site.channel_norm,
                          height / site.spatial_norm, scale.data_ptr(), mean.data_ptr(), var.data_ptr())  # fmt: skip
     y = torch.empty_like(x)
-    a = rbits = None
-    if plan.saved:  # what mp_backward_saved reads instead of x: a = μ + ε and the CEO1 masks as bits
-        a = torch.empty_like(x)
-        rbits = torch.empty(batch * channels * ((height * width + 15) // 16), dtype=torch.int16)
     lib.mp_forward_stacked(x.data_ptr(), y.data_ptr(), batch, channels, height, width, l1.data_ptr(), g1.data_ptr(),
                            l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa, site.clip_value, plan.relu,
-                           plan.mode, _ptr(noise), *plan.keys, _ptr(a), _ptr(rbits), threads)  # fmt: skip
-    return y, (features, masks, scale, mean, var), (a, rbits)
+                           plan.mode, _ptr(noise), *plan.keys, threads)  # fmt: skip
+    return y, (features, masks, scale, mean, var)
 
 
 class _FusedSite(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, noise, plan, *params):
-        y, saved, (a, rbits) = _forward(plan, x, params, noise, keep_masks=ctx.needs_input_grad[0])
-        if plan.saved:  # the output instead of x: the next layer keeps it anyway
-            ctx.save_for_backward(y, None, a, rbits, *params, *saved)
-        else:
-            ctx.save_for_backward(x, noise, None, None, *params, *saved)
+        y, saved = _forward(plan, x, params, noise, keep_masks=ctx.needs_input_grad[0])
+        ctx.save_for_backward(x, noise, *params, *saved)
         ctx.plan = plan
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y):
-        x, noise, a, rbits, l1, g1, l2, g2, kernels, fc_weight, features, masks, scale, mean, var = ctx.saved_tensors
+        x, noise, l1, g1, l2, g2, kernels, fc_weight, features, masks, scale, mean, var = ctx.saved_tensors
         plan, lib = ctx.plan, ctx.plan.lib
         need_x, need_ng, need_k, need_fc = (
             ctx.needs_input_grad[0],
@@ -166,16 +157,10 @@ class _FusedSite(torch.autograd.Function):
         gx = torch.empty_like(x)
         gs = torch.empty(channels)
         gng = torch.empty(4, 9) if need_ng else None
-        if plan.saved:  # here `x` is the output
-            lib.mp_backward_saved(x.data_ptr(), grad_y.data_ptr(), a.data_ptr(), rbits.data_ptr(), gx.data_ptr(),
-                                  batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(),
-                                  g2.data_ptr(), scale.data_ptr(), plan.kappa, site.clip_value, plan.relu, plan.mode,
-                                  gs.data_ptr(), threads)  # fmt: skip
-        else:
-            lib.mp_backward(x.data_ptr(), grad_y.data_ptr(), gx.data_ptr(), batch, channels, height, width,
-                            l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa,
-                            site.clip_value, plan.relu, plan.mode, _ptr(noise), *plan.keys, gs.data_ptr(), _ptr(gng),
-                            threads)  # fmt: skip
+        lib.mp_backward(x.data_ptr(), grad_y.data_ptr(), gx.data_ptr(), batch, channels, height, width,
+                        l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa,
+                        site.clip_value, plan.relu, plan.mode, _ptr(noise), *plan.keys, gs.data_ptr(), _ptr(gng),
+                        threads)  # fmt: skip
         through_stats = plan.batch_stats and (need_x or need_k)
         g_fc = torch.empty(2 * h_dim + 2) if need_fc else None
         coeff = torch.empty(batch, channels, h_dim) if through_stats else None
@@ -185,7 +170,7 @@ class _FusedSite(torch.autograd.Function):
         g_k = None
         if through_stats:  # through the batch statistics of the scale features, back to x and the scale kernels
             g_k = torch.empty(h_dim, 9) if need_k else None
-            lib.mp_features_backward(None if plan.saved else x.data_ptr(), _ptr(masks), gx.data_ptr(), batch,
+            lib.mp_features_backward(x.data_ptr(), _ptr(masks), gx.data_ptr(), batch,
                                      channels, height, width, kernels.data_ptr(), h_dim, coeff.data_ptr(), _ptr(g_k),
                                      threads)  # fmt: skip
         g_ng = [None] * 4 if gng is None else [g.view(1, 1, 3, 3) for g in gng.unbind(0)]
@@ -211,11 +196,6 @@ def site_forward(site, fast: tuple[object, tuple[Tensor, ...]], x: Tensor, noise
     batch_stats = site.training and x.shape[0] >= 2
     plan = _Plan(lib, site, mode, batch_stats, keys, float(site.noise_coeff), int(site.fused_relu))
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-        # without grads for the noise generator and the scale kernels, and with the features' masks as bits,
-        # nothing in the backward needs x itself
-        plan.saved = bool(
-            site.fused_relu and _bit_masks(lib, params[4].shape[0]) and not any(p.requires_grad for p in params[:5])
-        )
         return _FusedSite.apply(x, noise, plan, *(p.contiguous() for p in params))
     with torch.no_grad():
         return _forward(plan, x, tuple(p.contiguous() for p in params), noise, keep_masks=False)[0]
