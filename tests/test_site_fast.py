@@ -257,6 +257,18 @@ def test_expected_softplus_closed_form_against_quadrature():
     assert (mu_grad.grad - slope).abs().max().item() < 1e-6
 
 
+def test_expected_softplus_cached_table_serves_inference_mode_and_autograd_alike():
+    """The coefficient table is built once per dtype and device: first built under inference_mode, it must still
+    serve a differentiable call (and the reverse)."""
+    MF._esp_table.cache_clear()
+    with torch.inference_mode():
+        first = MF.expected_softplus(torch.linspace(-3, 3, 7))
+    mu = torch.linspace(-3, 3, 7, requires_grad=True)
+    MF.expected_softplus(mu).sum().backward()
+    assert torch.equal(first, MF.expected_softplus(mu.detach())) and torch.isfinite(mu.grad).all()
+    assert MF._esp_table.cache_info().misses == 1
+
+
 def test_fused_backend_falls_back_to_eager_with_one_warning(caplog):
     fused._warned.clear()
     phi = make_phi().double()
