@@ -48,7 +48,6 @@ _SIGNATURES = {
     "mp_scale_forward": ([_P, _L, _L, _L, _P, _P, _P, _F, _F, _F, _P, _P, _P], None),
     "mp_scale_backward": ([_P, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _L, _P, _P], None),
     "mp_normal": ([_P, _L, _U, _U, _U], None),
-    "mp_expected_softplus": ([_P, _P, _P, _L], None),
 }
 
 _lock = threading.Lock()

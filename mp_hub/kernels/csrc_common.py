@@ -268,14 +268,6 @@ void mp_normal(float *out, long n, uint32_t plane_idx, uint32_t k1, uint32_t k2)
   normals(out, words, n, plane_idx, k1, k2);
   free(words);
 }
-void mp_expected_softplus(const float *mu, float *out, float *grad, long n) {
-  float gd;
-#pragma omp simd private(gd)
-  for (long i = 0; i < n; i++) {
-    out[i] = esp(mu[i], &gd);
-    if (grad) grad[i] = gd;
-  }
-}
 """
 
 
