@@ -183,7 +183,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: the model, data and steps on that GPU")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd bare and eager models")
     args = parser.parse_args()
-    device = torch.device(args.device)
+    for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--settle", args.settle, 0)):
+        if value < low:
+            parser.error(f"{flag} must be >= {low}, got {value}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        parser.error(f"--device {args.device!r}: {err}")
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device {args.device!r}: this benchmark runs on cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():

@@ -52,13 +52,13 @@ def test_overhead_benchmark_compiles_both_models():
     assert frozen["eager_compiled_vs_bare_compiled"] > 0
 
 
-def test_overhead_benchmark_refuses_a_device_it_cannot_use():
-    if torch.cuda.is_available():
-        pytest.skip("a CUDA device is here: nothing to refuse")
-    run = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "overhead.py"), "--device", "cuda"], capture_output=True, text=True
-    )
-    assert run.returncode == 2 and "sees no CUDA device" in run.stderr, run.stderr
+def test_overhead_benchmark_refuses_settings_it_cannot_use():
+    refused = [(("--settle", "-1"), "--settle must be >= 0")]
+    if not torch.cuda.is_available():
+        refused.append((("--device", "cuda"), "sees no CUDA device"))
+    for args, message in refused:
+        run = subprocess.run([sys.executable, str(BENCHMARKS / "overhead.py"), *args], capture_output=True, text=True)
+        assert run.returncode == 2 and message in run.stderr, (args, run.stderr)
 
 
 def test_time_interleaved_settles_each_timed_call_with_untimed_ones_of_its_own_kind():
