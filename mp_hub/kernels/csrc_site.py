@@ -172,18 +172,32 @@ void mp_forward(const float *x, float *y, long B, long C, long H, long W, const 
 // by B / (B - 1) once more). Without f: the running statistics. mean and var receive the statistics used.
 void mp_scale_forward(const float *f, long B, long C, long h, const float *w, float *rmean, float *rvar,
                       float momentum, float size_c, float size_h, float *scale, float *mean, float *var) {
+  const long ch = C * h;
+  double *sum = NULL, *sq = NULL;
+  if (f) {  // the batch sums, b outermost: f is read in its own order (not with a stride of C*h floats), and
+            // every sum still adds its terms in the order b = 0, 1, ...
+    sum = (double *)calloc((size_t)(2 * ch), sizeof(double));
+    sq = sum + ch;
+    for (long b = 0; b < B; b++) {
+      const float *fb = f + b * ch;
+#pragma omp simd
+      for (long i = 0; i < ch; i++) sum[i] += fb[i];
+    }
+    for (long i = 0; i < ch; i++) sum[i] /= (double)B;  // now the batch mean
+    for (long b = 0; b < B; b++) {
+      const float *fb = f + b * ch;
+#pragma omp simd
+      for (long i = 0; i < ch; i++) sq[i] += (fb[i] - sum[i]) * (fb[i] - sum[i]);
+    }
+  }
   for (long c = 0; c < C; c++) {
     double logit = (double)w[2 * h] * size_c + (double)w[2 * h + 1] * size_h;
     for (long j = 0; j < h; j++) {
       const long i = c * h + j;
       float m, v;
       if (f) {
-        double sum = 0.0, sq = 0.0;
-        for (long b = 0; b < B; b++) sum += f[b * C * h + i];
-        const double mu = sum / (double)B;
-        for (long b = 0; b < B; b++) sq += (f[b * C * h + i] - mu) * (f[b * C * h + i] - mu);
-        m = (float)mu;
-        v = (float)(sq / (double)(B - 1));
+        m = (float)sum[i];
+        v = (float)(sq[i] / (double)(B - 1));
         rmean[i] = rmean[i] * (1.0f - momentum) + m * momentum;
         rvar[i] = rvar[i] * (1.0f - momentum) + v * ((float)B / (float)(B - 1)) * momentum;
       } else {
@@ -196,14 +210,14 @@ void mp_scale_forward(const float *f, long B, long C, long h, const float *w, fl
     }
     scale[c] = (float)(1.0 / (1.0 + exp(-logit)));
   }
+  free(sum);
 }
-
-// From gs = dL/ds: gw (2h + 2, optional) = dL/dw, and cf (B*C*h, optional, needs f) = dL/df / hw, the input
-// of mp_features_backward (through the batch mean and unbiased variance of the features).
 void mp_scale_backward(const float *gs, long B, long C, long h, const float *scale, const float *mean,
                        const float *var, const float *f, const float *w, float size_c, float size_h, long hw,
                        float *gw, float *cf) {
+  const long ch = C * h;
   double acc[66] = {0};  // 2h + 2 <= 66 (h <= 32, checked by the caller)
+  double *gm = cf ? (double *)malloc(sizeof(double) * (size_t)(2 * ch)) : NULL, *gv = gm ? gm + ch : NULL;
   for (long c = 0; c < C; c++) {
     const double gl = (double)gs[c] * scale[c] * (1.0 - scale[c]);  // through the sigmoid
     for (long j = 0; j < h; j++) {
@@ -211,14 +225,21 @@ void mp_scale_backward(const float *gs, long B, long C, long h, const float *sca
       acc[j] += gl * mean[i];
       acc[h + j] += gl * var[i];
       if (cf) {
-        const double gm = gl * w[j] / (double)B, gv = gl * w[h + j] * 2.0 / (double)(B - 1);
-        for (long b = 0; b < B; b++)
-          cf[b * C * h + i] = (float)((gm + gv * ((double)f[b * C * h + i] - mean[i])) / (double)hw);
+        gm[i] = gl * w[j] / (double)B;
+        gv[i] = gl * w[h + j] * 2.0 / (double)(B - 1);
       }
     }
     acc[2 * h] += gl * size_c;
     acc[2 * h + 1] += gl * size_h;
   }
+  if (cf)  // b outermost: cf and f in their own order
+    for (long b = 0; b < B; b++) {
+      const float *fb = f + b * ch;
+      float *cb = cf + b * ch;
+#pragma omp simd
+      for (long i = 0; i < ch; i++) cb[i] = (float)((gm[i] + gv[i] * ((double)fb[i] - mean[i])) / (double)hw);
+    }
+  free(gm);
   if (gw)
     for (long j = 0; j < 2 * h + 2; j++) gw[j] = (float)acc[j];
 }
