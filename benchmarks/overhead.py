@@ -2,6 +2,7 @@
 
     python benchmarks/overhead.py [--steps 10] [--warmup 3] [--settle 0] [--batch 128] [--threads 2] [--phi ...]
                                   [--no-memory] [--omp-passive] [--keep-freed-memory] [--device cuda] [--compile]
+                                  [--breakdown]
 
 Variants, interleaved in one process (on a shared machine load drifts; interleaving spreads it over all
 variants alike), each step = forward + cross-entropy + backward + Adam step, batch of 32×32 images. By default
@@ -27,6 +28,11 @@ events of torch's CPU allocator, replayed in time order, give the peak of live b
 the level at its start (saved activations, gradients, temporaries; parameters and Adam state exist before).
 On CUDA: torch.cuda.max_memory_allocated over one step, above the level at its start.
 Scratch buffers of the fused kernels (a few hundred KiB per thread, allocated once) are outside this count.
+
+--breakdown: after the timing, --steps more fused steps under torch.profiler; the fused kernels' calls are
+named ranges there (`mp_hub::<pass>`, `mp_hub.kernels.fused.PASSES`), and their ms per step are reported per
+pass, with their sum as a share of what the fused variant adds to the bare step (fused_ms − bare_ms: the rest
+is the sites' Python, allocations, and the bare model's own work running slower beside them).
 
 On a machine shared with other jobs, OpenMP threads that spin at barriers while their partner is descheduled
 can make whole phases of a run 5–10× slower (bimodal step times, for every variant); --omp-passive sets
@@ -54,6 +60,7 @@ import torch.nn.functional as F  # noqa: E402
 from _common import add_thread_arguments, environment, git_commit, time_interleaved  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
+from mp_hub.kernels.fused import PASSES  # noqa: E402
 from mp_hub.models import model_from_type  # noqa: E402
 
 VARIANTS = ("bare", "eager", "fused")
@@ -114,6 +121,21 @@ def peak_step_memory(step, variant: str, device: torch.device) -> float | None:
     return peak / 2**20
 
 
+def kernel_breakdown(step, steps: int) -> dict[str, float]:
+    """ms per step in each pass of the fused kernels (their `mp_hub::<pass>` profiler ranges) over `steps` fused
+    steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step("fused")
+    totals_us = dict.fromkeys(PASSES, 0.0)
+    for event in prof.events():
+        if event.name.startswith("mp_hub::"):
+            totals_us[event.name.removeprefix("mp_hub::")] += event.cpu_time_total  # the range's duration
+    return {name: us / 1e3 / steps for name, us in totals_us.items()}
+
+
 def measure(trainable_phi: bool, args) -> dict:
     device = torch.device(args.device)
     step = build(trainable_phi, args.batch, device)
@@ -136,6 +158,10 @@ def measure(trainable_phi: bool, args) -> dict:
     if args.compile:  # the sites' cost when both sides are compiled
         out["eager_compiled_vs_bare_compiled"] = out["eager_compiled_ms"] / out["bare_compiled_ms"]
         out.update({f"{variant}_compile_s": seconds for variant, seconds in compile_s.items()})
+    if args.breakdown and "fused" in variants:
+        out["kernel_ms"] = kernel_breakdown(step, args.steps)
+        out["kernel_total_ms"] = sum(out["kernel_ms"].values())
+        out["kernel_share_of_fused_overhead"] = out["kernel_total_ms"] / (out["fused_ms"] - out["bare_ms"])
     if not args.no_memory:
         for variant in variants:
             out[f"{variant}_peak_mib"] = peak_step_memory(steps[variant], variant, device)
@@ -182,6 +208,9 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: the model, data and steps on that GPU")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd bare and eager models")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="profile more fused steps: ms per step of each fused-kernel pass"
+    )
     args = parser.parse_args()
     for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--settle", args.settle, 0)):
         if value < low:
@@ -192,18 +221,27 @@ def main() -> None:
         parser.error(f"--device {args.device!r}: {err}")
     if device.type not in ("cpu", "cuda"):
         parser.error(f"--device {args.device!r}: this benchmark runs on cpu or cuda")
+    if args.breakdown and device.type != "cpu":
+        parser.error("--breakdown times the fused kernels, which run on CPU only: drop it or use --device cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"--device {args.device!r}: torch {torch.__version__} sees no CUDA device here")
     torch.set_num_threads(args.threads)
     fused = kernels.fused_available()
     if not fused and device.type == "cpu":
         print("WARNING: fused kernels unavailable here; the 'fused' variant runs the eager path")
+        if args.breakdown:
+            parser.error(f"--breakdown: the fused kernels are unavailable here ({kernels.build.load_error()})")
     results = {}
     for mode in [m.strip() for m in args.phi.split(",") if m.strip()]:
         r = results[mode] = measure(mode == "trainable", args)
         print(f"φ {mode}: ms/step (median of {args.steps}, wall | process CPU; ratios wall | CPU | paired wall)")
         for variant in r["variants"]:
             print("  " + row(r, variant))
+        if "kernel_ms" in r:
+            passes = ", ".join(f"{name} {ms:.1f}" for name, ms in r["kernel_ms"].items())
+            print(f"  fused kernels, ms/step: {passes}; total {r['kernel_total_ms']:.1f} = "
+                  f"{100 * r['kernel_share_of_fused_overhead']:.0f}% of the {r['fused_ms'] - r['bare_ms']:.1f} ms "
+                  "fused adds to bare")  # fmt: skip
         if args.compile:
             print(f"  compiled, sites vs bare: ×{r['eager_compiled_vs_bare_compiled']:.3f}; compile time "
                   + ", ".join(f"{v} {r[v + '_compile_s']:.0f} s" for v in COMPILED))  # fmt: skip

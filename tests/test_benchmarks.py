@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mp_hub import kernels
+from mp_hub.kernels.fused import PASSES
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -36,8 +37,13 @@ def test_inference_benchmark_runs_and_reports_every_group():
 
 @pytest.mark.slow
 def test_overhead_benchmark_runs():
-    report = run_benchmark("overhead.py", "--steps", "2", "--warmup", "0", "--batch", "4", "--no-memory")
+    args = ("--steps", "2", "--warmup", "0", "--batch", "4", "--no-memory")
+    report = run_benchmark("overhead.py", *args, *(("--breakdown",) if kernels.fused_available() else ()))
     assert report["commit"]
+    if kernels.fused_available():  # every pass ran in each profiled step, frozen and trainable
+        for result in report["results"].values():
+            assert list(result["kernel_ms"]) == list(PASSES) and all(ms > 0 for ms in result["kernel_ms"].values())
+            assert result["kernel_total_ms"] == pytest.approx(sum(result["kernel_ms"].values()))
 
 
 @pytest.mark.slow
@@ -53,7 +59,10 @@ def test_overhead_benchmark_compiles_both_models():
 
 
 def test_overhead_benchmark_refuses_settings_it_cannot_use():
-    refused = [(("--settle", "-1"), "--settle must be >= 0")]
+    refused = [
+        (("--settle", "-1"), "--settle must be >= 0"),
+        (("--device", "cuda", "--breakdown"), "--breakdown times the fused kernels, which run on CPU only"),
+    ]
     if not torch.cuda.is_available():
         refused.append((("--device", "cuda"), "sees no CUDA device"))
     for args, message in refused:

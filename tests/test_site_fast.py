@@ -244,6 +244,26 @@ def test_no_grad_and_grad_paths_agree_and_mean_mode_is_deterministic():
     assert b.grad_fn is not None and torch.equal(a, b.detach())
 
 
+def test_every_kernel_pass_is_a_named_range_under_torch_profiler():
+    """A trace shows where a fused site's time goes: each kernel call is an `mp_hub::<pass>` range, once per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    def ranges(run) -> list[str]:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+        return sorted(e.name for e in prof.events() if e.name.startswith("mp_hub::"))
+
+    phi = make_phi()
+    for p in phi.parameters():  # frozen φ: the backward still reaches x through the batch statistics
+        p.requires_grad_(False)
+    site = PerturbSite(phi, 8, spatial_norm=8, backend="fused").train()
+    x = torch.randn(4, 8, 6, 6, requires_grad=True)
+    assert ranges(lambda: site(x).sum().backward()) == sorted(f"mp_hub::{name}" for name in fused.PASSES)
+    site.eval().set_inference_mode("mean")  # running statistics: no scale features, no backward
+    with torch.no_grad():
+        assert ranges(lambda: site(x)) == ["mp_hub::forward", "mp_hub::scale"]
+
+
 def test_expected_softplus_closed_form_against_quadrature():
     mu = torch.linspace(-10, 10, 2001, dtype=torch.float64)
     e = torch.linspace(-12, 12, 9601, dtype=torch.float64)  # trapezoid on a Gaussian integrand: error << 1e-12

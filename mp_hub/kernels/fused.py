@@ -11,11 +11,14 @@ which keeps a perturbed step's memory close to the bare model's. (Keeping μ + �
 x, for frozen φ, saved no time once pass 3 ran on the stacked layout, and was removed.)
 The tiny per-channel math (moments, running statistics, s = sigmoid(w · [...]) and its
 backward) is in C too: ~30 small torch ops less per site and step.
+Under torch.profiler every kernel call is a named range, `mp_hub::<pass>` with the pass one of `PASSES`
+(`benchmarks/overhead.py --breakdown` sums them per step).
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +31,16 @@ from . import build, get_default_backend
 logger = logging.getLogger(__name__)
 
 MODE_EPS, MODE_RNG, MODE_MEAN = 0, 1, 2
+# the kernel calls, in step order: 1 scale features, the scale, 2 the site's forward; backward: 3, the scale's, 4
+PASSES = ("features", "scale", "forward", "backward", "scale_backward", "features_backward")
 _warned: set[str] = set()
+_profiling = getattr(torch._C._autograd, "_profiler_enabled", lambda: False)
+
+
+def _range(name: str):
+    """`mp_hub::<name>` in a torch.profiler trace; while no profiler runs, nothing: a range costs ~7 µs, this
+    check ~0.1 µs."""
+    return torch.profiler.record_function("mp_hub::" + name) if _profiling() else nullcontext()
 
 
 def _warn_once(reason: str) -> None:
@@ -116,19 +128,24 @@ def _forward(plan: _Plan, x: Tensor, params: tuple[Tensor, ...], noise: Tensor |
         features = torch.empty(batch, channels, h_dim)
         if keep_masks and _bit_masks(lib, h_dim):  # ReLU masks as bits: the backward skips 4 stencils
             masks = torch.empty(batch * channels * ((height * (width + 2) + 15) // 16), dtype=torch.int64)
-        if lib.mp_features(x.data_ptr(), batch, channels, height, width, kernels.data_ptr(), h_dim,
-                           features.data_ptr(), _ptr(masks), threads):  # fmt: skip
+        with _range("features"):
+            bad = lib.mp_features(x.data_ptr(), batch, channels, height, width, kernels.data_ptr(), h_dim,
+                                  features.data_ptr(), _ptr(masks), threads)  # fmt: skip
+        if bad:
             raise InvalidInputError("x has non-finite values (inf or nan) at a PerturbSite during training")
     stats = torch.empty(channels * (1 + 2 * h_dim))  # scale | mean | var of the features used
     scale, mean, var = stats[:channels], stats[channels : channels * (1 + h_dim)], stats[channels * (1 + h_dim) :]
     # updates the running statistics in place (in training), like the eager path's update_running_stats
-    lib.mp_scale_forward(_ptr(features), batch, channels, h_dim, fc_weight.data_ptr(), site.running_mean.data_ptr(),
-                         site.running_var.data_ptr(), site.momentum, channels / site.channel_norm,
-                         height / site.spatial_norm, scale.data_ptr(), mean.data_ptr(), var.data_ptr())  # fmt: skip
+    with _range("scale"):
+        lib.mp_scale_forward(_ptr(features), batch, channels, h_dim, fc_weight.data_ptr(),
+                             site.running_mean.data_ptr(), site.running_var.data_ptr(), site.momentum,
+                             channels / site.channel_norm, height / site.spatial_norm, scale.data_ptr(),
+                             mean.data_ptr(), var.data_ptr())  # fmt: skip
     y = torch.empty_like(x)
-    lib.mp_forward_stacked(x.data_ptr(), y.data_ptr(), batch, channels, height, width, l1.data_ptr(), g1.data_ptr(),
-                           l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa, site.clip_value, plan.relu,
-                           plan.mode, _ptr(noise), *plan.keys, threads)  # fmt: skip
+    with _range("forward"):
+        lib.mp_forward_stacked(x.data_ptr(), y.data_ptr(), batch, channels, height, width, l1.data_ptr(),
+                               g1.data_ptr(), l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa,
+                               site.clip_value, plan.relu, plan.mode, _ptr(noise), *plan.keys, threads)  # fmt: skip
     return y, (features, masks, scale, mean, var)
 
 
@@ -157,22 +174,24 @@ class _FusedSite(torch.autograd.Function):
         gx = torch.empty_like(x)
         gs = torch.empty(channels)
         gng = torch.empty(4, 9) if need_ng else None
-        lib.mp_backward(x.data_ptr(), grad_y.data_ptr(), gx.data_ptr(), batch, channels, height, width,
-                        l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), plan.kappa,
-                        site.clip_value, plan.relu, plan.mode, _ptr(noise), *plan.keys, gs.data_ptr(), _ptr(gng),
-                        threads)  # fmt: skip
+        with _range("backward"):
+            lib.mp_backward(x.data_ptr(), grad_y.data_ptr(), gx.data_ptr(), batch, channels, height, width,
+                            l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(), scale.data_ptr(),
+                            plan.kappa, site.clip_value, plan.relu, plan.mode, _ptr(noise), *plan.keys,
+                            gs.data_ptr(), _ptr(gng), threads)  # fmt: skip
         through_stats = plan.batch_stats and (need_x or need_k)
         g_fc = torch.empty(2 * h_dim + 2) if need_fc else None
         coeff = torch.empty(batch, channels, h_dim) if through_stats else None
-        lib.mp_scale_backward(gs.data_ptr(), batch, channels, h_dim, scale.data_ptr(), mean.data_ptr(),
-                              var.data_ptr(), _ptr(features), fc_weight.data_ptr(), channels / site.channel_norm,
-                              height / site.spatial_norm, height * width, _ptr(g_fc), _ptr(coeff))  # fmt: skip
+        with _range("scale_backward"):
+            lib.mp_scale_backward(gs.data_ptr(), batch, channels, h_dim, scale.data_ptr(), mean.data_ptr(),
+                                  var.data_ptr(), _ptr(features), fc_weight.data_ptr(), channels / site.channel_norm,
+                                  height / site.spatial_norm, height * width, _ptr(g_fc), _ptr(coeff))  # fmt: skip
         g_k = None
         if through_stats:  # through the batch statistics of the scale features, back to x and the scale kernels
             g_k = torch.empty(h_dim, 9) if need_k else None
-            lib.mp_features_backward(x.data_ptr(), _ptr(masks), gx.data_ptr(), batch,
-                                     channels, height, width, kernels.data_ptr(), h_dim, coeff.data_ptr(), _ptr(g_k),
-                                     threads)  # fmt: skip
+            with _range("features_backward"):
+                lib.mp_features_backward(x.data_ptr(), _ptr(masks), gx.data_ptr(), batch, channels, height, width,
+                                         kernels.data_ptr(), h_dim, coeff.data_ptr(), _ptr(g_k), threads)  # fmt: skip
         g_ng = [None] * 4 if gng is None else [g.view(1, 1, 3, 3) for g in gng.unbind(0)]
         return (
             gx if need_x else None, None, None, *g_ng,
