@@ -38,13 +38,30 @@ static void feat4_masks(const float *restrict xp, const float *restrict cm, cons
   }
   for (int j = 0; j < 4; j++) out[j] = _mm512_reduce_add_ps(acc[j]);
 }
-static void unpack4_masks(const uint64_t *restrict mk, const float *c, float *m, const Geom *g) {
-  const long nb = (g->hi - g->lo + 15) / 16;
-  for (int j = 0; j < 4; j++) {
-    float *mj = m + j * g->PS;
-    const __m512 cj = _mm512_set1_ps(c[j]);
-    for (long b = 0; b < nb; b++)
-      _mm512_storeu_ps(mj + g->lo + 16 * b, _mm512_maskz_mov_ps((__mmask16)(mk[b] >> (16 * j)), cj));
+// The 4 kernels' weight gradient of one plane from the bit masks: acc[9 j + d] += sum_k c_j bit_j(k) x[k + off_d],
+// the sums wgrad3 forms from the masked planes c_j bit_j (with the same products, to float rounding), in one pass
+// that loads x's 9 shifted vectors once per 2 kernels, not once per kernel, and writes no masked planes.
+static void masked_wgrad4(const uint64_t *restrict mk, const float *c, const float *restrict xp, const Geom *g,
+                          double *acc) {
+  const long s = g->Wp, nb = (g->hi - g->lo + 15) / 16;
+  const long off[9] = {-s - 1, -s, -s + 1, -1, 0, 1, s - 1, s, s + 1};
+  for (int j = 0; j < 4; j += 2) {  // 18 accumulators and 2 weights in registers
+    const __m512 c0 = _mm512_set1_ps(c[j]), c1 = _mm512_set1_ps(c[j + 1]);
+    __m512 a0[9], a1[9];
+    for (int d = 0; d < 9; d++) a0[d] = a1[d] = _mm512_setzero_ps();
+    for (long b = 0; b < nb; b++) {
+      const long k = g->lo + 16 * b;
+      const __mmask16 m0 = (__mmask16)(mk[b] >> (16 * j)), m1 = (__mmask16)(mk[b] >> (16 * (j + 1)));
+      for (int d = 0; d < 9; d++) {
+        const __m512 xv = _mm512_loadu_ps(xp + k + off[d]);
+        a0[d] = _mm512_mask3_fmadd_ps(c0, xv, a0[d], m0);
+        a1[d] = _mm512_mask3_fmadd_ps(c1, xv, a1[d], m1);
+      }
+    }
+    for (int d = 0; d < 9; d++) {
+      acc[9 * j + d] += _mm512_reduce_add_ps(a0[d]);
+      acc[9 * (j + 1) + d] += _mm512_reduce_add_ps(a1[d]);
+    }
   }
 }
 // dL/dx of the features from the bit masks: o[k] = sum_d T_d[pattern[k - delta_d]], where pattern is the 4-bit
@@ -86,8 +103,8 @@ static void masked_transpose4(const uint64_t *mk, const float *c, const float *K
 static void feat4_masks(const float *xp, const float *cm, const float *K, const Geom *g, float *out, uint64_t *mk) {
   (void)xp; (void)cm; (void)K; (void)g; (void)out; (void)mk;
 }
-static void unpack4_masks(const uint64_t *mk, const float *c, float *m, const Geom *g) {
-  (void)mk; (void)c; (void)m; (void)g;
+static void masked_wgrad4(const uint64_t *mk, const float *c, const float *xp, const Geom *g, double *acc) {
+  (void)mk; (void)c; (void)xp; (void)g; (void)acc;
 }
 #endif
 static long mask_words(const Geom *g) { return (g->hi - g->lo + 15) / 16; }
@@ -166,7 +183,6 @@ void mp_features_backward(const float *x, const uint64_t *masks, float *gx, long
       if (!masks || gk) load_plane(xp, x + bc * n, &g);
       if (masks) {
         masked_transpose4(masks + bc * mw, c, K, pat, o, &g);
-        if (gk) unpack4_masks(masks + bc * mw, c, m, &g);  // the kernels' gradient reads the masked planes
       } else if (h == 4) {
         KW(0) KW(1) KW(2) KW(3)
         float *restrict m0 = m, *restrict m1 = m + g.PS, *restrict m2 = m + 2 * g.PS, *restrict m3 = m + 3 * g.PS;
@@ -194,7 +210,11 @@ void mp_features_backward(const float *x, const uint64_t *masks, float *gx, long
         }
       }
       expand_add(gx + bc * n, o, &g);
-      if (gk) {
+      if (gk && masks) {
+        double acc[36] = {0};
+        masked_wgrad4(masks + bc * mw, c, xp, &g, acc);
+        for (int i = 0; i < 36; i++) gk[bc * 36 + i] = (float)acc[i];
+      } else if (gk) {
         for (long j = 0; j < h; j++) {
           double acc[9] = {0};
           wgrad3(acc, m + j * g.PS, xp, &g);
