@@ -38,29 +38,35 @@ static void feat4_masks(const float *restrict xp, const float *restrict cm, cons
   }
   for (int j = 0; j < 4; j++) out[j] = _mm512_reduce_add_ps(acc[j]);
 }
-// The 4 kernels' weight gradient of one plane from the bit masks: acc[9 j + d] += sum_k c_j bit_j(k) x[k + off_d],
-// the sums wgrad3 forms from the masked planes c_j bit_j (with the same products, to float rounding), in one pass
-// that loads x's 9 shifted vectors once per 2 kernels, not once per kernel, and writes no masked planes.
-static void masked_wgrad4(const uint64_t *restrict mk, const float *c, const float *restrict xp, const Geom *g,
-                          double *acc) {
+// The 4 kernels' weight gradient of one image from the bit masks: acc[9 j + d] = sum_c sum_k c_cj bit_cj(k)
+// x_c[k + off_d] over its C planes (xs: C padded planes), the sums wgrad3 forms from the masked planes
+// c_j bit_j (the same products; float per image, not per plane). One pass per 2 kernels loads x's 9 shifted
+// vectors once for both, and its 18 accumulators stay in registers across the image's planes: C times fewer
+// horizontal sums than a plane at a time, which at 8x8 planes cost more than the products.
+static void masked_wgrad4(const uint64_t *restrict mk, long mw, const float *cf, const float *restrict xs, long C,
+                          const Geom *g, double *acc) {
   const long s = g->Wp, nb = (g->hi - g->lo + 15) / 16;
   const long off[9] = {-s - 1, -s, -s + 1, -1, 0, 1, s - 1, s, s + 1};
   for (int j = 0; j < 4; j += 2) {  // 18 accumulators and 2 weights in registers
-    const __m512 c0 = _mm512_set1_ps(c[j]), c1 = _mm512_set1_ps(c[j + 1]);
     __m512 a0[9], a1[9];
     for (int d = 0; d < 9; d++) a0[d] = a1[d] = _mm512_setzero_ps();
-    for (long b = 0; b < nb; b++) {
-      const long k = g->lo + 16 * b;
-      const __mmask16 m0 = (__mmask16)(mk[b] >> (16 * j)), m1 = (__mmask16)(mk[b] >> (16 * (j + 1)));
-      for (int d = 0; d < 9; d++) {
-        const __m512 xv = _mm512_loadu_ps(xp + k + off[d]);
-        a0[d] = _mm512_mask3_fmadd_ps(c0, xv, a0[d], m0);
-        a1[d] = _mm512_mask3_fmadd_ps(c1, xv, a1[d], m1);
+    for (long c = 0; c < C; c++) {
+      const float *restrict xp = xs + c * g->PS;
+      const uint64_t *restrict m = mk + c * mw;
+      const __m512 c0 = _mm512_set1_ps(cf[4 * c + j]), c1 = _mm512_set1_ps(cf[4 * c + j + 1]);
+      for (long b = 0; b < nb; b++) {
+        const long k = g->lo + 16 * b;
+        const __mmask16 m0 = (__mmask16)(m[b] >> (16 * j)), m1 = (__mmask16)(m[b] >> (16 * (j + 1)));
+        for (int d = 0; d < 9; d++) {
+          const __m512 xv = _mm512_loadu_ps(xp + k + off[d]);
+          a0[d] = _mm512_mask3_fmadd_ps(c0, xv, a0[d], m0);
+          a1[d] = _mm512_mask3_fmadd_ps(c1, xv, a1[d], m1);
+        }
       }
     }
     for (int d = 0; d < 9; d++) {
-      acc[9 * j + d] += _mm512_reduce_add_ps(a0[d]);
-      acc[9 * (j + 1) + d] += _mm512_reduce_add_ps(a1[d]);
+      acc[9 * j + d] = _mm512_reduce_add_ps(a0[d]);
+      acc[9 * (j + 1) + d] = _mm512_reduce_add_ps(a1[d]);
     }
   }
 }
@@ -103,8 +109,9 @@ static void masked_transpose4(const uint64_t *mk, const float *c, const float *K
 static void feat4_masks(const float *xp, const float *cm, const float *K, const Geom *g, float *out, uint64_t *mk) {
   (void)xp; (void)cm; (void)K; (void)g; (void)out; (void)mk;
 }
-static void masked_wgrad4(const uint64_t *mk, const float *c, const float *xp, const Geom *g, double *acc) {
-  (void)mk; (void)c; (void)xp; (void)g; (void)acc;
+static void masked_wgrad4(const uint64_t *mk, long mw, const float *cf, const float *xs, long C, const Geom *g,
+                          double *acc) {
+  (void)mk; (void)mw; (void)cf; (void)xs; (void)C; (void)g; (void)acc;
 }
 #endif
 static long mask_words(const Geom *g) { return (g->hi - g->lo + 15) / 16; }
@@ -163,8 +170,37 @@ int mp_features(const float *x, long B, long C, long H, long W, const float *K, 
 
 // gx_bc += sum_j K_j^T [cf[b, c, j] (K_j * x_bc > 0)] (cf = dL/df / (H W)), the (K_j * x > 0) from masks when
 // given, else recomputed from x; gk (h*9, optional) gets the kernels' gradient.
+// The scale kernels' gradient from the bit masks (h == 4), an image at a time: gk_out (36) = sum over images.
+static void masked_kernel_grad(const float *x, const uint64_t *masks, long B, long C, long H, long W, const float *cf,
+                               float *gk_out, int nt) {
+  Geom g = geom(H, W);
+  const long n = g.n, mw = mask_words(&g);
+  float *gk = (float *)malloc(sizeof(float) * (size_t)(B * 36));
+#pragma omp parallel num_threads(nt)
+  {
+    float *xs = plane(scratch((size_t)C * g.PS), &g, 0);
+#pragma omp for schedule(dynamic, 1)
+    for (long b = 0; b < B; b++) {
+      double acc[36];
+      for (long c = 0; c < C; c++) load_plane(xs + c * g.PS, x + (b * C + c) * n, &g);
+      masked_wgrad4(masks + b * C * mw, mw, cf + b * C * 4, xs, C, &g, acc);
+      for (int i = 0; i < 36; i++) gk[b * 36 + i] = (float)acc[i];
+    }
+  }
+  for (int i = 0; i < 36; i++) {
+    double t = 0.0;
+    for (long b = 0; b < B; b++) t += gk[b * 36 + i];
+    gk_out[i] = (float)t;
+  }
+  free(gk);
+}
+
 void mp_features_backward(const float *x, const uint64_t *masks, float *gx, long B, long C, long H, long W,
                           const float *K, long h, const float *cf, float *gk_out, int nt) {
+  if (masks && gk_out) {  // the kernels' gradient an image at a time; dL/dx below needs no x then
+    masked_kernel_grad(x, masks, B, C, H, W, cf, gk_out, nt);
+    gk_out = NULL;
+  }
   float *gk = gk_out ? (float *)malloc(sizeof(float) * (size_t)(B * C * h * 9)) : NULL;
   Geom g = geom(H, W);
   const long n = g.n, s = g.Wp, mw = mask_words(&g);
@@ -210,11 +246,7 @@ void mp_features_backward(const float *x, const uint64_t *masks, float *gx, long
         }
       }
       expand_add(gx + bc * n, o, &g);
-      if (gk && masks) {
-        double acc[36] = {0};
-        masked_wgrad4(masks + bc * mw, c, xp, &g, acc);
-        for (int i = 0; i < 36; i++) gk[bc * 36 + i] = (float)acc[i];
-      } else if (gk) {
+      if (gk) {
         for (long j = 0; j < h; j++) {
           double acc[9] = {0};
           wgrad3(acc, m + j * g.PS, xp, &g);
