@@ -33,13 +33,15 @@ typedef struct {
   float *gm, *ga, *s2, *s1;  // backward only: C planes of dL/dmu and of dL/dCEO1, and their channel sums
   float *t, *mu, *eps;       // t = gamma * mean_c(.), mu of one channel, the normals of one plane
   uint32_t *words, *ml, *mrk;
+  uint32_t *mlc, *mrc;       // backward only: ml and mrk over all C planes (a plane starts at a multiple of W)
 } Stack;
 static Stack stack_layout(long C, long H, long W, int bwd) {
   const long n = H * W, lead = round16(W + 1), sp = n + W;  // lead: room for the taps above the first row
   const size_t planes = (size_t)(lead + C * sp + W + 16), single = (size_t)(lead + sp + W + 16);
   const size_t blocks = bwd ? 4 : 2;  // of C planes, and as many single planes
+  const size_t whole = (size_t)round16(C * sp);  // the masks of all C planes, for the backward
   const size_t total = blocks * (planes + single) + 3 * (size_t)round16(n) + (size_t)round16(n + 1) + 32 +
-                       2 * (size_t)round16(n);
+                       2 * (size_t)round16(n) + (bwd ? 2 * whole : 0);
   float *ws = scratch(total);
   memset(ws, 0, sizeof(float) * total);  // the zero rows: only plane interiors are written below
   Stack s;
@@ -55,6 +57,12 @@ static Stack stack_layout(long C, long H, long W, int bwd) {
     s.ml[k] = k % W != 0 ? 0xffffffffu : 0u;
     s.mrk[k] = k % W != W - 1 ? 0xffffffffu : 0u;
   }
+  s.mlc = bwd ? s.mrk + round16(n) : NULL; s.mrc = bwd ? s.mlc + whole : NULL;
+  if (bwd)  // the plane's pattern, then its zero row (whose masks do not matter), C times
+    for (long c = 0; c < C; c++) {
+      memcpy(s.mlc + c * sp, s.ml, sizeof(uint32_t) * (size_t)n);
+      memcpy(s.mrc + c * sp, s.mrk, sizeof(uint32_t) * (size_t)n);
+    }
   return s;
 }
 // t = gamma * m, with m (one stacked plane) first divided by C: the CEO's mean over channels.
@@ -132,11 +140,12 @@ void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W
 }
 
 // ---- backward helpers, stacked layout ----
-// acc[d] += sum_k a[k] p[k + delta_d] over a stacked plane, the taps across a row edge masked: corr3's weight
-// gradient (the padded layout's wgrad3).
+// acc[d] += sum_k a[k] p[k + delta_d] over n positions of stacked planes, the taps across a row edge masked
+// (ml, mr: s->ml and s->mrk for one plane, s->mlc and s->mrc for all C): corr3's weight gradient (the padded
+// layout's wgrad3). Over all C planes at once the zero rows between them, where a is 0, add nothing, and the
+// 9 sums are reduced once per image instead of once per plane (which at 8x8 planes cost more than the sums).
 static void wgrad3_stacked(double *acc, const float *restrict a, const float *restrict p, long n, long W,
-                           const Stack *s) {
-  const uint32_t *restrict ml = s->ml, *restrict mr = s->mrk;
+                           const uint32_t *restrict ml, const uint32_t *restrict mr) {
   float t0 = 0.0f, t1 = 0.0f, t2 = 0.0f, t3 = 0.0f, t4 = 0.0f, t5 = 0.0f, t6 = 0.0f, t7 = 0.0f, t8 = 0.0f;
 #pragma omp simd reduction(+ : t0, t1, t2, t3, t4, t5, t6, t7, t8)
   for (long k = 0; k < n; k++) {
@@ -239,13 +248,15 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
 #pragma omp simd
         for (long k = 0; k < n; k++) s2[k] += gmu[k];
         gs[b * C + c] = gsum * kappa;
-        if (gng) wgrad3_stacked(acc + 18, gmu, s.rs + c * sp, n, W, &s);
       }
-      if (gng) wgrad3_stacked(acc + 27, s.s2, s.mr, n, W, &s);
+      if (gng) {
+        wgrad3_stacked(acc + 18, s.gm, s.rs, C * sp - W, W, s.mlc, s.mrc);
+        wgrad3_stacked(acc + 27, s.s2, s.mr, n, W, s.ml, s.mrk);
+      }
       stacked_ceo1_grad(ng, &s, C, n, W);
       if (gng) {
-        for (long c = 0; c < C; c++) wgrad3_stacked(acc, s.ga + c * sp, s.xs + c * sp, n, W, &s);
-        wgrad3_stacked(acc + 9, s.s1, s.mx, n, W, &s);
+        wgrad3_stacked(acc, s.ga, s.xs, C * sp - W, W, s.mlc, s.mrc);
+        wgrad3_stacked(acc + 9, s.s1, s.mx, n, W, s.ml, s.mrk);
       }
       stacked_ceo1_transpose_add(gx + b * C * n, ng, &s, C, n, W);
       if (gng)
