@@ -130,7 +130,9 @@ int mp_features(const float *x, long B, long C, long H, long W, const float *K, 
     float *ws = scratch(2 * g.PS);
     float *restrict xp = plane(ws, &g, 0), *restrict cm = plane(ws, &g, 1);
     colmask(cm, &g);
-#pragma omp for schedule(dynamic, 4)
+// guided, not dynamic with small chunks: at 8x8 planes a chunk of 4 is ~256 values, about what fetching the
+// next chunk costs; guided hands each thread long runs of planes (memory in order) and small ones at the end
+#pragma omp for schedule(guided)
     for (long bc = 0; bc < B * C; bc++) {
       const float *xs = x + bc * n;
       int nf = 0;
@@ -213,7 +215,7 @@ void mp_features_backward(const float *x, const uint64_t *masks, float *gx, long
     colmask(cm, &g);
     for (long j = 0; j < h; j++) zero_plane(m + j * g.PS, &g);
     memset(pat - GUARD, 0, sizeof(float) * g.PS);
-#pragma omp for schedule(dynamic, 4)
+#pragma omp for schedule(guided)  // as in mp_features
     for (long bc = 0; bc < B * C; bc++) {
       const float *c = cf + bc * h;
       if (!masks || gk) load_plane(xp, x + bc * n, &g);
