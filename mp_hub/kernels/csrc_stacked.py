@@ -33,15 +33,16 @@ typedef struct {
   float *gm, *ga, *s2, *s1;  // backward only: C planes of dL/dmu and of dL/dCEO1, and their channel sums
   float *t, *mu, *eps;       // t = gamma * mean_c(.), mu of one channel, the normals of one plane
   uint32_t *words, *ml, *mrk;
-  uint32_t *mlc, *mrc;       // backward only: ml and mrk over all C planes (a plane starts at a multiple of W)
+  uint32_t *mlc, *mrc;       // weight gradients only: ml and mrk over all C planes (each starts at a multiple of W)
 } Stack;
-static Stack stack_layout(long C, long H, long W, int bwd) {
+// bwd: room for the backward's planes; weights: also the masks over all C planes (the weight gradients)
+static Stack stack_layout(long C, long H, long W, int bwd, int weights) {
   const long n = H * W, lead = round16(W + 1), sp = n + W;  // lead: room for the taps above the first row
   const size_t planes = (size_t)(lead + C * sp + W + 16), single = (size_t)(lead + sp + W + 16);
   const size_t blocks = bwd ? 4 : 2;  // of C planes, and as many single planes
-  const size_t whole = (size_t)round16(C * sp);  // the masks of all C planes, for the backward
+  const size_t whole = weights ? (size_t)round16(C * sp) : 0;
   const size_t total = blocks * (planes + single) + 3 * (size_t)round16(n) + (size_t)round16(n + 1) + 32 +
-                       2 * (size_t)round16(n) + (bwd ? 2 * whole : 0);
+                       2 * (size_t)round16(n) + 2 * whole;
   float *ws = scratch(total);
   memset(ws, 0, sizeof(float) * total);  // the zero rows: only plane interiors are written below
   Stack s;
@@ -57,8 +58,8 @@ static Stack stack_layout(long C, long H, long W, int bwd) {
     s.ml[k] = k % W != 0 ? 0xffffffffu : 0u;
     s.mrk[k] = k % W != W - 1 ? 0xffffffffu : 0u;
   }
-  s.mlc = bwd ? s.mrk + round16(n) : NULL; s.mrc = bwd ? s.mlc + whole : NULL;
-  if (bwd)  // the plane's pattern, then its zero row (whose masks do not matter), C times
+  s.mlc = weights ? s.mrk + round16(n) : NULL; s.mrc = weights ? s.mlc + whole : NULL;
+  if (weights)  // the plane's pattern, then its zero row (whose masks do not matter), C times
     for (long c = 0; c < C; c++) {
       memcpy(s.mlc + c * sp, s.ml, sizeof(uint32_t) * (size_t)n);
       memcpy(s.mrc + c * sp, s.mrk, sizeof(uint32_t) * (size_t)n);
@@ -127,7 +128,7 @@ void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W
   const Outputs out = {x, scale, eps, y, kappa, clip, relu, mode, k1, k2, C, n};
 #pragma omp parallel num_threads(nt)
   {
-    Stack s = stack_layout(C, H, W, 0);
+    Stack s = stack_layout(C, H, W, 0, 0);
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
       stacked_phase1(x + b * C * n, C, H, W, ng, &s);
@@ -213,7 +214,7 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
   const long n = H * W, sp = n + W;
 #pragma omp parallel num_threads(nt)
   {
-    Stack s = stack_layout(C, H, W, 1);
+    Stack s = stack_layout(C, H, W, 1, gng != NULL);
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
       double acc[36] = {0};
