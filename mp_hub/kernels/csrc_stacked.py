@@ -13,8 +13,9 @@ The stencils add the taps in the padded layout's order, the masked taps reading 
 give the same output bit for bit (tests/test_site_fast.py). `benchmarks/inference.py` times the two side by
 side at ResNet-20's three stage shapes. The backward `mp_backward` runs on this layout too (it recomputes μ
 and the noise from x): its dL/dx and dL/ds are bitwise what its padded version gave (checked when it moved),
-and dL/dφ of the noise generator sums its terms in another order (to 3e-7). Only the scale features
-(csrc_features) keep the padded layout.
+and dL/dφ of the noise generator sums its terms in another order (to 3e-7 then; its λ sums now run over
+all C planes of an image at once, to 6e-7 of that). Only the scale features (csrc_features) keep the padded
+layout.
 """
 
 SOURCE = r"""// ---- forward, stacked layout: plane c of an image at c * (n + W), zero rows between and around ----
