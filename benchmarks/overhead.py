@@ -29,10 +29,11 @@ the level at its start (saved activations, gradients, temporaries; parameters an
 On CUDA: torch.cuda.max_memory_allocated over one step, above the level at its start.
 Scratch buffers of the fused kernels (a few hundred KiB per thread, allocated once) are outside this count.
 
---breakdown: after the timing, --steps more fused steps under torch.profiler; the fused kernels' calls are
-named ranges there (`mp_hub::<pass>`, `mp_hub.kernels.fused.PASSES`), and their ms per step are reported per
-pass, with their sum as a share of what the fused variant adds to the bare step (fused_ms − bare_ms: the rest
-is the sites' Python, allocations, and the bare model's own work running slower beside them).
+--breakdown: after the timing, --steps more fused steps under `mp_hub.kernels.fused.pass_timer()` (the wall
+time of each kernel call, by pass: `PASSES`), reported in ms per step with their sum as a share of what the
+fused variant adds to the bare step (fused_ms − bare_ms: the rest is the sites' Python, allocations, and the
+bare model's own work running slower beside them). (torch.profiler shows the same calls as `mp_hub::<pass>`
+ranges, but its ranges also hold ~0.1–0.4 ms of its own cost per call inside a step.)
 
 On a machine shared with other jobs, OpenMP threads that spin at barriers while their partner is descheduled
 can make whole phases of a run 5–10× slower (bimodal step times, for every variant); --omp-passive sets
@@ -60,7 +61,7 @@ import torch.nn.functional as F  # noqa: E402
 from _common import add_thread_arguments, environment, git_commit, time_interleaved  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
-from mp_hub.kernels.fused import PASSES  # noqa: E402
+from mp_hub.kernels.fused import PASSES, pass_timer  # noqa: E402
 from mp_hub.models import model_from_type  # noqa: E402
 
 VARIANTS = ("bare", "eager", "fused")
@@ -122,18 +123,11 @@ def peak_step_memory(step, variant: str, device: torch.device) -> float | None:
 
 
 def kernel_breakdown(step, steps: int) -> dict[str, float]:
-    """ms per step in each pass of the fused kernels (their `mp_hub::<pass>` profiler ranges) over `steps` fused
-    steps."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    """ms per step in each pass of the fused kernels over `steps` fused steps."""
+    with pass_timer() as seconds:
         for _ in range(steps):
             step("fused")
-    totals_us = dict.fromkeys(PASSES, 0.0)
-    for event in prof.events():
-        if event.name.startswith("mp_hub::"):
-            totals_us[event.name.removeprefix("mp_hub::")] += event.cpu_time_total  # the range's duration
-    return {name: us / 1e3 / steps for name, us in totals_us.items()}
+    return {name: 1e3 * seconds[name] / steps for name in PASSES}
 
 
 def measure(trainable_phi: bool, args) -> dict:
@@ -209,7 +203,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: the model, data and steps on that GPU")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile'd bare and eager models")
     parser.add_argument(
-        "--breakdown", action="store_true", help="profile more fused steps: ms per step of each fused-kernel pass"
+        "--breakdown", action="store_true", help="time more fused steps: ms per step of each fused-kernel pass"
     )
     args = parser.parse_args()
     for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--settle", args.settle, 0)):

@@ -264,6 +264,23 @@ def test_every_kernel_pass_is_a_named_range_under_torch_profiler():
         assert ranges(lambda: site(x)) == ["mp_hub::forward", "mp_hub::scale"]
 
 
+def test_pass_timer_adds_up_each_kernel_pass_and_only_while_open():
+    phi = make_phi()
+    site = PerturbSite(phi, 8, spatial_norm=8, backend="fused").train()
+    x = torch.randn(4, 8, 6, 6, requires_grad=True)
+    with fused.pass_timer() as seconds:
+        site(x).sum().backward()
+        after_one = dict(seconds)
+        site(x).sum().backward()
+        with pytest.raises(RuntimeError, match="already open"), fused.pass_timer():
+            pass
+    assert list(seconds) == list(fused.PASSES) and all(after_one[name] > 0 for name in fused.PASSES)
+    assert all(seconds[name] > after_one[name] for name in fused.PASSES)  # added up, call after call
+    final = dict(seconds)
+    site(x).sum().backward()  # closed: nothing more is added
+    assert seconds == final and fused._pass_seconds is None
+
+
 def test_expected_softplus_closed_form_against_quadrature():
     mu = torch.linspace(-10, 10, 2001, dtype=torch.float64)
     e = torch.linspace(-12, 12, 9601, dtype=torch.float64)  # trapezoid on a Gaussian integrand: error << 1e-12

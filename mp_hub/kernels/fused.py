@@ -11,14 +11,17 @@ which keeps a perturbed step's memory close to the bare model's. (Keeping μ + �
 x, for frozen φ, saved no time once pass 3 ran on the stacked layout, and was removed.)
 The tiny per-channel math (moments, running statistics, s = sigmoid(w · [...]) and its
 backward) is in C too: ~30 small torch ops less per site and step.
-Under torch.profiler every kernel call is a named range, `mp_hub::<pass>` with the pass one of `PASSES`
-(`benchmarks/overhead.py --breakdown` sums them per step).
+Under torch.profiler every kernel call is a named range, `mp_hub::<pass>` with the pass one of `PASSES`;
+`pass_timer()` adds up their wall-clock time instead (`benchmarks/overhead.py --breakdown`): the profiler's
+ranges also hold some of its own cost, ~0.1-0.4 ms a call inside a training step.
 """
 
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -37,9 +40,39 @@ _warned: set[str] = set()
 _profiling = getattr(torch._C._autograd, "_profiler_enabled", lambda: False)
 
 
+_pass_seconds: dict[str, float] | None = None  # while a pass_timer() is open
+
+
+@contextmanager
+def pass_timer() -> Iterator[dict[str, float]]:
+    """Wall-clock seconds in each kernel pass (`PASSES`) while the block runs, added up into the dict it yields
+    (time.perf_counter around each kernel call, nothing else)."""
+    global _pass_seconds
+    if _pass_seconds is not None:
+        raise RuntimeError("pass_timer() is already open; nest nothing inside it")
+    _pass_seconds = dict.fromkeys(PASSES, 0.0)
+    try:
+        yield _pass_seconds
+    finally:
+        _pass_seconds = None
+
+
+class _Timed:
+    def __init__(self, name: str, seconds: dict[str, float]):
+        self.name, self.seconds = name, seconds
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.seconds[self.name] += time.perf_counter() - self.start
+
+
 def _range(name: str):
-    """`mp_hub::<name>` in a torch.profiler trace; while no profiler runs, nothing: a range costs ~7 µs, this
-    check ~0.1 µs."""
+    """Around a kernel call: its time, while a pass_timer() is open; else `mp_hub::<name>` in a torch.profiler
+    trace; else nothing (a profiler range costs ~7 µs, these checks ~0.2 µs)."""
+    if _pass_seconds is not None:
+        return _Timed(name, _pass_seconds)
     return torch.profiler.record_function("mp_hub::" + name) if _profiling() else nullcontext()
 
 
