@@ -39,6 +39,8 @@ class _Expansion:
 
     def expand(self, x: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor | None]:
         self.pending = False
+        if self.k == 1:  # one draw per pass (large batches): x itself; Tensor.repeat would copy it
+            return x, noise
         repeat = (self.k,) + (1,) * (x.dim() - 1)
         return x.repeat(*repeat), None if noise is None else noise.repeat(*repeat)
 

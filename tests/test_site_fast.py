@@ -383,6 +383,12 @@ def test_mc_predict_runs_the_prefix_once_and_averages_the_draws():
     with torch.no_grad(), handle.disabled():
         bare = torch.softmax(model(x).logits, -1)
     assert torch.allclose(mc_predict(model, x, k=4), bare, atol=1e-6)
+    # one draw per pass (the default at large batches): the first site's input is used as it is, not copied
+    from mp_hub.inference import _Expansion
+
+    feature, noise = torch.randn(5, 4, 8, 8), torch.randn(5, 4, 8, 8)
+    assert all(a is b for a, b in zip(_Expansion(1).expand(feature, noise), (feature, noise)))
+    assert torch.equal(_Expansion(2).expand(feature, None)[0], torch.cat([feature, feature]))
 
 
 def test_mc_predict_batches_the_draws_of_a_vit_with_a_cls_token():
