@@ -155,7 +155,8 @@ def measure(trainable_phi: bool, args) -> dict:
     if args.breakdown and "fused" in variants:
         out["kernel_ms"] = kernel_breakdown(step, args.steps)
         out["kernel_total_ms"] = sum(out["kernel_ms"].values())
-        out["kernel_share_of_fused_overhead"] = out["kernel_total_ms"] / (out["fused_ms"] - out["bare_ms"])
+        added = out["fused_ms"] - out["bare_ms"]  # can be <= 0 on tiny batches or a noisy run: no share then
+        out["kernel_share_of_fused_overhead"] = out["kernel_total_ms"] / added if added > 0 else None
     if not args.no_memory:
         for variant in variants:
             out[f"{variant}_peak_mib"] = peak_step_memory(steps[variant], variant, device)
@@ -233,9 +234,10 @@ def main() -> None:
             print("  " + row(r, variant))
         if "kernel_ms" in r:
             passes = ", ".join(f"{name} {ms:.1f}" for name, ms in r["kernel_ms"].items())
-            print(f"  fused kernels, ms/step: {passes}; total {r['kernel_total_ms']:.1f} = "
-                  f"{100 * r['kernel_share_of_fused_overhead']:.0f}% of the {r['fused_ms'] - r['bare_ms']:.1f} ms "
-                  "fused adds to bare")  # fmt: skip
+            share = r["kernel_share_of_fused_overhead"]
+            print(f"  fused kernels, ms/step: {passes}; total {r['kernel_total_ms']:.1f}"
+                  + (f" = {100 * share:.0f}% of the {r['fused_ms'] - r['bare_ms']:.1f} ms fused adds to bare"
+                     if share is not None else ""))  # fmt: skip
         if args.compile:
             print(f"  compiled, sites vs bare: ×{r['eager_compiled_vs_bare_compiled']:.3f}; compile time "
                   + ", ".join(f"{v} {r[v + '_compile_s']:.0f} s" for v in COMPILED))  # fmt: skip

@@ -40,7 +40,7 @@ def test_overhead_benchmark_runs():
     args = ("--steps", "2", "--warmup", "0", "--batch", "4", "--no-memory")
     report = run_benchmark("overhead.py", *args, *(("--breakdown",) if kernels.fused_available() else ()))
     assert report["commit"]
-    if kernels.fused_available():  # every pass ran in each profiled step, frozen and trainable
+    if kernels.fused_available():  # every pass ran in the timed steps, frozen and trainable
         for result in report["results"].values():
             assert list(result["kernel_ms"]) == list(PASSES) and all(ms > 0 for ms in result["kernel_ms"].values())
             assert result["kernel_total_ms"] == pytest.approx(sum(result["kernel_ms"].values()))
