@@ -218,7 +218,7 @@ void mp_features_backward(const float *x, const uint64_t *masks, float *gx, long
 #pragma omp for schedule(guided)  // as in mp_features
     for (long bc = 0; bc < B * C; bc++) {
       const float *c = cf + bc * h;
-      if (!masks || gk) load_plane(xp, x + bc * n, &g);
+      if (!masks) load_plane(xp, x + bc * n, &g);  // with masks, masked_kernel_grad read x for gk_out
       if (masks) {
         masked_transpose4(masks + bc * mw, c, K, pat, o, &g);
       } else if (h == 4) {

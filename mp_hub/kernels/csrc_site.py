@@ -212,6 +212,9 @@ void mp_scale_forward(const float *f, long B, long C, long h, const float *w, fl
   }
   free(sum);
 }
+
+// From gs = dL/ds: gw (2h + 2, optional) = dL/dw, and cf (B*C*h, optional, needs f) = dL/df / hw, the input
+// of mp_features_backward (through the batch mean and unbiased variance of the features).
 void mp_scale_backward(const float *gs, long B, long C, long h, const float *scale, const float *mean,
                        const float *var, const float *f, const float *w, float size_c, float size_h, long hw,
                        float *gw, float *cf) {
