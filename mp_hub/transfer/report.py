@@ -14,6 +14,7 @@ from huggingface_hub import ModelCard, ModelCardData
 
 from .. import __version__
 from ..cards import TEMPLATES, eval_results
+from ..checkpointing import atomic_write
 from ..metrics import plot_reliability_diagram
 
 RESULTS_NAME = "all_results.json"
@@ -46,8 +47,8 @@ def public_args(args) -> dict[str, Any]:
 
 
 def write_results(output_dir: Path, results: dict[str, Any]) -> Path:
-    path = output_dir / RESULTS_NAME
-    path.write_text(json.dumps(results, indent=2, sort_keys=True))
+    path = output_dir / RESULTS_NAME  # whole or absent: a run killed while writing leaves no truncated file
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(results, indent=2, sort_keys=True)))
     return path
 
 
