@@ -17,13 +17,15 @@ mc_fit_steps=N)`, `mp_hub.calibration_fit`), on the same MC predictions. The tin
 "mean" row is uncalibrated (as the recipe leaves it without the fit), its "mean_fit" row has its LayerNorms
 fitted.
 Per-image probabilities are cached in <work_dir>/mean_vs_mc/ (rerun to re-tabulate without recomputing; the
-one-pass predictions are shared by every --mc_samples).
+one-pass predictions are shared by every --mc_samples), each file tied to its run's all_results.json: a run
+folder trained again is predicted again.
 The last line printed is JSON with every figure and the git commit.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -48,14 +50,27 @@ def _save(obj: dict, path: Path) -> None:
     os.replace(partial, path)
 
 
+def _load_cache(path: Path, results: Path, source: str) -> dict:
+    """A cache file's entries if they are of the run now in its folder, else none (that folder was run again:
+    its results file changed). Files written before the source was recorded: kept if newer than the results."""
+    if not path.exists():
+        return {}
+    cached = torch.load(path)
+    if "source" in cached:
+        return cached if cached["source"] == source else {}
+    return cached if path.stat().st_mtime >= results.stat().st_mtime else {}
+
+
 def predictions(run_dir: Path, work_dir: Path, target: str, seed: int, mc_samples: int, fit_steps: int) -> dict:
     """Per-image class probabilities of one run: "mean" (moment-matched calibration), "mc" (MC-k) and, with
     `fit_steps`, "mean_fit" (MC-matched calibration). Cached beside the work dir, each computed once: the
     one-pass ones in <run>-mean.pt, the MC ones in <run>-mc<k>.pt."""
     cache = work_dir / "mean_vs_mc"
     mean_file, mc_file = cache / f"{run_dir.name}-mean.pt", cache / f"{run_dir.name}-mc{mc_samples}.pt"
-    one_pass = torch.load(mean_file) if mean_file.exists() else {}
-    mc = torch.load(mc_file) if mc_file.exists() else {}
+    results = run_dir / "all_results.json"
+    source = hashlib.sha256(results.read_bytes()).hexdigest()  # which run the predictions are of
+    one_pass, mc = _load_cache(mean_file, results, source), _load_cache(mc_file, results, source)
+    one_pass["source"] = mc["source"] = source
     fit_key = f"mean_fit{fit_steps}"
     images, labels = torch.load(work_dir / "decoded" / f"{target}.pt")
     chunks = images.split(250)

@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from mp_hub import MetaPerturb, load_perturbed  # noqa: E402
 from mp_hub.calibration import calibration_targets  # noqa: E402
+from mp_hub.checkpointing import atomic_write  # noqa: E402
 from mp_hub.data import decode_images, samples_per_class_subset  # noqa: E402
 from mp_hub.evaluation import compute_metrics  # noqa: E402
 from mp_hub.inference import mean_predict  # noqa: E402
@@ -48,45 +50,86 @@ def build_target(shared: Path, name: str, out: Path, train_per_class: int, test_
     """A Hub-layout folder with the fixed s-dataset train subset and a class-balanced test subset."""
     from datasets import load_dataset
 
-    if (out / "data" / "test-00000-of-00001.parquet").exists():
+    if out.is_dir():
         return out
     source = load_dataset(str(shared / "data" / name))
-    (out / "data").mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")  # built aside and renamed: a killed build leaves no half dataset
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "data").mkdir(parents=True)
     for split, per_class in (("train", train_per_class), ("test", test_per_class)):
         labels = torch.as_tensor(source[split]["label"])
         subset = source[split].select(samples_per_class_subset(labels, per_class, seed=0).tolist())
-        subset.to_parquet(str(out / "data" / f"{split}-00000-of-00001.parquet"))
+        subset.to_parquet(str(tmp / "data" / f"{split}-00000-of-00001.parquet"))
+    os.replace(tmp, out)
     return out
 
 
-def run_transfer(args, target: str, data_dir: Path, regularizer: str, phi: str | None, seed: int, model: str) -> dict:
-    out = args.work_dir / "runs" / f"{target}-{model}-{regularizer}-{Path(phi).name if phi else 'none'}-s{seed}"
+RUN_COMMAND = "benchmark_command.json"  # in a run's folder, next to its results: the command that made them
+
+
+def run_dir(args, target: str, regularizer: str, phi: str | None, seed: int, model: str) -> Path:
+    # (mean_vs_mc.py reads target, model, φ and seed back from this name)
+    return args.work_dir / "runs" / f"{target}-{model}-{regularizer}-{Path(phi).name if phi else 'none'}-s{seed}"
+
+
+def transfer_command(args, data_dir: Path, regularizer: str, phi: str | None, seed: int, model: str) -> list[str]:
+    """recipes/transfer.py's arguments for one run (without the interpreter and --output_dir)."""
+    command = [
+        str(ROOT / "recipes" / "transfer.py"), "--dataset_dir", str(data_dir),
+        "--image_size", "32", "--no_flip", "--seed", str(seed),
+        "--per_device_train_batch_size", str(args.batch_size), "--max_train_steps", str(args.max_train_steps),
+        "--eval_mc_samples", str(args.eval_mc_samples), "--eval_steps", str(args.max_train_steps),
+        "--mean_mode_mc_fit_steps", "0",  # moment matching only: mean_vs_mc.py fits and compares both
+        "--regularizer", "metaperturb" if regularizer == "metaperturb" else regularizer,
+    ]  # fmt: skip
+    if model == "resnet20":
+        command += ["--model_type", "cifar_resnet20"]
+    else:
+        command += ["--model_type", "vit", "--model_config_overrides", json.dumps(TINY_VIT)]
+    if phi:
+        command += ["--perturb_model_id", phi]
+    return command
+
+
+def finished(out: Path, command: list[str], args) -> bool:
+    """Whether `out` holds a finished run of exactly `command` (False: no finished run there yet). A finished
+    run of another command (another budget, φ or data in the same --work_dir) is refused: its figures would be
+    reported as this invocation's."""
     results_file = out / "all_results.json"
-    if not results_file.exists() and args.report_only:
-        return None
     if not results_file.exists():
-        command = [
-            sys.executable, str(ROOT / "recipes" / "transfer.py"), "--dataset_dir", str(data_dir),
-            "--image_size", "32", "--no_flip", "--seed", str(seed), "--output_dir", str(out),
-            "--per_device_train_batch_size", str(args.batch_size), "--max_train_steps", str(args.max_train_steps),
-            "--eval_mc_samples", str(args.eval_mc_samples), "--eval_steps", str(args.max_train_steps),
-            "--mean_mode_mc_fit_steps", "0",  # moment matching only: mean_vs_mc.py fits and compares both
-            "--regularizer", "metaperturb" if regularizer == "metaperturb" else regularizer,
-        ]  # fmt: skip
-        if model == "resnet20":
-            command += ["--model_type", "cifar_resnet20"]
-        else:
-            command += ["--model_type", "vit", "--model_config_overrides", json.dumps(TINY_VIT)]
-        if phi:
-            command += ["--perturb_model_id", phi]
+        return False
+    recorded = out / RUN_COMMAND
+    if recorded.exists():
+        if json.loads(recorded.read_text()) == command:
+            return True
+        differs = f"see {recorded}"
+    else:  # a run from before the command was recorded: its budget, at least, must match
+        results = json.loads(results_file.read_text())
+        if (results["train_steps"], results["eval_mc_samples"]) == (args.max_train_steps, args.eval_mc_samples):
+            return True
+        differs = f"{results['train_steps']} steps, MC-{results['eval_mc_samples']}"
+    sys.exit(
+        f"transfer_gain: {out} holds a finished run made with other settings ({differs}); "
+        "pass another --work_dir (as reproduce_zoo.sh does for its 1,000-step runs) or remove that folder"
+    )
+
+
+def run_transfer(args, target: str, data_dir: Path, regularizer: str, phi: str | None, seed: int, model: str) -> dict:
+    out = run_dir(args, target, regularizer, phi, seed, model)
+    command = transfer_command(args, data_dir, regularizer, phi, seed, model)
+    if not finished(out, command, args):
+        if args.report_only:
+            return None
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
         log = out.with_suffix(".log")
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as handle:
-            done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env, check=False)
+            done = subprocess.run([sys.executable, *command, "--output_dir", str(out)], stdout=handle,
+                                  stderr=subprocess.STDOUT, env=env, check=False)  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"run failed ({done.returncode}); see {log}")
-    results = json.loads(results_file.read_text())
+        atomic_write(out / RUN_COMMAND, lambda tmp: tmp.write_text(json.dumps(command)))
+    results = json.loads((out / "all_results.json").read_text())
     row = {
         "target": target,
         "model": model,
@@ -159,7 +202,7 @@ def decode_test(data_dir: Path, out: Path) -> None:
         return
     tensors = decode_images(load_dataset(str(data_dir))["test"], "image", "label", 32)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save((normalize(tensors.images), tensors.labels), out)
+    atomic_write(out, lambda tmp: torch.save((normalize(tensors.images), tensors.labels), tmp))
 
 
 def summarize(rows: list[dict]) -> list[dict]:
@@ -225,6 +268,9 @@ def main() -> None:
                     (target, data_dir, "none", None, seed, "vit"),
                     (target, data_dir, "metaperturb", zoo_phi, seed, "vit"),
                 ]
+    for target, data_dir, regularizer, phi, seed, model in jobs:  # refuse another run's folder before any starts
+        command = transfer_command(args, data_dir, regularizer, phi, seed, model)
+        finished(run_dir(args, target, regularizer, phi, seed, model), command, args)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = [row for row in pool.map(lambda job: run_transfer(args, *job), jobs) if row is not None]
     if len(rows) < len(jobs):
