@@ -78,26 +78,25 @@ def main() -> None:
     for name in ("max_train_steps", "batch_size", "eval_mc_samples", "per_class"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    candidates = [phi.resolve() for phi in args.candidates]
-    for phi in candidates:  # before any run starts: a typo should not cost the other candidates' hours
+    for phi in args.candidates:  # before any run starts: a typo should not cost the other candidates' hours
         if not (phi / "config.json").is_file():
             parser.error(f"candidate {phi} is not a φ folder (no config.json there)")
-    if len(set(candidates)) < len(candidates):
+    if len({phi.resolve() for phi in args.candidates}) < len(args.candidates):
         parser.error("a candidate is listed twice")
 
     data_dir = build_validation_target(
         args.shared_dir, args.work_dir / "data" / f"mnist_validation_{args.per_class}", args.per_class
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-    runs = []  # (candidate, output folder, log, process or None when an identical finished run is reused)
-    for phi in candidates:
+    runs = []  # (candidate as given, output folder, log, process or None when an identical finished run is reused)
+    for phi in args.candidates:
         command = [
             str(ROOT / "recipes" / "transfer.py"), "--dataset_dir", str(data_dir.resolve()),
             "--model_type", "cifar_resnet20", "--image_size", "32", "--no_flip", "--seed", "0",
             "--per_device_train_batch_size", str(args.batch_size), "--max_train_steps", str(args.max_train_steps),
             "--eval_mc_samples", str(args.eval_mc_samples), "--eval_steps", str(args.max_train_steps),
             "--mean_mode_mc_fit_steps", "0",  # the selection reads MC accuracy: the fit would only cost time
-            "--perturb_model_id", str(phi),
+            "--perturb_model_id", str(phi.resolve()),
         ]  # fmt: skip
         out = args.work_dir / "runs" / run_key(phi, command)
         log = out.with_suffix(".log")
