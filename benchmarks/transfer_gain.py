@@ -242,6 +242,7 @@ def main() -> None:
     )
     parser.add_argument("--report_only", action="store_true", help="tabulate finished runs; start none")
     args = parser.parse_args()
+    args.work_dir = args.work_dir.resolve()  # the runs record their commands: the same folder, the same paths
     started = time.time()
 
     official = args.work_dir / "phi" / "official"
