@@ -44,6 +44,15 @@ static float *scratch(size_t n) {
   }
   return ws_buf;
 }
+// out[j] = sum_r rows[r * cols + j], in double and in row order: per-image (or per-plane) partial gradients
+// reduced the same way whatever the thread count.
+static void sum_rows(float *out, const float *rows, long nrows, long cols) {
+  for (long j = 0; j < cols; j++) {
+    double t = 0.0;
+    for (long r = 0; r < nrows; r++) t += rows[r * cols + j];
+    out[j] = (float)t;
+  }
+}
 static inline float *plane(float *base, const Geom *g, long i) { return base + i * g->PS + GUARD; }
 static void colmask(float *m, const Geom *g) {
   for (long k = -GUARD; k < g->P + GUARD; k++) {

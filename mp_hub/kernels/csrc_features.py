@@ -189,11 +189,7 @@ static void masked_kernel_grad(const float *x, const uint64_t *masks, long B, lo
       for (int i = 0; i < 36; i++) gk[b * 36 + i] = (float)acc[i];
     }
   }
-  for (int i = 0; i < 36; i++) {
-    double t = 0.0;
-    for (long b = 0; b < B; b++) t += gk[b * 36 + i];
-    gk_out[i] = (float)t;
-  }
+  sum_rows(gk_out, gk, B, 36);
   free(gk);
 }
 
@@ -258,11 +254,7 @@ void mp_features_backward(const float *x, const uint64_t *masks, float *gx, long
     }
   }
   if (gk) {
-    for (long i = 0; i < h * 9; i++) {
-      double t = 0.0;
-      for (long bc = 0; bc < B * C; bc++) t += gk[bc * h * 9 + i];
-      gk_out[i] = (float)t;
-    }
+    sum_rows(gk_out, gk, B * C, h * 9);
     free(gk);
   }
 }

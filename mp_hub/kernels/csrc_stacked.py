@@ -265,17 +265,8 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
         for (int d = 0; d < 36; d++) gng[b * 36 + d] = (float)acc[d];
     }
   }
-  for (long c = 0; c < C; c++) {
-    double t = 0.0;
-    for (long b = 0; b < B; b++) t += gs[b * C + c];
-    gs_out[c] = (float)t;
-  }
-  if (gng)
-    for (int d = 0; d < 36; d++) {
-      double t = 0.0;
-      for (long b = 0; b < B; b++) t += gng[b * 36 + d];
-      gng_out[d] = (float)t;
-    }
+  sum_rows(gs_out, gs, B, C);
+  if (gng) sum_rows(gng_out, gng, B, 36);
   free(gs);
   free(gng);
 }
