@@ -210,6 +210,10 @@ def main() -> None:
     for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--settle", args.settle, 0)):
         if value < low:
             parser.error(f"{flag} must be >= {low}, got {value}")
+    modes = [m.strip() for m in args.phi.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in ("frozen", "trainable")]
+    if unknown or not modes:  # a typo would otherwise be timed as frozen φ under its own name
+        parser.error(f"--phi {args.phi!r}: a comma list of frozen, trainable (got {', '.join(unknown) or 'nothing'})")
     try:
         device = torch.device(args.device)
     except RuntimeError as err:
@@ -227,7 +231,7 @@ def main() -> None:
         if args.breakdown:
             parser.error(f"--breakdown: the fused kernels are unavailable here ({kernels.build.load_error()})")
     results = {}
-    for mode in [m.strip() for m in args.phi.split(",") if m.strip()]:
+    for mode in modes:
         r = results[mode] = measure(mode == "trainable", args)
         print(f"φ {mode}: ms/step (median of {args.steps}, wall | process CPU; ratios wall | CPU | paired wall)")
         for variant in r["variants"]:

@@ -61,6 +61,7 @@ def test_overhead_benchmark_compiles_both_models():
 def test_overhead_benchmark_refuses_settings_it_cannot_use():
     refused = [
         (("--settle", "-1"), "--settle must be >= 0"),
+        (("--phi", "frozen,frozn"), "a comma list of frozen, trainable (got frozn)"),
         (("--device", "cuda", "--breakdown"), "--breakdown times the fused kernels, which run on CPU only"),
     ]
     if not torch.cuda.is_available():
