@@ -39,6 +39,15 @@ def add_thread_arguments(parser) -> None:
     )
 
 
+def require_at_least(parser, args, **lows: int) -> None:
+    """parser.error naming the flag for each int argument below its least value: `lows` maps argparse dest
+    names (threads=1, warmup=0, ...) to that value."""
+    for dest, low in lows.items():
+        value = getattr(args, dest)
+        if value < low:
+            parser.error(f"--{dest.replace('_', '-')} must be >= {low}, got {value}")
+
+
 def environment() -> dict:
     """What the figures depend on besides the code: for the final JSON line."""
     return {

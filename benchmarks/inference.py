@@ -41,7 +41,7 @@ from _common import apply_process_flags
 apply_process_flags()  # --keep-freed-memory, --omp-passive: before torch (and its OpenMP runtime) loads
 
 import torch  # noqa: E402
-from _common import add_thread_arguments, environment, git_commit, time_interleaved  # noqa: E402
+from _common import add_thread_arguments, environment, git_commit, require_at_least, time_interleaved  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.inference import mc_predict, mean_predict  # noqa: E402
@@ -109,6 +109,9 @@ def main() -> None:
     parser.add_argument("--small-batch", type=int, default=16, help="batch for the batched-vs-loop MC comparison")
     parser.add_argument("--mc-check", type=int, default=100, help="MC draws for the agreement check (0: skip)")
     args = parser.parse_args()
+    # batch >= 2: the mean-mode calibration needs batch statistics
+    require_at_least(parser, args, batch=2, threads=1, k=1, repeats=1, mc_repeats=1, warmup=0, small_batch=1,
+                     mc_check=0)  # fmt: skip
     torch.set_num_threads(args.threads)
     kernels.set_default_backend(args.backend)
 

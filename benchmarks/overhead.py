@@ -58,7 +58,7 @@ apply_process_flags()  # --keep-freed-memory, --omp-passive: before torch (and i
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _common import add_thread_arguments, environment, git_commit, time_interleaved  # noqa: E402
+from _common import add_thread_arguments, environment, git_commit, require_at_least, time_interleaved  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.kernels.fused import PASSES, pass_timer  # noqa: E402
@@ -207,9 +207,7 @@ def main() -> None:
         "--breakdown", action="store_true", help="time more fused steps: ms per step of each fused-kernel pass"
     )
     args = parser.parse_args()
-    for flag, value, low in (("--steps", args.steps, 1), ("--warmup", args.warmup, 0), ("--settle", args.settle, 0)):
-        if value < low:
-            parser.error(f"{flag} must be >= {low}, got {value}")
+    require_at_least(parser, args, steps=1, warmup=0, settle=0, batch=1, threads=1)
     modes = [m.strip() for m in args.phi.split(",") if m.strip()]
     unknown = [m for m in modes if m not in ("frozen", "trainable")]
     if unknown or not modes:  # a typo would otherwise be timed as frozen φ under its own name

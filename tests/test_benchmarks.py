@@ -83,3 +83,13 @@ def test_time_interleaved_settles_each_timed_call_with_untimed_ones_of_its_own_k
     # warm-up rounds alternate; every timed round runs each variant settle + 1 times in a row
     assert calls == ["bare", "fused"] + (["bare"] * 3 + ["fused"] * 3) * 2
     assert out["bare_paired_ratio"] == 1.0 and out["fused_ms"] >= 0
+
+
+def test_inference_benchmark_refuses_counts_it_cannot_use():
+    for args, message in [
+        (("--k", "0"), "--k must be >= 1, got 0"),
+        (("--batch", "1"), "--batch must be >= 2, got 1"),
+        (("--mc-repeats", "0"), "--mc-repeats must be >= 1, got 0"),
+    ]:
+        run = subprocess.run([sys.executable, str(BENCHMARKS / "inference.py"), *args], capture_output=True, text=True)
+        assert run.returncode == 2 and message in run.stderr, (args, run.stderr)
