@@ -3,6 +3,7 @@
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -206,4 +207,5 @@ def test_cli_zoo_lists_the_official_entry(capsys):
 
 
 def test_console_script_is_installed():
-    assert shutil.which("mp-hub") is not None
+    # Beside this interpreter: the environment under test need not be activated (on PATH).
+    assert shutil.which("mp-hub", path=str(Path(sys.executable).parent)) is not None

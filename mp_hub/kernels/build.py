@@ -5,12 +5,14 @@ instead of the ~40 s a torch extension takes, so the fast path can be on by defa
 machine. The shared object links the same OpenMP runtime as torch (soname libgomp.so.1, already loaded by
 torch), so both share one thread pool. Builds are cached under `$MP_HUB_KERNEL_CACHE` (default
 `~/.cache/mp_hub/kernels`), keyed by a hash of the source, the flags, the compiler and the CPU; a build is
-written to a temporary name and renamed into place, so concurrent processes (pytest-xdist) are safe.
+written to a temporary name and renamed into place, so concurrent processes (pytest-xdist) are safe. Which cached
+libraries may be loaded (this user's own, with the digest recorded at build time) is decided in `cache.py`.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -21,6 +23,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from . import cache
 from .csrc import SOURCE
 
 logger = logging.getLogger(__name__)
@@ -55,19 +58,13 @@ _state: dict[str, object] = {}  # "lib" once loaded, "error" once failed (never 
 
 
 def cache_dir() -> Path:
-    """$MP_HUB_KERNEL_CACHE, else ~/.cache/mp_hub/kernels; a per-user temp folder if that is not writable."""
+    """$MP_HUB_KERNEL_CACHE, else ~/.cache/mp_hub/kernels (created 0700); a private temporary folder where that
+    folder is not this user's alone (see `cache.trusted_folder`)."""
     env = os.environ.get("MP_HUB_KERNEL_CACHE")
     if env:
-        return Path(env)
+        return cache.trusted_folder(Path(env).expanduser())
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    path = Path(base) / "mp_hub" / "kernels"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        if os.access(path, os.W_OK):
-            return path
-    except OSError:
-        pass
-    return Path(tempfile.gettempdir()) / f"mp_hub_kernels_{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    return cache.trusted_folder(Path(base) / "mp_hub" / "kernels")
 
 
 def _compiler() -> str | None:
@@ -86,20 +83,35 @@ def _cpu_signature() -> str:
         return platform.processor()
 
 
+@functools.cache
+def _compiler_version(cc: str) -> str:
+    return subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+
+
+def library_name(cc: str, flags: list[str]) -> str:
+    """The cache file name of the kernels built by `cc` with `flags` on this CPU."""
+    parts = [SOURCE, cc, _compiler_version(cc), *_BASE_FLAGS, *flags, _cpu_signature()]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
+    return f"mp_site_kernels_{key[:20]}.so"
+
+
 def _compile(cc: str, flags: list[str], out: Path) -> None:
+    """Build into a temporary folder next to `out`, then install it with its digest (`cache.install`)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        src = Path(tmp) / "mp_site_kernels.c"
-        src.write_text(SOURCE)
-        target = Path(tmp) / out.name
-        cmd = [cc, *_BASE_FLAGS, *flags, str(src), "-o", str(target), "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
+        (Path(tmp) / "mp_site_kernels.c").write_text(SOURCE)
+        # relative names: the temporary folder's name must not reach the binary, so every build is byte-identical
+        cmd = [cc, *_BASE_FLAGS, *flags, "mp_site_kernels.c", "-o", out.name, "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp)
         if proc.returncode != 0:
             raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
-        os.replace(target, out)  # atomic: a concurrent build of the same key writes the same bytes
+        cache.install(Path(tmp) / out.name, out)
 
 
 def _bind(path: Path) -> ctypes.CDLL:
+    problem = cache.library_problem(path)
+    if problem is not None:  # checked before CDLL: loading runs the library's constructors
+        raise RuntimeError(f"refusing to load {path}: {problem}")
     lib = ctypes.CDLL(str(path))
     for name, (argtypes, restype) in _SIGNATURES.items():
         fn = getattr(lib, name)
@@ -115,14 +127,14 @@ def _build_and_load() -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
-    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
-    errors = []
+    folder, errors = cache_dir(), []
     for flags in _FLAG_SETS:
-        key = hashlib.sha256("\0".join([SOURCE, cc, version, *_BASE_FLAGS, *flags, _cpu_signature()]).encode())
-        path = cache_dir() / f"mp_site_kernels_{key.hexdigest()[:20]}.so"
         try:
-            if not path.exists():
-                logger.info("compiling the fused MetaPerturb site kernels (%s) into %s", " ".join(flags), path)
+            path = folder / library_name(cc, flags)
+            problem = cache.library_problem(path)
+            if problem is not None:
+                log = logger.info if problem in (cache.NOT_BUILT, cache.NO_DIGEST) else logger.warning
+                log("compiling the fused MetaPerturb site kernels (%s) into %s: %s", " ".join(flags), path, problem)
                 _compile(cc, flags, path)
             lib = _bind(path)
         except (OSError, RuntimeError, subprocess.SubprocessError, AttributeError) as err:
