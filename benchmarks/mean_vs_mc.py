@@ -55,7 +55,7 @@ def _load_cache(path: Path, results: Path, source: str) -> dict:
     its results file changed). Files written before the source was recorded: kept if newer than the results."""
     if not path.exists():
         return {}
-    cached = torch.load(path)
+    cached = torch.load(path, weights_only=True)
     if "source" in cached:
         return cached if cached["source"] == source else {}
     return cached if path.stat().st_mtime >= results.stat().st_mtime else {}
@@ -72,7 +72,7 @@ def predictions(run_dir: Path, work_dir: Path, target: str, seed: int, mc_sample
     one_pass, mc = _load_cache(mean_file, results, source), _load_cache(mc_file, results, source)
     one_pass["source"] = mc["source"] = source
     fit_key = f"mean_fit{fit_steps}"
-    images, labels = torch.load(work_dir / "decoded" / f"{target}.pt")
+    images, labels = torch.load(work_dir / "decoded" / f"{target}.pt", weights_only=True)
     chunks = images.split(250)
     data_dir = work_dir / "data" / target
     cache.mkdir(parents=True, exist_ok=True)

@@ -165,7 +165,7 @@ def load_calibrated(run_dir: Path, data_dir: Path, seed: int, mc_fit_steps: int 
 def mean_mode_metrics(run_dir: Path, decoded: Path, data_dir: Path, seed: int) -> dict:
     """One-pass "mean" mode, with the recipe's calibration and without."""
     torch.set_num_threads(1)
-    images, labels = torch.load(decoded)
+    images, labels = torch.load(decoded, weights_only=True)
     model, handle = load_calibrated(run_dir, data_dir, seed)
 
     def evaluate() -> dict:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -23,6 +24,65 @@ def _package_version() -> str:
     from . import __version__
 
     return __version__
+
+
+def read_json_file(path: str | Path) -> Any:
+    """bytes → UTF-8 → JSON, each failure a `CheckpointError` naming the file."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path} does not exist") from err
+    except OSError as err:
+        raise CheckpointError(f"{path} could not be read: {err}") from err
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise CheckpointError(f"{path} is not UTF-8 text (bad byte at offset {err.start}): it is corrupted") from err
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON (truncated or corrupted?): {err}") from err
+
+
+def describe(value: Any) -> str:
+    """`value` as a message shows it: its repr (cut short) and its type."""
+    text = repr(value)
+    return f"{text if len(text) <= 40 else text[:37] + '...'} ({type(value).__name__})"
+
+
+def is_int(value: Any) -> bool:
+    """An int and not a bool (bool is an int subclass, and `true` in JSON must not pass as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int (not a bool) or a finite float; an int is never passed to math.isfinite (a huge one overflows)."""
+    return is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _field_problems(values: dict[str, Any]) -> list[str]:
+    checks = {
+        "h_dim": (lambda v: is_int(v) and v >= 1, "a positive int"),
+        "kernel_size": (lambda v: is_int(v) and v >= 1 and v % 2 == 1, "a positive odd int"),
+        "init_std": (lambda v: is_finite_number(v) and v >= 0, "a finite number >= 0"),
+        "clip_value": (lambda v: is_finite_number(v) and v > 0, "a finite number > 0"),
+        "channel_norm": (lambda v: is_finite_number(v) and v > 0, "a finite number > 0 (C0)"),
+        "provenance": (lambda v: isinstance(v, dict), "a dict"),
+        "mp_hub_version": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    }
+    return [
+        f"{name} must be {expected}, got {describe(values[name])}"
+        for name, (valid, expected) in checks.items()
+        if name in values and not valid(values[name])
+    ]
+
+
+def validate_config_fields(values: dict[str, Any]) -> None:
+    """The one check of φ's config fields (types strictly, and ranges), for every way a config is made or loaded."""
+    problems = _field_problems(values)
+    if problems:
+        raise ConfigError("invalid MetaPerturb config: " + "; ".join(problems))
 
 
 @dataclass
@@ -36,18 +96,7 @@ class MetaPerturbConfig:
     mp_hub_version: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.h_dim, int) or self.h_dim < 1:
-            raise ConfigError(f"h_dim must be a positive int, got {self.h_dim!r}")
-        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ConfigError(f"kernel_size must be a positive odd int, got {self.kernel_size!r}")
-        if not self.init_std >= 0:
-            raise ConfigError(f"init_std must be >= 0, got {self.init_std!r}")
-        if not self.clip_value > 0:
-            raise ConfigError(f"clip_value must be > 0, got {self.clip_value!r}")
-        if not self.channel_norm > 0:
-            raise ConfigError(f"channel_norm (C0) must be > 0, got {self.channel_norm!r}")
-        if not isinstance(self.provenance, dict):
-            raise ConfigError(f"provenance must be a dict, got {type(self.provenance).__name__}")
+        validate_config_fields({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
 
     @property
     def num_parameters(self) -> int:
@@ -85,11 +134,9 @@ class MetaPerturbConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> MetaPerturbConfig:
-        path = Path(path)
+        """The config in `path`; a file that is missing, not UTF-8 JSON or holds an invalid field: `CheckpointError`."""
+        data = read_json_file(path)
         try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError as err:
-            raise ConfigError(f"{path} does not exist") from err
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"{path} is not valid JSON: {err}") from err
-        return cls.from_dict(data)
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise CheckpointError(f"{path}: {err}") from err

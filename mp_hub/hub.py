@@ -23,8 +23,9 @@ from huggingface_hub.errors import (
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from . import zoo
 from .config import CONFIG_NAME
-from .errors import CheckpointError, ConfigError, NotCachedError
+from .errors import CheckpointError, NotCachedError
 
 logger = logging.getLogger(__name__)
 
@@ -107,10 +108,18 @@ def _pickle_hint(directory: Path, filename: str) -> str:
 
 
 def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors in `path`, every one finite: a saved NaN or inf would make every output NaN."""
     try:
-        return load_file(str(path))
+        state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path} is corrupted, truncated or not a safetensors file: {err}") from err
+    non_finite = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if non_finite:
+        raise CheckpointError(
+            f"{path}: {', '.join(repr(k) for k in non_finite)} holds non-finite values (nan or inf): "
+            "the state was saved from a diverged run, or the file was damaged"
+        )
+    return state
 
 
 def load_state_dict_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -150,6 +159,31 @@ def push_folder(
         return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, token=token)
 
 
+def is_explicit_path(value: str | os.PathLike) -> bool:
+    """A `pathlib.Path`, an absolute path, or a string with a path separator (`./name`): never a zoo name."""
+    if not isinstance(value, str):
+        return True
+    separators = {os.sep, os.altsep} - {None}
+    return os.path.isabs(value) or any(sep in value for sep in separators) or value in {".", ".."}
+
+
+def source_of(pretrained: str | os.PathLike) -> str | os.PathLike:
+    """Where `from_pretrained(pretrained)` reads from: a zoo entry by name, else the path or Hub id as given."""
+    if is_explicit_path(pretrained):
+        return pretrained
+    source = zoo.resolve(pretrained)
+    if source is None:
+        return pretrained
+    if Path(pretrained).exists():
+        logger.warning(
+            "'%s' is a zoo name: loading the zoo's φ, not the folder ./%s (pass './%s' to load that folder)",
+            pretrained,
+            pretrained,
+            pretrained,
+        )
+    return source
+
+
 class PhiHubMixin:
     """save_pretrained / from_pretrained / push_to_hub for φ. Strict, safetensors-only, card on every save."""
 
@@ -180,10 +214,12 @@ class PhiHubMixin:
         token: str | bool | None = None,
         force_download: bool = False,
     ):
-        """Load φ from a local dir, a zoo name (`mp-hub zoo`) or a Hub repo id; strict; eval mode."""
-        from .zoo import resolve
+        """Load φ from a zoo name (`mp-hub zoo`), a local dir or a Hub repo id; strict; eval mode.
 
-        source = pretrained if Path(pretrained).exists() else (resolve(str(pretrained)) or pretrained)
+        A zoo name wins over a same-named folder in the current directory; pass `./name` (or any path with a
+        separator, or a `pathlib.Path`) to load the folder instead.
+        """
+        source = source_of(pretrained)
         hub_kwargs = dict(
             revision=revision,
             cache_dir=cache_dir,
@@ -193,11 +229,7 @@ class PhiHubMixin:
         )
         config_path = resolve_file(source, CONFIG_NAME, **hub_kwargs)
         weights_path = resolve_file(source, WEIGHTS_NAME, **hub_kwargs)
-        try:
-            config = cls.config_class.from_json_file(config_path)
-        except ConfigError as err:
-            raise CheckpointError(f"the config of '{pretrained}' is invalid: {err}") from err
-        phi = cls(config)
+        phi = cls(cls.config_class.from_json_file(config_path))
         load_state_dict_strict(phi, load_safetensors(weights_path), f"'{pretrained}' ({weights_path.name})")
         phi.source_id = str(pretrained)
         return phi.eval()

@@ -24,6 +24,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from safetensors.torch import save_file
 from torch import nn
 
+from .aligned_memory import realign_tensors
 from .attach import (
     CALIBRATION_ATTR,
     PHI_ATTR,
@@ -35,17 +36,15 @@ from .attach import (
 )
 from .calibration import MeanModeCalibration, calibration_targets
 from .cards import TEMPLATES, _cell
-from .config import MetaPerturbConfig
 from .errors import CheckpointError, ConfigError
 from .hub import CARD_NAME, WEIGHTS_NAME, load_safetensors, load_state_dict_strict, resolve_file
 from .perturb import MetaPerturb
+from .perturbed_config import read_perturbed_config
 
 logger = logging.getLogger(__name__)
 
 PERTURB_WEIGHTS = "metaperturb.safetensors"
 PERTURB_CONFIG = "metaperturb_config.json"
-FORMAT_VERSION = 3  # 2 added the mean-mode calibration, 3 its LayerNorm entries; each folder is written with the
-# lowest version that holds it (1 without a calibration), so older mp_hub versions read what they can
 TAGS = ["metaperturb", "mp_hub", "image-classification"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -185,36 +184,7 @@ def save_perturbed(model: nn.Module, save_directory: str | os.PathLike, **kwargs
     return handle_of(model).save_pretrained(save_directory, **kwargs)
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{path} is not a readable JSON file: {err}") from err
-    needed = {
-        "format_version",
-        "model_class",
-        "model_module",
-        "base_format",
-        "sites",
-        "phi_config",
-        "placement",
-        "spatial_norm",
-        "channel_norm",
-        "inference_mode",
-        "trainable_phi",
-        "targets",
-    }
-    missing = sorted(needed - set(config)) if isinstance(config, dict) else sorted(needed)
-    if missing:
-        raise CheckpointError(f"{path} lacks the keys {missing}: it was not written by mp_hub's save_pretrained")
-    if config["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} has format {config['format_version']}; this mp_hub reads up to {FORMAT_VERSION}: upgrade mp_hub"
-        )
-    return config
-
-
-def _load_base_model(source: str, config: dict[str, Any], hub_kwargs: dict[str, Any]) -> nn.Module:
+def _load_base_model(source: str, config: dict[str, Any], config_path: Path, hub_kwargs: dict[str, Any]) -> nn.Module:
     import transformers
 
     from . import models as mp_models  # registers the CIFAR model types with the Auto classes
@@ -225,7 +195,15 @@ def _load_base_model(source: str, config: dict[str, Any], hub_kwargs: dict[str, 
             "one and pass it, load_perturbed(source, model=my_model)"
         )
     namespace = mp_models if config["model_module"].startswith("mp_hub.") else transformers
-    model_class = getattr(namespace, config["model_class"], None) or transformers.AutoModelForImageClassification
+    model_class = getattr(namespace, config["model_class"], None)
+    if model_class is None and not config["model_module"].startswith(("mp_hub.", "transformers.")):
+        model_class = transformers.AutoModelForImageClassification  # a custom class: its model_type picks one
+    elif not (isinstance(model_class, type) and issubclass(model_class, transformers.PreTrainedModel)):
+        raise CheckpointError(
+            f"{config_path}: model_class {config['model_class']!r} is not a model class of {namespace.__name__} "
+            "(the file was edited, or written by another version): restore it, or build the model and pass it, "
+            "load_perturbed(source, model=my_model)"
+        )
     try:
         return model_class.from_pretrained(source, **hub_kwargs)
     except (OSError, ValueError) as err:
@@ -240,6 +218,15 @@ def _load_base_weights(model: nn.Module, source: str, hub_kwargs: dict[str, Any]
         model.load_state_dict(load_safetensors(path), strict=True)
     except RuntimeError as err:  # missing / unexpected keys or wrong shapes, named by torch
         raise CheckpointError(f"{path} does not fit the given {type(model).__name__}: {err}") from err
+
+
+def _check_noise_coeffs(handle: AttachedPerturbation, weights: Path) -> None:
+    """Each site's loaded κ must be one `set_noise_coeff` accepts (its own check, applied to the loaded value)."""
+    for key, site in getattr(handle.model, SITES_ATTR).items():
+        try:
+            site.set_noise_coeff(float(site.noise_coeff))
+        except ConfigError as err:
+            raise CheckpointError(f"{weights}: sites.{key}.noise_coeff: {err}") from err
 
 
 def _restore_calibration(handle: AttachedPerturbation, saved: dict[str, Any] | None, source: str) -> None:
@@ -282,16 +269,16 @@ def load_perturbed(
         force_download=force_download,
     )
     source = str(pretrained)
-    config = _read_config(resolve_file(source, PERTURB_CONFIG, **hub_kwargs))
+    config_path = resolve_file(source, PERTURB_CONFIG, **hub_kwargs)
+    config, phi_config = read_perturbed_config(config_path)
     weights = resolve_file(source, PERTURB_WEIGHTS, **hub_kwargs)
     if model is None:
-        model = _load_base_model(source, config, hub_kwargs)
+        # transformers 5 leaves the weights in the mapped file, unaligned: some BLAS paths then round differently
+        model = _load_base_model(source, config, config_path, hub_kwargs)
+        realign_tensors(model)
     else:
         _load_base_weights(model, source, hub_kwargs)
-    try:
-        phi = MetaPerturb(MetaPerturbConfig.from_dict(config["phi_config"]))
-    except ConfigError as err:
-        raise CheckpointError(f"the φ config in {PERTURB_CONFIG} of '{source}' is invalid: {err}") from err
+    phi = MetaPerturb(phi_config)
     if config.get("phi_source_id"):
         phi.source_id = config["phi_source_id"]
     handle = attach(
@@ -311,6 +298,7 @@ def load_perturbed(
         _restore_calibration(handle, config.get("mean_mode_calibration"), source)
         state = load_safetensors(weights)
         load_state_dict_strict(sites_state_module(handle), state, f"'{source}' ({PERTURB_WEIGHTS})")
+        _check_noise_coeffs(handle, weights)
     except CheckpointError:
         handle.detach()
         raise

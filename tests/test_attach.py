@@ -2,6 +2,10 @@
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +30,7 @@ from transformers import (
 
 import mp_hub
 from mp_hub import AttachError, MetaPerturb
+from mp_hub.aligned_memory import ALIGNMENT
 from mp_hub.inference import mc_predict
 from mp_hub.models import (
     CifarConv4Config,
@@ -43,16 +48,39 @@ def _auto(config):
     return lambda: AutoModelForImageClassification.from_config(config)
 
 
+def _with_batch_statistics(model):
+    """`model` with the BatchNorm statistics of a batch of images, as after training. transformers draws conv
+    weights from N(0, 0.02) and eval-mode BatchNorms start at mean 0, var 1, so they normalise nothing: in a deep
+    thin model each block then shrinks the features ~10×, to logits of ~1e-30 (where no comparison means much)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: one batch sets the statistics outright
+    training = model.training
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3)))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    return model.train(training)
+
+
+def _mobilenet_v2():
+    config = MobileNetV2Config(depth_multiplier=0.1, min_depth=4, image_size=32, num_labels=3)
+    return _with_batch_statistics(AutoModelForImageClassification.from_config(config))
+
+
 def _efficientnet_config():
     return EfficientNetConfig(width_coefficient=0.1, depth_coefficient=0.3, hidden_dim=128, image_size=32, num_labels=3)
 
 
 def _efficientnet():
     model = AutoModelForImageClassification.from_config(_efficientnet_config())
-    for module in model.modules():  # its init draws BN weights from N(0, 0.02): at this depth the logits are all 0
+    for module in model.modules():  # its init draws BN weights from N(0, 0.02): each BN would scale by ~0.02
         if isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
-    return model
+    return _with_batch_statistics(model)
 
 
 # name -> (build, expected number of sites (= blocks, counted from the config), attach kwargs)
@@ -96,7 +124,7 @@ ARCHS = {
         3,
         {},
     ),
-    "mobilenet_v2": (_auto(MobileNetV2Config(depth_multiplier=0.1, min_depth=4, image_size=32, num_labels=3)), 16, {}),
+    "mobilenet_v2": (_mobilenet_v2, 16, {}),
     "efficientnet": (
         _efficientnet,
         sum(math.ceil(0.3 * r) for r in _efficientnet_config().num_block_repeats),
@@ -202,6 +230,46 @@ def test_detach_restores_outputs_and_save_reload_is_exact(arch, pixels, tmp_path
     assert set(model.state_dict()) == keys and not hasattr(model, "metaperturb_phi")
     with torch.no_grad():
         assert torch.equal(logits(model, pixels), reference)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_every_test_model_has_logits_of_order_one(arch, pixels):
+    """Logits of ~1e-30 (features near float32's subnormals) would make the exactness checks here say little."""
+    model, _, _ = build(arch)
+    model.eval()
+    with torch.no_grad():
+        assert logits(model, pixels).std() > 1e-2
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "cifar_conv4"])
+def test_reloaded_weights_get_aligned_memory_of_their_own(arch, tmp_path):
+    """transformers 5 leaves loaded weights in the mapped file at 4-byte offsets; oneMKL's SSE4.2/AVX kernels
+    round small products differently there (the subprocess test below), so load_perturbed moves them out."""
+    model, _, kwargs = build(arch)
+    mp_hub.attach(model, MetaPerturb(), **kwargs).save_pretrained(tmp_path)
+    reloaded, _ = mp_hub.load_perturbed(tmp_path)
+    tensors = [*reloaded.named_parameters(), *reloaded.named_buffers()]
+    assert [name for name, t in tensors if t.numel() and t.data_ptr() % ALIGNMENT] == []
+    saved, loaded = model.state_dict(), reloaded.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(v, loaded[k]) for k, v in saved.items())
+
+
+def test_save_reload_is_exact_on_mkl_sse_kernels():
+    """The reload test of the two families with 1×1 convolutions on 1×1 maps, with oneMKL restricted to the
+    SSE4.2 kernels it takes on CPUs it does not run AVX2/AVX-512 code on (must be set before MKL starts: a new
+    process). Their sums depend on the weights' alignment; on builds without MKL the variable changes nothing."""
+    test = "tests/test_attach.py::test_detach_restores_outputs_and_save_reload_is_exact"
+    env = dict(os.environ, MKL_ENABLE_INSTRUCTIONS="SSE4_2", OMP_NUM_THREADS="1")
+    ids = [f"{test}[mobilenet_v2]", f"{test}[efficientnet]"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *ids],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
 
 
 def _capture_input(module, store):

@@ -1,6 +1,8 @@
 """The zoo: the bundled φ loads offline by name, entries list, unbundled entries explain how to get them."""
 
 import json
+import logging
+from pathlib import Path
 
 import pytest
 
@@ -31,11 +33,15 @@ def test_unbundled_entry_without_hub_id_explains_how_to_get_it():
         MetaPerturb.from_pretrained("metaperturb-official-tinyimagenet")
 
 
-def test_a_local_directory_wins_over_a_zoo_name(tmp_path, monkeypatch):
+def test_a_zoo_name_wins_over_a_same_named_folder_unless_a_path_is_given(tmp_path, monkeypatch, caplog):
     MetaPerturb().save_pretrained(tmp_path / zoo.DEFAULT_PHI)
     monkeypatch.chdir(tmp_path)
-    loaded = MetaPerturb.from_pretrained(zoo.DEFAULT_PHI)
-    assert "selection" not in loaded.config.provenance
+    with caplog.at_level(logging.WARNING, logger="mp_hub.hub"):
+        loaded = MetaPerturb.from_pretrained(zoo.DEFAULT_PHI)
+    assert "selection" in loaded.config.provenance  # the bundled φ
+    assert f"./{zoo.DEFAULT_PHI}" in caplog.text and "zoo name" in caplog.text
+    for explicit in (f"./{zoo.DEFAULT_PHI}", Path(zoo.DEFAULT_PHI), tmp_path / zoo.DEFAULT_PHI):
+        assert "selection" not in MetaPerturb.from_pretrained(explicit).config.provenance  # the folder
 
 
 def test_cli_zoo_lists_both_entries(capsys):

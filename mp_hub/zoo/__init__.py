@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import CheckpointError
+
 BUNDLED_DIR = Path(__file__).parent / "bundled"
 # The φ that recipes/transfer.py uses when no --perturb_model_id is given (bundled once meta-trained).
 DEFAULT_PHI = "metaperturb-glyphs10-resnet20"
@@ -53,8 +55,6 @@ def bundled_path(name: str) -> Path | None:
 
 def resolve(name: str) -> str | Path | None:
     """Where zoo entry `name` loads from (its bundled folder, else its Hub id); None if `name` is no zoo entry."""
-    from ..errors import CheckpointError
-
     entry = _REGISTRY.get(name)
     if entry is None:
         return None
