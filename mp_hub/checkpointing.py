@@ -3,20 +3,28 @@
 A checkpoint is built in a hidden temporary folder; the state (`trainer_state.json`) and then the `COMPLETE`
 marker are written last, and the folder is renamed into place (`os.replace`), so a `step_{N}` folder is either
 complete or absent. Every process may write its own files into the temporary folder, which must then be on
-storage that all processes (all machines) share. `latest` resolves to the newest complete checkpoint.
+storage that all processes (all machines) share. Before the marker, a manifest of every file's size and sha256
+is written (`mp_hub.checkpoint_integrity`). `latest` resolves to the newest complete checkpoint that is intact,
+with a warning naming each broken newer one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .checkpoint_integrity import MANIFEST_NAME, check_files, write_manifest
+from .config import read_json_file
 from .errors import CheckpointError
+from .output_dir import writing_to
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 MARKER = "COMPLETE"
@@ -27,8 +35,12 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """`write(tmp)` to a hidden temporary name next to `path`, then rename it to `path`."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves no partial file behind
+        raise
 
 
 def complete_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
@@ -42,14 +54,6 @@ def complete_checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]
         if match and (path / MARKER).is_file():
             found.append((int(match.group(1)), path))
     return sorted(found)
-
-
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path:
-    """`--resume_from_checkpoint latest`: the newest complete checkpoint under `output_dir` (else a CheckpointError)."""
-    found = complete_checkpoints(output_dir)
-    if not found:
-        raise CheckpointError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}/{CHECKPOINTS}")
-    return found[-1][1]
 
 
 def write_checkpoint_folder(
@@ -69,21 +73,81 @@ def write_checkpoint_folder(
     `write_each(tmp)`; once all have, the main process runs `write_main(tmp)`, writes `state` as `STATE_NAME` and
     the `MARKER` (text `marker`), and renames `tmp` to `final` (replacing an older `final`, e.g. when a resumed run
     saves a step again). There is no barrier after the rename: the caller's next `wait_for_everyone()` is it.
+    A failed write (a full disk) is an `OutputDirError` naming `final` and the cause; `tmp` is then removed and
+    the checkpoints saved before stay as they were.
     """
-    if is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    wait_for_everyone()
-    write_each(tmp)
-    wait_for_everyone()
-    if is_main:
-        if write_main is not None:
-            write_main(tmp)
-        atomic_write(tmp / STATE_NAME, lambda p: p.write_text(json.dumps(state, indent=1)))
-        atomic_write(tmp / MARKER, lambda p: p.write_text(marker))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+    try:
+        with writing_to(final, "the checkpoint"):
+            if is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            wait_for_everyone()
+            write_each(tmp)
+            wait_for_everyone()
+            if is_main:
+                if write_main is not None:
+                    write_main(tmp)
+                atomic_write(tmp / STATE_NAME, lambda p: p.write_text(json.dumps(state, indent=1)))
+                atomic_write(tmp / MANIFEST_NAME, lambda p: write_manifest(tmp, p))
+                atomic_write(tmp / MARKER, lambda p: p.write_text(marker))
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+    except BaseException:
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_checkpoint(
+    folder: Path, state_keys: Iterable[str], required_files: Callable[[dict[str, Any]], Iterable[str]]
+) -> dict[str, Any]:
+    """Its trainer state if `folder` is intact, else a CheckpointError naming the broken or missing file and why.
+
+    The state must be a JSON object with `state_keys`; `required_files(state)` names the files it must hold.
+    """
+    path = folder / STATE_NAME
+    state = read_json_file(path)
+    missing = [key for key in state_keys if key not in state] if isinstance(state, dict) else list(state_keys)
+    if missing:
+        raise CheckpointError(f"{path} is corrupted: no {', '.join(missing)} in it")
+    try:
+        required = list(required_files(state))
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} is corrupted: {err!r} when reading the files it needs") from err
+    check_files(folder, [STATE_NAME, *required])
+    return state
+
+
+def resolve_intact_checkpoint(output_dir: str | os.PathLike, which: str, check: Callable[[Path], Any]) -> Path:
+    """`--resume_from_checkpoint which`: "latest" or a checkpoint folder, which `check(folder)` must accept.
+
+    "latest" is the newest complete checkpoint under `output_dir` that `check` accepts; each newer broken one is
+    skipped with a warning naming it, the broken file and why. A folder named explicitly gets no fallback.
+    """
+    if which == "latest":
+        broken = []
+        for _, path in reversed(complete_checkpoints(output_dir)):
+            try:
+                check(path)
+            except CheckpointError as err:
+                logger.warning("checkpoint %s is broken, trying the one before it: %s", path, err)
+                broken.append(str(err))
+                continue
+            return path
+        if broken:
+            raise CheckpointError(
+                f"--resume_from_checkpoint latest: no intact checkpoint in {output_dir}/{CHECKPOINTS}: "
+                + "; ".join(broken)
+            )
+        raise CheckpointError(f"--resume_from_checkpoint latest: no complete checkpoint in {output_dir}/{CHECKPOINTS}")
+    path = Path(which)
+    if not path.is_dir():
+        raise CheckpointError(f"--resume_from_checkpoint {which}: no such folder (or pass 'latest')")
+    if not (path / MARKER).is_file():
+        raise CheckpointError(f"--resume_from_checkpoint {which}: not a complete checkpoint folder (no {MARKER} file)")
+    check(path)
+    return path
 
 
 def prune_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:

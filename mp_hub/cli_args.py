@@ -1,14 +1,17 @@
-"""`--config FILE.yaml` for the recipes: the file's keys are the flags' names; the command line wins."""
+"""The recipes' command lines: `--config FILE.yaml` (its keys are the flags' names; the command line wins),
+shared checks of flag values, and `run_cli` (a typed error is one line on stderr and exit code 2)."""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import math
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, MetaPerturbError
 
 
 def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -38,3 +41,31 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] 
             raise ConfigError(f"--config {path} has unknown keys {unknown}; known: {sorted(dests)}")
         parser.set_defaults(**values)
     return parser.parse_args(argv)
+
+
+def check_at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:
+    """Each flag in `names` that is set (not None) is >= `minimum`, else a `ConfigError` naming it."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise ConfigError(f"--{name} must be >= {minimum}, got {value}")
+
+
+def check_finite(args: argparse.Namespace, *names: str, positive: bool = False) -> None:
+    """Each flag in `names` that is set is a finite number (> 0 with `positive`, else >= 0), else a `ConfigError`."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and (not math.isfinite(value) or value < 0 or (positive and value == 0)):
+            bound = "> 0" if positive else ">= 0"
+            raise ConfigError(f"--{name} must be a finite number {bound}, got {value}")
+
+
+def run_cli(prog: str, command: Callable[[], object]) -> int:
+    """Run `command`: 0, or 2 after printing a `MetaPerturbError` as one line `PROG: error (Type): message`."""
+    try:
+        command()
+    except MetaPerturbError as err:
+        message = " ".join(str(err).split())  # one line, whatever the message's own line breaks
+        print(f"{prog}: error ({type(err).__name__}): {message}", file=sys.stderr)
+        return 2
+    return 0

@@ -31,3 +31,11 @@ class DataError(MetaPerturbError, ValueError):
 
 class DistributedError(MetaPerturbError, RuntimeError):
     """The processes of a distributed run disagree (world size, φ checksum)."""
+
+
+class OutputDirError(MetaPerturbError, OSError):
+    """The output folder cannot be written (permissions, a read-only or full disk), before or during a run."""
+
+
+class OutputDirInUseError(MetaPerturbError, RuntimeError):
+    """Another run holds the output folder: two runs writing one folder would overwrite each other's results."""

@@ -6,7 +6,7 @@
 
 Each process holds a contiguous block of the tasks (one model θ_t each, all sharing this process's φ); φ's
 gradient is averaged over all tasks with one all-reduce per step and every process applies the same φ step.
-The result does not depend on the number of processes. See README_meta_train.md.
+The result does not depend on the number of processes. See the README's section on meta-training.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from mp_hub.cli_args import parse_args_with_config
+from mp_hub.cli_args import check_at_least, check_finite, parse_args_with_config, run_cli
 from mp_hub.data import (
     SPLIT_SCHEMES,
     TaskData,
     check_columns,
+    check_labels,
     class_lists_hash,
     load_image_dataset,
     split_tasks,
@@ -37,6 +38,7 @@ from mp_hub.data import (
 )
 from mp_hub.errors import ConfigError, DataError
 from mp_hub.hub import push_folder
+from mp_hub.output_dir import claim_output_dir
 from mp_hub.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from mp_hub.training.distributed import assign_tasks, broadcast_parameters, check_in_sync, reduce_min_max
 from mp_hub.training.meta import MetaTrainer, TaskLearner, seeded_phi
@@ -84,9 +86,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parse_args_with_config(parser, argv)
     if not args.output_dir:
         raise ConfigError("--output_dir is required")
-    for name in ("per_device_train_batch_size", "max_train_steps", "image_size", "sync_check_steps"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    check_at_least(
+        args,
+        1,
+        "per_device_train_batch_size",
+        "max_train_steps",
+        "image_size",
+        "sync_check_steps",
+        "num_tasks",
+        "checkpointing_steps",
+        "checkpoints_total_limit",
+    )
+    check_finite(args, "learning_rate", positive=True)
+    check_finite(args, "weight_decay")
     return args
 
 
@@ -97,6 +109,11 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not accelerator.is_local_main_process:
         logging.getLogger("mp_hub").setLevel(logging.WARNING)
+    with claim_output_dir(args.output_dir, accelerator):  # before any work: one run per folder, and writable
+        return meta_train(args, argv, accelerator)
+
+
+def meta_train(args: argparse.Namespace, argv: list[str], accelerator: Accelerator) -> Path:
     if accelerator.mixed_precision != "no":
         logger.warning(f"meta-training runs in float32: mixed precision {accelerator.mixed_precision!r} is not used")
     set_seed(args.seed)  # only for third-party code: every stream of ours has its own (seed, task) generator
@@ -118,6 +135,7 @@ def main(argv: list[str] | None = None) -> Path:
         raise DataError(f"the dataset has no `train` split (tasks are built from it); its splits are {list(splits)}")
     raw = splits["train"]
     check_columns(raw, args.image_column_name, args.label_column_name, (args.task_column,) if args.task_column else ())
+    check_labels(raw, args.label_column_name, "train")
     task_feature = raw.features[args.task_column] if args.task_column else None
     specs = split_tasks(
         raw[args.label_column_name],
@@ -246,7 +264,9 @@ def main(argv: list[str] | None = None) -> Path:
             repo_id = args.hub_model_id or output_dir.resolve().name
             # One commit of the saved folder (φ, config, card and its curves); checkpoints stay local.
             push_folder(
-                lambda folder: [shutil.copy2(f, folder) for f in output_dir.iterdir() if f.is_file()],
+                lambda folder: [
+                    shutil.copy2(f, folder) for f in output_dir.iterdir() if f.is_file() and not f.name.startswith(".")
+                ],  # hidden files (the run's lock and its holder record) stay local
                 repo_id,
                 private=None,
                 token=args.hub_token,
@@ -262,4 +282,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli("meta_train.py", main))

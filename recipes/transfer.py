@@ -31,9 +31,11 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from mp_hub.cli_args import run_cli  # noqa: E402
 from mp_hub.data import derive_seed  # noqa: E402
-from mp_hub.errors import CheckpointError, MetaPerturbError  # noqa: E402
+from mp_hub.errors import CheckpointError  # noqa: E402
 from mp_hub.evaluation import compute_metrics, predict_proba  # noqa: E402
+from mp_hub.output_dir import claim_output_dir  # noqa: E402
 from mp_hub.schedules import step_lr_lambda  # noqa: E402
 from mp_hub.transfer import arguments, checkpoint, report  # noqa: E402
 from mp_hub.transfer.data import EvalImages, TrainBatches, decode_splits, prepare_splits  # noqa: E402
@@ -92,7 +94,7 @@ def total_steps(args, batches: TrainBatches) -> int:
 
 
 def run(args, command: str | None = None) -> dict | None:
-    """The whole run; `command` (for the card) defaults to this process's command line."""
+    """The whole run, holding `--output_dir` (`mp_hub.output_dir`); `command` (for the card) defaults to argv."""
     tracking = dict(log_with=args.report_to, project_dir=args.output_dir) if args.with_tracking else {}
     accelerator = Accelerator(mixed_precision=args.mixed_precision, **tracking)
     logging.basicConfig(
@@ -100,11 +102,14 @@ def run(args, command: str | None = None) -> dict | None:
         datefmt="%H:%M:%S",
         level=logging.INFO if accelerator.is_local_main_process else logging.ERROR,
     )
+    with claim_output_dir(args.output_dir, accelerator):  # before any work: one run per folder, and writable
+        return train_and_evaluate(args, accelerator, command)
+
+
+def train_and_evaluate(args, accelerator: Accelerator, command: str | None) -> dict | None:
     start_time = time.time()
     set_seed(args.seed)  # the model's initialisation (and nothing else: every step reseeds its own streams)
     output_dir = Path(args.output_dir)
-    if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
 
     splits = prepare_splits(args)
     built = build_model(args, splits.labels)
@@ -287,12 +292,7 @@ def save_outputs(args, accelerator, data, built, reg, metrics, results, probs, l
 def main(argv: list[str] | None = None) -> int:
     # called with argv (e.g. from Python): the card shows it as the command line of this script
     command = None if argv is None else report.launch_command([os.path.relpath(__file__), *argv])
-    try:
-        run(arguments.parse_args(argv), command)
-    except MetaPerturbError as err:
-        print(f"transfer.py: error ({type(err).__name__}): {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli("transfer.py", lambda: run(arguments.parse_args(argv), command))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def load_image_dataset(
     if dataset_dir is not None:
         if not Path(dataset_dir).is_dir():
             raise DataError(f"--dataset_dir {dataset_dir} is not a directory")
-        return load_dataset(str(dataset_dir), cache_dir=cache_dir)
+        return _load_nonempty(f"--dataset_dir {dataset_dir}", str(dataset_dir), cache_dir=cache_dir)
     if train_dir is not None:
         files = {"train": str(Path(train_dir) / "**")}
         if validation_dir:
@@ -53,13 +53,24 @@ def load_image_dataset(
         for split, folder in (("train", train_dir), ("validation", validation_dir)):
             if folder and not Path(folder).is_dir():
                 raise DataError(f"--{split}_dir {folder} is not a directory")
-        return load_dataset("imagefolder", data_files=files, cache_dir=cache_dir)
+        return _load_nonempty(f"--train_dir {train_dir}", "imagefolder", data_files=files, cache_dir=cache_dir)
     try:
-        return load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, token=token)
+        return _load_nonempty(
+            f"dataset '{dataset_name}'", dataset_name, dataset_config_name, cache_dir=cache_dir, token=token
+        )
     except ConnectionError as err:
         raise DataError(f"dataset '{dataset_name}' is not cached and the Hub is unreachable (offline?): {err}") from err
     except FileNotFoundError as err:
         raise DataError(f"dataset '{dataset_name}' not found locally or on the Hub: {err}") from err
+
+
+def _load_nonempty(source: str, *args, **kwargs) -> DatasetDict:
+    try:
+        return load_dataset(*args, **kwargs)
+    except ValueError as err:
+        if "corresponds to no data" not in str(err):  # `datasets`' words for a split of zero rows
+            raise
+        raise DataError(f"{source}: a split is empty ({err})") from err
 
 
 def check_columns(dataset: Dataset, image_column: str, label_column: str, extra: tuple[str, ...] = ()) -> None:
@@ -76,6 +87,20 @@ def check_columns(dataset: Dataset, image_column: str, label_column: str, extra:
     label = dataset.features[label_column]
     if not isinstance(label, ClassLabel) and getattr(label, "dtype", "") not in {"int64", "int32", "int16", "int8"}:
         raise DataError(f"column '{label_column}' holds {label!r}, not integer class labels")
+
+
+def check_labels(dataset: Dataset, label_column: str, split: str) -> None:
+    """The split has images and every label is a class id >= 0: `datasets` writes -1 for an unlabelled image
+    (a test split without answers), which would otherwise be scored as a class of its own."""
+    if len(dataset) == 0:
+        raise DataError(f"the '{split}' split is empty")
+    labels = np.asarray(dataset[label_column])
+    unlabelled = int((labels < 0).sum())
+    if unlabelled:
+        raise DataError(
+            f"the '{split}' split has {unlabelled} of {len(labels)} images with a negative label in column "
+            f"'{label_column}' (unlabelled, e.g. a test split without answers); use a labelled split"
+        )
 
 
 def label_names(dataset: Dataset, label_column: str) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, PretrainedConfig, PreTrainedModel
 
 from ..errors import ConfigError
 from .cifar_resnet import (
@@ -39,6 +39,7 @@ __all__ = [
     "CifarVggConfig",
     "CifarVggForImageClassification",
     "CifarVggModel",
+    "check_config_overrides",
     "model_from_type",
 ]
 
@@ -67,6 +68,35 @@ def _register() -> None:
 _register()
 
 
+def _default_config(key: str) -> PretrainedConfig:
+    known = ", ".join(SHORT_NAMES)
+    if key.lower() in SHORT_NAMES:
+        config_cls, defaults = SHORT_NAMES[key.lower()]
+        return config_cls(**defaults)
+    try:
+        return AutoConfig.for_model(key)
+    except (ValueError, KeyError) as err:
+        raise ConfigError(
+            f"unknown model type {key!r}: use one of the short names {known}, or a transformers model type "
+            f"with an image-classification head (e.g. 'vit', 'resnet')"
+        ) from err
+
+
+def check_config_overrides(name: str, overrides: dict[str, Any]) -> None:
+    """Every key of `overrides` is a field of model type `name`'s config, else a `ConfigError` naming the unknown
+    keys: a config stores any keyword as an attribute, so a misspelt key would be silently ignored."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"model type must be a non-empty string, got {name!r}; short names: {', '.join(SHORT_NAMES)}")
+    default = _default_config(name.strip())
+    fields = set(default.to_dict()) | set(getattr(default, "attribute_map", {}))
+    unknown = sorted(key for key in overrides if key not in fields)
+    if unknown:
+        raise ConfigError(
+            f"config overrides {unknown} are not fields of the {default.model_type!r} config (misspelt?); "
+            f"its fields: {sorted(fields)}"
+        )
+
+
 def model_from_type(
     name: str, num_labels: int, image_size: int = 32, num_channels: int = 3, **config_kwargs: Any
 ) -> PreTrainedModel:
@@ -80,6 +110,7 @@ def model_from_type(
     if not isinstance(name, str) or not name.strip():
         raise ConfigError(f"model type must be a non-empty string, got {name!r}; short names: {known}")
     key = name.strip()
+    check_config_overrides(key, config_kwargs)
     common = {"num_labels": num_labels, "image_size": image_size, "num_channels": num_channels}
     if key.lower() in SHORT_NAMES:
         config_cls, defaults = SHORT_NAMES[key.lower()]

@@ -27,9 +27,10 @@ from ..checkpointing import (
     MARKER,
     STATE_NAME,
     atomic_write,
+    check_checkpoint,
     complete_checkpoints,
-    latest_checkpoint,
     prune_checkpoints,
+    resolve_intact_checkpoint,
     write_checkpoint_folder,
 )
 from ..errors import CheckpointError, ConfigError
@@ -102,14 +103,20 @@ def save_checkpoint(
     return final
 
 
+def required_files(state: dict[str, Any]) -> list[str]:
+    """The files a meta-training checkpoint with trainer state `state` holds (besides the state)."""
+    tasks = [_task_file(t) for t in range(int(state["run"]["num_tasks"]))]
+    return [f"phi/{WEIGHTS_NAME}", "phi/config.json", "phi_optimizer.pt", *tasks]
+
+
+def check_meta_checkpoint(path: Path) -> dict[str, Any]:
+    """The trainer state of the checkpoint `path` if it is intact, else a CheckpointError naming the broken file."""
+    return check_checkpoint(path, ("step", "history", "wall_time_s", "run"), required_files)
+
+
 def resolve_checkpoint(output_dir: str | os.PathLike, which: str) -> Path:
-    """`latest` → the newest complete checkpoint in `output_dir`; otherwise a checkpoint folder."""
-    if which == "latest":
-        return latest_checkpoint(output_dir)
-    path = Path(which)
-    if not (path / MARKER).is_file():
-        raise CheckpointError(f"--resume_from_checkpoint {which}: not a complete checkpoint folder (no {MARKER} file)")
-    return path
+    """`latest` → the newest intact checkpoint in `output_dir` (warning of broken newer ones); else that folder."""
+    return resolve_intact_checkpoint(output_dir, which, check_meta_checkpoint)
 
 
 def load_checkpoint(path: Path, *, trainer: MetaTrainer, run: dict[str, Any]) -> dict[str, Any]:

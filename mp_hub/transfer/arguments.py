@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli_args import parse_args_with_config
+from ..cli_args import check_at_least, check_finite, parse_args_with_config
 from ..errors import ConfigError
+from ..models import check_config_overrides
 from ..zoo import DEFAULT_PHI
 
 REGULARIZERS = ("metaperturb", "none", "dropblock")
@@ -117,6 +118,12 @@ def validate(args: argparse.Namespace) -> None:
         if not isinstance(overrides, dict):
             raise ConfigError("--model_config_overrides must be a JSON object")
         args.model_config_overrides = overrides
+    if args.model_config_overrides:
+        if args.model_name_or_path:  # a pretrained model keeps its config: the overrides would be ignored
+            raise ConfigError(
+                "--model_config_overrides goes with --model_type (a fresh model), not --model_name_or_path"
+            )
+        check_config_overrides(args.model_type, args.model_config_overrides)
     for name in (
         "per_device_train_batch_size",
         "per_device_eval_batch_size",
@@ -130,6 +137,10 @@ def validate(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name} must be >= 1, got {value}")
+    check_at_least(args, 1, "image_size")  # None: the model's own size
+    check_at_least(args, 0, "num_warmup_steps")
+    check_finite(args, "learning_rate", "num_train_epochs", positive=True)  # 0 epochs would run the default steps
+    check_finite(args, "weight_decay")
     if args.mean_mode_calibration_images < 0 or args.mean_mode_calibration_images == 1:
         raise ConfigError(
             f"--mean_mode_calibration_images must be 0 (none) or >= 2, got {args.mean_mode_calibration_images}"

@@ -16,13 +16,12 @@ from typing import Any
 
 from ..checkpointing import (
     CHECKPOINTS,
-    MARKER,
     STATE_NAME,
+    check_checkpoint,
     complete_checkpoints,
-    latest_checkpoint,
+    resolve_intact_checkpoint,
     write_checkpoint_folder,
 )
-from ..errors import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -48,16 +47,20 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, state
     return final
 
 
+def required_files(state: dict[str, Any]) -> list[str]:
+    """The files of `accelerator.save_state` a transfer checkpoint with trainer state `state` holds."""
+    random_states = [f"random_states_{rank}.pkl" for rank in range(int(state["signature"]["num_processes"]))]
+    return ["model.safetensors", "optimizer.bin", "scheduler.bin", *random_states]
+
+
+def check_transfer_checkpoint(path: Path) -> dict[str, Any]:
+    """The trainer state of the checkpoint `path` if it is intact, else a CheckpointError naming the broken file."""
+    return check_checkpoint(path, ("step", "history", "evals", "signature"), required_files)
+
+
 def resolve_checkpoint(spec: str, output_dir: str | os.PathLike) -> Path:
-    """`spec` is a checkpoint folder, or "latest" (the newest complete one under `output_dir`)."""
-    if spec == "latest":
-        return latest_checkpoint(output_dir)
-    path = Path(spec)
-    if not path.is_dir():
-        raise CheckpointError(f"--resume_from_checkpoint {spec}: no such folder (or pass 'latest')")
-    if not (path / MARKER).is_file() or not (path / STATE_NAME).is_file():
-        raise CheckpointError(f"{spec} is not a complete transfer checkpoint (no {MARKER} / {STATE_NAME})")
-    return path
+    """`spec` is a checkpoint folder, or "latest" (the newest intact one under `output_dir`, warning of newer ones)."""
+    return resolve_intact_checkpoint(output_dir, spec, check_transfer_checkpoint)
 
 
 def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:

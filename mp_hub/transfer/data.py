@@ -17,6 +17,7 @@ from ..data import (
     ImageTensors,
     augment_batch,
     check_columns,
+    check_labels,
     decode_images,
     derive_seed,
     load_image_dataset,
@@ -81,8 +82,9 @@ def prepare_splits(args) -> Splits:
         ds = DatasetDict(train=split["train"], validation=split["test"])
         eval_split = "validation"
     train, evaluation = ds["train"], ds[eval_split]
-    for split in (train, evaluation):
+    for name, split in (("train", train), (eval_split, evaluation)):
         check_columns(split, args.image_column_name, args.label_column_name)
+        check_labels(split, args.label_column_name, name)
     names, remap = _label_map(train, evaluation, args.label_column_name)
     if args.max_train_samples is not None:
         train = train.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(train))))

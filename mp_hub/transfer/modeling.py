@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from ..calibration import calibration_targets
@@ -51,8 +52,29 @@ def _int_size(value) -> int | None:
     return None
 
 
+def check_image_size(model: nn.Module, image_size: int) -> None:
+    """One eval forward of a blank image: a size the model cannot take (below a ViT's patch, unlike the size its
+    position embeddings were built for, ...) is a `ConfigError` naming --image_size now, not a crash at step 0."""
+    channels = getattr(getattr(model, "config", None), "num_channels", 3)
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, channels, image_size, image_size))
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"--image_size {image_size} does not fit {type(model).__name__}: {err}") from err
+    finally:
+        model.train(was_training)
+
+
 def build_model(args, labels: list[str]) -> BuiltModel:
-    """A fresh `--model_type` (with `--model_config_overrides`) or a pretrained `--model_name_or_path`."""
+    """A fresh `--model_type` (with `--model_config_overrides`) or a pretrained `--model_name_or_path`, checked
+    to take `--image_size` images."""
+    built = _build_model(args, labels)
+    check_image_size(built.model, built.image_size)
+    return built
+
+
+def _build_model(args, labels: list[str]) -> BuiltModel:
     id2label = {i: name for i, name in enumerate(labels)}
     label2id = {name: i for i, name in id2label.items()}
     if args.model_type:
