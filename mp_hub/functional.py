@@ -23,15 +23,17 @@ def depthwise(x: Tensor, kernels: Tensor) -> Tensor:
     """Apply `kernels` (k, 1, K, K), shared by every channel, to each channel of x: (B, C·k, H, W).
 
     A grouped conv with groups=C: on CPU this is >10× faster than reshaping x to B·C single-channel maps.
-    Output channel c·k + j is kernel j applied to channel c.
+    Output channel c·k + j is kernel j applied to channel c. The kernels are cast to x's dtype (differentiably:
+    their gradient comes back in their own dtype), so a float32 φ serves a float64 x.
     """
     channels = x.shape[1]
-    return F.conv2d(x, kernels.repeat(channels, 1, 1, 1), padding=kernels.shape[-1] // 2, groups=channels)
+    weight = kernels.to(x.dtype).repeat(channels, 1, 1, 1)
+    return F.conv2d(x, weight, padding=kernels.shape[-1] // 2, groups=channels)
 
 
 def channel_equivariant(x: Tensor, identity_kernel: Tensor, mean_kernel: Tensor) -> Tensor:
     """CEO(x)_c = λ ⋆ x_c + γ ⋆ mean_c(x): equivariant to permutations of the channels, any C."""
-    pooled = F.conv2d(x.mean(dim=1, keepdim=True), mean_kernel, padding=mean_kernel.shape[-1] // 2)
+    pooled = F.conv2d(x.mean(dim=1, keepdim=True), mean_kernel.to(x.dtype), padding=mean_kernel.shape[-1] // 2)
     return depthwise(x, identity_kernel) + pooled
 
 
@@ -69,9 +71,9 @@ def channel_scale(
     channel_norm: float,
     spatial_norm: float,
 ) -> Tensor:
-    """s = sigmoid(w · [mean, var, C/C₀, H/H₀]) per channel: (C,)."""
+    """s = sigmoid(w · [mean, var, C/C₀, H/H₀]) per channel: (C,), in the statistics' dtype."""
     rows = scale_inputs(feature_mean, feature_var, height=height, channel_norm=channel_norm, spatial_norm=spatial_norm)
-    return torch.sigmoid(rows @ fc_weight.t()).view(feature_mean.shape[0])
+    return torch.sigmoid(rows @ fc_weight.to(rows.dtype).t()).view(feature_mean.shape[0])
 
 
 def update_running_stats(

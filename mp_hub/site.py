@@ -7,6 +7,7 @@ scale features, the normalisers C₀ and H₀, κ and the inference mode.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from contextvars import ContextVar
 
 import torch
@@ -20,6 +21,19 @@ from .kernels.fused import kernels_for, site_forward
 from .perturb import MetaPerturb
 
 INFERENCE_MODES = ("mc", "mean", "off")
+# x's dtype → the dtype φ's math runs in; the output is cast back to x's dtype. Half inputs are upcast: the scale's
+# batch statistics and E[softplus] need float32. A float64 input stays float64 (φ's float32 values are exact in
+# it): who passes float64 asks for its precision, e.g. torch.autograd.gradcheck or a float64 reference run.
+COMPUTE_DTYPES = {
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+    torch.float32: torch.float32,
+    torch.float64: torch.float64,
+}
+_SUPPORTED = ", ".join(str(d).removeprefix("torch.") for d in COMPUTE_DTYPES)
+# model.half() / .to(torch.bfloat16) leave a site's buffers (running statistics, κ) in float32: an EMA step of
+# 0.1·(new − old) is lost to rounding in half precision, and φ's math runs in float32 for half inputs anyway.
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 # Set by `mp_hub.inference.mc_predict`: the first site a forward pass reaches repeats its input k times, so the
 # deterministic part of the network before it runs once and the k noise draws run as one batch.
 MC_EXPANSION: ContextVar = ContextVar("mp_hub_mc_expansion", default=None)
@@ -39,6 +53,12 @@ class PerturbSite(nn.Module):
 
     `backend` picks the implementation: "auto" (fused C kernels on CPU float32, else eager), "fused", "eager",
     or None (default) to follow `mp_hub.kernels.set_default_backend`; see `mp_hub.kernels`.
+
+    dtypes: x may be float16, bfloat16, float32 or float64 whatever φ's dtype; φ's math runs in float32 (float64
+    for a float64 x, see COMPUTE_DTYPES), also under torch.autocast, and y has x's dtype. Half inputs therefore
+    take the fused kernels too. The site's buffers stay float32 when the module is converted to float16 or
+    bfloat16 (`model.half()`; `.double()` converts them): a half φ is cast to float32 in the math (its gradient
+    comes back in its own dtype) and then runs on the eager path.
 
     `fused_relu`: the site also applies the ReLU that follows it (y ↦ max(y, 0), in every mode, "off" included).
     `mp_hub.attach` sets it where a site feeds a ReLU module, which then passes its input through: the same
@@ -83,6 +103,14 @@ class PerturbSite(nn.Module):
         self.backend = kernels.check_backend(backend)
         self.fused_relu = False
 
+    def _apply(self, fn, recurse=True):
+        before = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, buf in self._buffers.items():  # see HALF_DTYPES; from the value before, not a rounded one
+            if buf is not None and buf.dtype in HALF_DTYPES:
+                self._buffers[name] = before[name].to(device=buf.device, dtype=torch.float32)
+        return self
+
     @property
     def phi(self) -> MetaPerturb:
         return self._phi
@@ -112,18 +140,20 @@ class PerturbSite(nn.Module):
         if not isinstance(x, Tensor) or x.dim() != 4:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise InvalidInputError(f"PerturbSite expects x of shape (B, C, H, W), got {shape}")
-        if not x.is_floating_point():
-            raise InvalidInputError(f"PerturbSite expects a floating-point x, got {x.dtype}")
+        if x.dtype not in COMPUTE_DTYPES:
+            raise InvalidInputError(f"PerturbSite expects a floating-point x ({_SUPPORTED}), got {x.dtype}")
         if x.shape[1] != self.channels:
             raise InvalidInputError(f"this site was built for {self.channels} channels, x has {x.shape[1]}")
         if noise is not None and noise.shape != x.shape:
             raise InvalidInputError(f"noise must have x's shape {tuple(x.shape)}, got {tuple(noise.shape)}")
+        if noise is not None and noise.dtype not in COMPUTE_DTYPES:
+            raise InvalidInputError(f"noise must be a floating-point tensor ({_SUPPORTED}), got {noise.dtype}")
 
     def statistics(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Feature mean/var for the scale: batch ones in training (updating the running ones), else running."""
         batch = x.shape[0]
         if not self.training or batch < 2:
-            return self.running_mean, self.running_var
+            return self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
         if not torch.isfinite(x).all():
             raise InvalidInputError("x has non-finite values (inf or nan) at a PerturbSite during training")
         mean, var = MF.batch_moments(self.phi.channel_scale.features(x))
@@ -143,6 +173,13 @@ class PerturbSite(nn.Module):
             x, noise = expansion.expand(x, noise)
         if self.inference_mode == "off":
             return F.relu(x) if self.fused_relu else x
+        dtype = COMPUTE_DTYPES[x.dtype]
+        with _autocast_off(x.device.type):  # autocast would run φ's convolutions in its lower precision
+            y = self._perturb(x.to(dtype), None if noise is None else noise.to(dtype))
+        return y.to(x.dtype)
+
+    def _perturb(self, x: Tensor, noise: Tensor | None) -> Tensor:
+        """forward's φ part, x and noise already in the compute dtype."""
         fast = kernels_for(self, x, noise)
         if fast is not None:
             return site_forward(self, fast, x, noise)
@@ -154,3 +191,10 @@ class PerturbSite(nn.Module):
             z = F.softplus(mu + (torch.randn_like(mu) if noise is None else noise))
         y = MF.apply_perturbation(x, z, scale, self.noise_coeff, self.clip_value)
         return F.relu(y) if self.fused_relu else y
+
+
+def _autocast_off(device_type: str):
+    """A context that turns autocast off on this device type where it is on (a no-op elsewhere)."""
+    if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return nullcontext()

@@ -168,6 +168,9 @@ static inline float recip1p(float v) {
               0.996467014074805f) * v + 0.9997488887483812f) * v - 0.999993000939345f;
   return p * v + 0.9999999676112802f;
 }
+// torch's relu: a nan stays nan (0 > nan is false), so the fused noise generator spreads a nan input over the
+// same outputs as the eager path; `v > 0 ? v : 0` would turn it into 0.
+static inline float relu_keep_nan(float v) { return 0.0f > v ? 0.0f : v; }
 static inline float softplus(float t) { return (t > 0.0f ? t : 0.0f) + log1p01(exp_neg(t < 0.0f ? t : -t)); }
 static inline float softplus_d(float t, float *sig) {  // softplus(t) and its derivative sigmoid(t)
   float e = exp_neg(t < 0.0f ? t : -t), r = recip1p(e);

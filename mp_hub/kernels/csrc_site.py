@@ -48,7 +48,7 @@ static void ng_phase1(const float *x, long C, const float *ng, Img *s, const Geo
 #pragma omp simd
     for (long k = g->lo; k < g->hi; k++) {
       float a = t[k] + TAPS(xp, k, st);
-      float r = RELU(a) * cm[k];
+      float r = cm[k] != 0.0f ? relu_keep_nan(a) : 0.0f;  // a select: a nan or inf on a pad column stays out
       rp[k] = r;
       mr[k] += r;
     }
@@ -78,12 +78,12 @@ static void gather_ng(float *ng, const float *l1, const float *g1, const float *
 static inline float y_noise(float x, float mu, float e, float sc, float kappa, float clip, int relu) {
   float p = x * ((sc * softplus(mu + e) - 1.0f) * kappa + 1.0f);
   p = p > clip ? clip : p;
-  return relu && !(p > 0.0f) ? 0.0f : p;
+  return relu && p <= 0.0f ? 0.0f : p;  // a nan stays nan, as torch's relu
 }
 static inline float y_mean(float x, float mu, float sc, float kappa, float clip, int relu) {
   float gd, p = x * ((sc * esp(mu, &gd) - 1.0f) * kappa + 1.0f);
   p = p > clip ? clip : p;
-  return relu && !(p > 0.0f) ? 0.0f : p;
+  return relu && p <= 0.0f ? 0.0f : p;  // a nan stays nan, as torch's relu
 }
 // Its backward: returns dL/dmu, sets *gx = dL/dx (direct part) and *gsz = dL/ds_c contribution / kappa.
 // The gradient passes where the clamp did not clip and, with relu, where the output is > 0 (as torch's ReLU).
@@ -109,7 +109,7 @@ static void site_output(const float *restrict xs, const float *restrict mu, cons
     for (; i0 + 16 <= n; i0 += 16) {
       const __m512 mult = _mm512_fmadd_ps(_mm512_fmsub_ps(vsc, esp16(_mm512_loadu_ps(mu + i0), &tab), one), vk, one);
       __m512 p = _mm512_min_ps(vclip, _mm512_mul_ps(_mm512_loadu_ps(xs + i0), mult));  // clip < p ? clip : p
-      if (relu) p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(p, zero, _CMP_GT_OQ), p);
+      if (relu) p = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(p, zero, _CMP_NLE_UQ), p);  // keeps p > 0 and nan
       _mm512_storeu_ps(ys + i0, p);
     }
 #endif

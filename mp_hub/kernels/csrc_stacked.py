@@ -103,7 +103,7 @@ static void stacked_phase1(const float *xb, long C, long H, long W, const float 
     float *restrict rp = s->rs + c * sp;
 #pragma omp simd
     for (long k = 0; k < n; k++) {
-      const float r = RELU(t[k] + TAPS_M(xp, k, W, ml, mrk));
+      const float r = relu_keep_nan(t[k] + TAPS_M(xp, k, W, ml, mrk));
       rp[k] = r;
       mr[k] += r;
     }
