@@ -15,7 +15,7 @@ passes and a slow phase of the host falls on its variants alike:
   mean_uncalibrated  the same without the calibration,
   mc1         one sampling pass (the cost of a single draw),
   mc_loop     k separate sampling passes (the authors' test-time MC),
-  mc_batched  `mp_hub.inference.mc_predict(model, x, k)` (draws batched per chunk; at batch 128 the default
+  mc_batched  `mp_hub.mean_mode.mc_predict(model, x, k)` (draws batched per chunk; at batch 128 the default
               chunk is 1, i.e. k passes), plus loop vs batched at --small-batch images, where batching pays.
 Then one site in "mean" mode against a ReLU and a 3×3 conv at ResNet-20's three stage shapes (where the time goes).
 Synthetic agreement check (random weights, φ from ../shared/reference when present, else φ's init scaled up
@@ -44,8 +44,8 @@ import torch  # noqa: E402
 from _common import add_thread_arguments, environment, git_commit, require_at_least, time_interleaved  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
-from mp_hub.inference import mc_predict, mean_predict  # noqa: E402
 from mp_hub.kernels import fused  # noqa: E402
+from mp_hub.mean_mode.predict import mc_predict, mean_predict  # noqa: E402
 from mp_hub.models import model_from_type  # noqa: E402
 from mp_hub.site import PerturbSite  # noqa: E402
 
@@ -80,7 +80,7 @@ def kernel_layouts(phi: MetaPerturb, feature: torch.Tensor, threads: int) -> dic
     """The "mean"-mode forward kernel alone on the padded layout (`mp_forward`, what the site ran before the
     stacked layout) and on the stacked one (`mp_forward_stacked`, what it runs now): same arguments, same output."""
     lib = kernels.build.load()
-    l1, g1, l2, g2 = (k.detach().contiguous() for k in fused._phi_params(phi)[:4])  # what the sites pass
+    l1, g1, l2, g2 = (k.detach().contiguous() for k in fused.phi_params(phi)[:4])  # what the sites pass
     batch, channels, height, width = feature.shape
     scale = torch.full((channels,), 0.5)
     common = (batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),

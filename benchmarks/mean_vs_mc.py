@@ -13,7 +13,7 @@ noise seeded per run), and compares the two image by image:
              d ∈ {−1, 0, 1} are paired, so se = sqrt(((n10 + n01) / N − Δ²) / N).
 Rows (target, model, regularizer, training steps) pool their seeds: Δ is the mean and se = sqrt(Σ se²) / n.
 --mc_fit_steps N: the same comparison for the MC-matched calibration too (`calibrate_mean_mode(...,
-mc_fit_steps=N)`, `mp_hub.calibration_fit`), on the same MC predictions. The tiny ViT has no BatchNorm: its
+mc_fit_steps=N)`, `mp_hub.mean_mode.mc_fit`), on the same MC predictions. The tiny ViT has no BatchNorm: its
 "mean" row is uncalibrated (as the recipe leaves it without the fit), its "mean_fit" row has its LayerNorms
 fitted.
 Per-image probabilities are cached in <work_dir>/mean_vs_mc/ (rerun to re-tabulate without recomputing; the
@@ -37,7 +37,7 @@ import torch
 from _common import git_commit
 from transfer_gain import load_calibrated
 
-from mp_hub.inference import mc_predict, mean_predict
+from mp_hub.mean_mode.predict import mc_predict, mean_predict
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_NAME = re.compile(r"(?P<target>[a-z_]+)-(?P<model>resnet20|vit)-metaperturb-(?P<phi>.+)-s(?P<seed>\d+)$")

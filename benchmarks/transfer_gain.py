@@ -32,11 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mp_hub import MetaPerturb, load_perturbed  # noqa: E402
-from mp_hub.calibration import calibration_targets  # noqa: E402
 from mp_hub.checkpointing import atomic_write  # noqa: E402
 from mp_hub.data import decode_images, samples_per_class_subset  # noqa: E402
 from mp_hub.evaluation import compute_metrics  # noqa: E402
-from mp_hub.inference import mean_predict  # noqa: E402
+from mp_hub.mean_mode import calibration_targets  # noqa: E402
+from mp_hub.mean_mode.predict import mean_predict  # noqa: E402
 from mp_hub.transfer.data import TransferData, calibration_batches  # noqa: E402
 from mp_hub.zoo import DEFAULT_PHI  # noqa: E402
 from mp_hub.zoo.bundle import benchmark_markdown  # noqa: E402
@@ -176,8 +176,8 @@ def mean_mode_metrics(run_dir: Path, decoded: Path, data_dir: Path, seed: int) -
         metrics = evaluate()
         return {"accuracy_mean": metrics["accuracy"], "ece_mean": metrics["ece"]}
     calibrated = evaluate()
-    handle._drop_calibration()
-    quiet = logging.getLogger("mp_hub.inference")  # its "uncalibrated" warning: deliberate here
+    handle.remove_calibration()
+    quiet = logging.getLogger("mp_hub.mean_mode.predict")  # its "uncalibrated" warning: deliberate here
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:

@@ -1,11 +1,8 @@
 """mp_hub: MetaPerturb (Ryu et al., NeurIPS 2020) for the Hugging Face Hub."""
 
-__version__ = "0.1.0"
-
-from .attach import AttachedPerturbation, attach  # noqa: E402
-from .calibration import calibrate_mean_mode  # noqa: E402
-from .config import MetaPerturbConfig  # noqa: E402
-from .errors import (  # noqa: E402
+from .attach import AttachedPerturbation, attach, calibrate_mean_mode
+from .config import MetaPerturbConfig
+from .errors import (
     AttachError,
     CheckpointError,
     ConfigError,
@@ -15,10 +12,11 @@ from .errors import (  # noqa: E402
     MetaPerturbError,
     NotCachedError,
 )
-from .perturb import MetaPerturb  # noqa: E402
-from .perturbed_io import load_perturbed, save_perturbed  # noqa: E402
-from .resolvers import register_resolver  # noqa: E402
-from .site import PerturbSite  # noqa: E402
+from .perturb import MetaPerturb
+from .perturbed_io import load_perturbed, save_perturbed
+from .resolvers import register_resolver
+from .site import PerturbSite
+from .version import __version__
 
 __all__ = [
     "AttachError",

@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
 from .errors import AttachError, ConfigError
+from .hub import push_folder
+from .mean_mode import MeanModeCalibration, build_calibration
 from .perturb import MetaPerturb
-from .resolvers import Resolution, SiteSpec, resolve
-from .resolvers._base import feature_map
+from .perturbed_save import save_attached
+from .resolvers import Resolution, SiteSpec, feature_map, resolve
 from .site import PerturbSite
-from .site_hooks import FusedReLUForward, SiteHook, SiteRecord
+from .site_hooks import FusedReLUForward, SiteHook, SiteRecord, hook_sites
 
 logger = logging.getLogger(__name__)
 
 PHI_ATTR = "metaperturb_phi"
 SITES_ATTR = "metaperturb_sites"
-CALIBRATION_ATTR = "metaperturb_calibration"  # mean-mode BatchNorm statistics, see mp_hub.calibration
+CALIBRATION_ATTR = "metaperturb_calibration"  # mean-mode norm statistics, see mp_hub.mean_mode
 HANDLE_ATTR = "_metaperturb_handle"
 
 
@@ -104,7 +109,7 @@ def attach(
     `channel_norm` (C₀) defaults to φ's `config.channel_norm`, `spatial_norm` (H₀) to `model.config.image_size`.
     `fuse_relu`: where a site is a pre-hook on an `nn.ReLU` module (ResNet blocks: the paper's placement), the site
     applies the ReLU itself and the module passes its input through: identical outputs and gradients, one
-    elementwise pass less per block forward and backward (~5% of a ResNet-20 training step; undone by `detach`).
+    elementwise pass less per block forward and backward (undone by `detach`).
     """
     if not isinstance(model, nn.Module):
         raise AttachError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -164,8 +169,7 @@ class AttachedPerturbation:
         self.enabled = True
         self._hooks: list = []
         self._fused_relus: list[nn.Module] = []  # ReLU modules whose forward is a FusedReLUForward
-        self.calibration = None  # a MeanModeCalibration once calibrate_mean_mode has run
-        self._uncalibrated_checked = False  # mean_predict looked for BatchNorms without a calibration (and warned)
+        self.calibration: MeanModeCalibration | None = None  # once calibrate_mean_mode has run
         self._phi_requires_grad = [p.requires_grad for p in phi.parameters()]
 
     def _install(self, resolution: Resolution, sites: dict[str, PerturbSite], fuse_relu: bool) -> None:
@@ -178,20 +182,21 @@ class AttachedPerturbation:
         model.add_module(SITES_ATTR, nn.ModuleDict(sites))
         for p in self.phi.parameters():
             p.requires_grad_(self.trainable_phi)
-        for spec, (key, site) in zip(resolution.sites, sites.items()):
+        site_of = dict(zip((spec.name for spec in resolution.sites), sites.items()))
+
+        def site_hook(spec: SiteSpec) -> SiteHook:
+            key, site = site_of[spec.name]
             site.train(model.training)
             record = SiteRecord(spec.name, key, spec.channels, spec.placement, spec.spatial)
             self.sites.append(record)
             hook = SiteHook(self, record, site, spec.adapter)
-            if spec.placement == "output":  # prepend: output recorders (hidden_states) see the perturbed tensor
-                self._hooks.append(spec.module.register_forward_hook(hook, with_kwargs=True, prepend=True))
-            else:
-                self._hooks.append(spec.module.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
-                if fuse_relu and type(spec.module) is nn.ReLU and spec.adapter is feature_map:
-                    site.fused_relu = True
-                    spec.module.forward = FusedReLUForward(hook, spec.module)
-                    self._fused_relus.append(spec.module)
-        self._hooks += [module.register_forward_hook(probe) for module, probe in resolution.probes]
+            if fuse_relu and spec.placement == "input" and type(spec.module) is nn.ReLU and spec.adapter is feature_map:
+                site.fused_relu = True
+                spec.module.forward = FusedReLUForward(hook, spec.module)
+                self._fused_relus.append(spec.module)
+            return hook
+
+        self._hooks = hook_sites(resolution, site_hook)
         model.__dict__[HANDLE_ATTR] = self
 
     @property
@@ -227,23 +232,38 @@ class AttachedPerturbation:
         self.inference_mode = mode
 
     def calibrate_mean_mode(
-        self, batches, *, max_images: int | None = None, mc_fit_steps: int = 0, mc_samples: int = 20, seed: int = 0
+        self,
+        batches: Iterable[Any],
+        *,
+        max_images: int | None = None,
+        mc_fit_steps: int = 0,
+        mc_samples: int = 20,
+        seed: int = 0,
     ) -> int:
-        """Measure BatchNorm statistics for "mean" mode on training images; see `mp_hub.calibrate_mean_mode`."""
-        from .calibration import calibrate_mean_mode
-
+        """Measure norm statistics for "mean" mode on training images and install them; returns the number of
+        images used. See `mp_hub.calibrate_mean_mode`."""
         self._check_attached()
-        return calibrate_mean_mode(
-            self.model, batches, max_images=max_images, mc_fit_steps=mc_fit_steps, mc_samples=mc_samples, seed=seed
+        calibration = build_calibration(
+            self.model,
+            self.site_list(),
+            batches,
+            max_images=max_images,
+            mc_fit_steps=mc_fit_steps,
+            mc_samples=mc_samples,
+            seed=seed,
         )
+        self.install_calibration(calibration)
+        return calibration.num_images
 
-    def _set_calibration(self, calibration) -> None:
-        self._drop_calibration()
+    def install_calibration(self, calibration: MeanModeCalibration) -> None:
+        """Use `calibration` for mean mode from now on (replacing any other); it is saved with the sites."""
+        self.remove_calibration()
         self.model.add_module(CALIBRATION_ATTR, calibration)
         calibration.install()
         self.calibration = calibration
 
-    def _drop_calibration(self) -> None:
+    def remove_calibration(self) -> None:
+        """Mean mode reads the norm layers' own statistics again."""
         if self.calibration is not None:
             self.calibration.remove()
             delattr(self.model, CALIBRATION_ATTR)
@@ -296,7 +316,7 @@ class AttachedPerturbation:
         for relu in self._fused_relus:
             relu.__dict__.pop("forward", None)
         self._fused_relus.clear()
-        self._drop_calibration()
+        self.remove_calibration()
         for name in (SITES_ATTR, PHI_ATTR):
             delattr(self.model, name)
         for p, flag in zip(self.phi.parameters(), self._phi_requires_grad):
@@ -304,10 +324,8 @@ class AttachedPerturbation:
         del self.model.__dict__[HANDLE_ATTR]
         logger.info("detached φ from %s", type(self.model).__name__)
 
-    def save_pretrained(self, save_directory, **kwargs):
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> Path:
         """Base model as usual (plain transformers loads it) + metaperturb.safetensors, config and card."""
-        from .perturbed_io import save_attached
-
         self._check_attached()
         return save_attached(self, save_directory, **kwargs)
 
@@ -321,8 +339,6 @@ class AttachedPerturbation:
         api=None,
     ):
         """Save into a temporary folder and upload it to `repo_id` in one commit; returns the CommitInfo."""
-        from .hub import push_folder
-
         self._check_attached()
         return push_folder(
             lambda folder: self.save_pretrained(folder, repo_id=repo_id),
@@ -337,14 +353,45 @@ class AttachedPerturbation:
         state = "attached" if self.attached else "detached"
         return f"AttachedPerturbation({type(self.model).__name__}, {len(self.sites)} sites, {state})"
 
+    def state_module(self) -> nn.Module:
+        """φ + sites (+ the mean-mode calibration, if any) as one module: what metaperturb.safetensors holds.
 
-def sites_state_module(handle: AttachedPerturbation) -> nn.Module:
-    """φ + sites (+ the mean-mode calibration, if any) as one module: what metaperturb.safetensors holds.
+        Keys: `phi.*`, `sites.<key>.*` and `calibration.stats.<norm key>.*`.
+        """
+        self._check_attached()
+        parts = {"phi": self.phi, "sites": getattr(self.model, SITES_ATTR)}
+        if self.calibration is not None:
+            parts["calibration"] = self.calibration
+        return nn.ModuleDict(parts)
 
-    Keys: `phi.*`, `sites.<key>.*` and `calibration.stats.<norm key>.*`.
+    def base_state_dict(self) -> dict[str, Tensor]:
+        """The model's state dict without φ, the sites and the calibration: the keys of the untouched model."""
+        skip = (f"{PHI_ATTR}.", f"{SITES_ATTR}.", f"{CALIBRATION_ATTR}.")
+        return {k: v for k, v in self.model.state_dict().items() if not k.startswith(skip)}
+
+
+def calibrate_mean_mode(
+    model: nn.Module,
+    batches: Iterable[Any],
+    *,
+    max_images: int | None = None,
+    mc_fit_steps: int = 0,
+    mc_samples: int = 20,
+    seed: int = 0,
+) -> int:
+    """Measure the norm statistics of "mean" mode on `batches` (training images, no augmentation needed) and
+    store them with the sites, so that eval-mode "mean" passes use them. Returns the number of images used.
+
+    `mc_fit_steps` > 0: then fit those statistics so that "mean" mode matches the MC-`mc_samples` average on the
+    same images (it keeps the images in memory and costs `mc_samples` passes over them plus `mc_fit_steps`
+    forward/backward passes of 128 images; `seed` fixes its draws and batches). The fit also gives every plain
+    `nn.LayerNorm` a mean-mode weight and bias: a LayerNorm model (a ViT) can only be calibrated this way.
+
+    `batches` yields tensors, `(pixel_values, labels)` or dicts with `pixel_values` (a DataLoader works);
+    `max_images` caps how many are used. The model's own statistics, its mode and the sites' state are left
+    unchanged. Calibrating again replaces the previous calibration. In a multi-process run, give every
+    process the same images (the result is then identical everywhere). `model` may be a DDP / compile wrapper.
     """
-    handle._check_attached()
-    parts = {"phi": handle.phi, "sites": getattr(handle.model, SITES_ATTR)}
-    if handle.calibration is not None:
-        parts["calibration"] = handle.calibration
-    return nn.ModuleDict(parts)
+    return handle_of(model).calibrate_mean_mode(
+        batches, max_images=max_images, mc_fit_steps=mc_fit_steps, mc_samples=mc_samples, seed=seed
+    )

@@ -41,7 +41,7 @@ def results_markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _cell(value: Any) -> str:
+def table_cell(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -75,7 +75,7 @@ def render_phi_card(
         repo_id=repo_id,
         num_parameters=num_parameters,
         mp_hub_version=config.mp_hub_version or "",
-        provenance_rows=[(k, _cell(v)) for k, v in sorted(prov.items()) if k not in _NOT_ROWS]
+        provenance_rows=[(k, table_cell(v)) for k, v in sorted(prov.items()) if k not in _NOT_ROWS]
         or [("source", "not recorded")],
         license_note=prov.get("license_note"),
         config=config,

@@ -14,9 +14,9 @@ logger = logging.getLogger("mp_hub")
 
 def _convert_official(args: argparse.Namespace) -> int:
     from .cards import render_phi_card  # noqa: F401  (fail early if templates are missing)
-    from .convert import from_official
+    from .perturb import MetaPerturb
 
-    phi = from_official(args.path)
+    phi = MetaPerturb.from_official(args.path)
     reproduction = f"mp-hub convert-official {args.path} {args.out_dir}"
     phi.save_pretrained(
         args.out_dir,

@@ -14,16 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CheckpointError, ConfigError
+from .version import __version__
 
 logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
-
-
-def _package_version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def read_json_file(path: str | Path) -> Any:
@@ -117,7 +112,7 @@ class MetaPerturbConfig:
             logger.warning(
                 "config written by mp_hub %s has keys this version (%s) does not know; dropped: %s",
                 data.get("mp_hub_version", "?"),
-                _package_version(),
+                __version__,
                 ", ".join(dropped),
             )
         try:
@@ -127,7 +122,7 @@ class MetaPerturbConfig:
 
     def save(self, directory: str | Path) -> Path:
         """Write config.json, stamping the mp_hub version that wrote it."""
-        self.mp_hub_version = _package_version()
+        self.mp_hub_version = __version__
         path = Path(directory) / CONFIG_NAME
         path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
         return path

@@ -1,5 +1,7 @@
 """Conversion of the authors' released φ (`perturb_750.pth`, JWoong148/MetaPerturb) to mp_hub's format.
 
+`MetaPerturb.from_official` builds φ from what this module reads.
+
 The only place in mp_hub that reads a pickle, and it does so with `weights_only=True`.
 """
 
@@ -9,9 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .config import MetaPerturbConfig
 from .errors import CheckpointError
-from .perturb import MetaPerturb
 
 OFFICIAL_KEY_MAP = {
     "phi_1.w_identity": "noise_generator.layer1.identity_kernel",
@@ -51,15 +51,17 @@ def load_official_state(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def convert_official_state(state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Rename the authors' keys, checking names, shapes and the 82 values."""
+def convert_official_state(
+    state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> dict[str, torch.Tensor]:
+    """Rename the authors' keys, checking names, the shapes of `reference` (a MetaPerturb's state dict) and the
+    82 values."""
     missing = sorted(set(OFFICIAL_KEY_MAP) - set(state))
     unexpected = sorted(set(state) - set(OFFICIAL_KEY_MAP))
     if missing or unexpected:
         raise CheckpointError(
             f"{source} is not the authors' Perturb state: missing keys {missing}, unexpected keys {unexpected}"
         )
-    reference = MetaPerturb().state_dict()
     converted = {}
     for official, ours in OFFICIAL_KEY_MAP.items():
         tensor = state[official]
@@ -73,11 +75,3 @@ def convert_official_state(state: dict[str, torch.Tensor], source: str = "checkp
     if total != 82:
         raise CheckpointError(f"{source}: expected 82 values in all, got {total}")
     return converted
-
-
-def from_official(path: str | Path) -> MetaPerturb:
-    """φ from the authors' `perturb_750.pth` (a legacy torch.save of 6 tensors), in eval mode."""
-    phi = MetaPerturb(MetaPerturbConfig(provenance=dict(OFFICIAL_PROVENANCE)))
-    phi.load_state_dict(convert_official_state(load_official_state(path), str(path)), strict=True)
-    phi.source_id = str(path)
-    return phi.eval()

@@ -1,7 +1,7 @@
 """Monte-Carlo evaluation: class probabilities averaged over stochastic passes, and accuracy / NLL / ECE.
 
 `predict_proba` is deliberately plain (one batch at a time, `mc_samples` forward passes per batch); a faster
-batched MC may live in `mp_hub.inference`. The model runs in eval mode, so BatchNorm and the perturbation
+batched MC lives in `mp_hub.mean_mode.predict`. The model runs in eval mode, so BatchNorm and the perturbation
 sites use their running statistics; in the sites' "mc" mode each pass draws fresh noise, in "mean" mode one
 deterministic pass is made whatever `mc_samples` says.
 """
@@ -54,7 +54,8 @@ def sites_inference_mode(model: nn.Module, mode: str | None) -> Iterator[None]:
             site.set_inference_mode(old)
 
 
-def _unpack(batch: Any) -> tuple[Tensor, Tensor]:
+def unpack_batch(batch: Any) -> tuple[Tensor, Tensor]:
+    """(pixel_values, labels) of a batch given as a pair or a dict."""
     if isinstance(batch, dict):
         return batch["pixel_values"], batch["labels"]
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
@@ -117,7 +118,7 @@ def predict_proba(
                 disable=not progress,
                 leave=False,
             ):
-                pixel_values, labels = _unpack(batch)
+                pixel_values, labels = unpack_batch(batch)
                 pixel_values, labels = pixel_values.to(device), labels.to(device)
                 total = None
                 for _ in range(passes):

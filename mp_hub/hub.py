@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from . import zoo
+from .cards import render_phi_card
 from .config import CONFIG_NAME
 from .errors import CheckpointError, NotCachedError
 
@@ -188,8 +189,6 @@ class PhiHubMixin:
     """save_pretrained / from_pretrained / push_to_hub for φ. Strict, safetensors-only, card on every save."""
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, card_extra: dict | None = None) -> Path:
-        from .cards import render_phi_card
-
         directory = Path(save_directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}

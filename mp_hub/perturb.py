@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from . import functional as MF
 from .config import MetaPerturbConfig
+from .convert import OFFICIAL_PROVENANCE, convert_official_state, load_official_state
 from .hub import PhiHubMixin
 
 
@@ -100,7 +101,10 @@ class MetaPerturb(PhiHubMixin, nn.Module):
 
     @classmethod
     def from_official(cls, path) -> MetaPerturb:
-        """φ from the authors' released `perturb_750.pth` (read weights-only; names, shapes and 82 values checked)."""
-        from .convert import from_official
-
-        return from_official(path)
+        """φ from the authors' released `perturb_750.pth` (read weights-only; names, shapes and 82 values checked),
+        in eval mode."""
+        phi = cls(MetaPerturbConfig(provenance=dict(OFFICIAL_PROVENANCE)))
+        state = convert_official_state(load_official_state(path), phi.state_dict(), str(path))
+        phi.load_state_dict(state, strict=True)
+        phi.source_id = str(path)
+        return phi.eval()

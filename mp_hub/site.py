@@ -7,8 +7,9 @@ scale features, the normalisers C₀ and H₀, κ and the inference mode.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +35,35 @@ _SUPPORTED = ", ".join(str(d).removeprefix("torch.") for d in COMPUTE_DTYPES)
 # model.half() / .to(torch.bfloat16) leave a site's buffers (running statistics, κ) in float32: an EMA step of
 # 0.1·(new − old) is lost to rounding in half precision, and φ's math runs in float32 for half inputs anyway.
 HALF_DTYPES = (torch.float16, torch.bfloat16)
-# Set by `mp_hub.inference.mc_predict`: the first site a forward pass reaches repeats its input k times, so the
-# deterministic part of the network before it runs once and the k noise draws run as one batch.
-MC_EXPANSION: ContextVar = ContextVar("mp_hub_mc_expansion", default=None)
+
+
+class InputRepeat:
+    """One batched Monte-Carlo pass: the first site the pass reaches repeats its input `draws` times (draw-major:
+    row d·B + b is draw d of image b), so the network before it runs once and the draws run as one batch."""
+
+    def __init__(self, draws: int):
+        self.draws, self.pending = draws, True
+
+    def apply(self, x: Tensor, noise: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        self.pending = False
+        if self.draws == 1:  # one draw per pass: x itself (Tensor.repeat would copy it)
+            return x, noise
+        repeat = (self.draws,) + (1,) * (x.dim() - 1)
+        return x.repeat(*repeat), None if noise is None else noise.repeat(*repeat)
+
+
+@contextlib.contextmanager
+def repeating_first_input(sites: Sequence[PerturbSite], draws: int) -> Iterator[InputRepeat]:
+    """Within: the first of `sites` that a forward pass reaches repeats its input `draws` times (see
+    `InputRepeat`; `mean_mode.mc_predict` uses it). Its `pending` is still True after a pass that reached none."""
+    repeat = InputRepeat(draws)
+    for site in sites:
+        site.input_repeat = repeat
+    try:
+        yield repeat
+    finally:
+        for site in sites:
+            site.input_repeat = None
 
 
 class PerturbSite(nn.Module):
@@ -102,6 +129,7 @@ class PerturbSite(nn.Module):
         self.set_inference_mode(inference_mode)
         self.backend = kernels.check_backend(backend)
         self.fused_relu = False
+        self.input_repeat: InputRepeat | None = None  # set by repeating_first_input, for one batched MC pass
 
     def _apply(self, fn, recurse=True):
         before = dict(self._buffers)
@@ -168,9 +196,8 @@ class PerturbSite(nn.Module):
 
     def forward(self, x: Tensor, noise: Tensor | None = None) -> Tensor:
         self._check_input(x, noise)
-        expansion = MC_EXPANSION.get()
-        if expansion is not None and expansion.pending:
-            x, noise = expansion.expand(x, noise)
+        if self.input_repeat is not None and self.input_repeat.pending:
+            x, noise = self.input_repeat.apply(x, noise)
         if self.inference_mode == "off":
             return F.relu(x) if self.fused_relu else x
         dtype = COMPUTE_DTYPES[x.dtype]

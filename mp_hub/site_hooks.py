@@ -1,4 +1,5 @@
-"""The forward (pre-)hooks that apply a `PerturbSite`, and the rule for finding the tensor in a module's output."""
+"""How a site changes a model: forward (pre-)hooks at the resolved modules (`hook_sites`, shared by `attach` and
+`regularizers`), the hook that applies a `PerturbSite`, and the rule for finding the tensor in a module's output."""
 
 from __future__ import annotations
 
@@ -6,10 +7,28 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
 
 from .errors import AttachError
-from .resolvers import Adapter
+from .resolvers import Adapter, Resolution, SiteSpec
 from .site import PerturbSite
+
+Hook = Callable[..., object]  # (module, args, kwargs[, output]) -> replacement or None, as torch's with_kwargs hooks
+
+
+def hook_sites(resolution: Resolution, hook_for: Callable[[SiteSpec], Hook]) -> list[RemovableHandle]:
+    """Register `hook_for(spec)` at every resolved site, first in line: on the module's output for placement
+    "output", on its first input for "input"; then the resolution's probes (spatial size recorders). The one way
+    sites change a model; removing the returned handles gives the model back."""
+    handles = []
+    for spec in resolution.sites:
+        hook = hook_for(spec)
+        if spec.placement == "output":  # prepend: output recorders (hidden_states) see the changed tensor
+            handles.append(spec.module.register_forward_hook(hook, with_kwargs=True, prepend=True))
+        else:
+            handles.append(spec.module.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
+    handles += [module.register_forward_hook(probe) for module, probe in resolution.probes]
+    return handles
 
 
 @dataclass

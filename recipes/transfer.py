@@ -207,8 +207,8 @@ def train_and_evaluate(args, accelerator: Accelerator, command: str | None) -> d
     progress.close()
 
     reg.finish()
-    # One pass over training images: BatchNorm statistics for the one-pass "mean" mode (mp_hub.calibration).
-    # With --mean_mode_mc_fit_steps, its statistics are then fitted to the MC average (mp_hub.calibration_fit);
+    # One pass over training images: BatchNorm statistics for the one-pass "mean" mode (mp_hub.mean_mode).
+    # With --mean_mode_mc_fit_steps, its statistics are then fitted to the MC average (mp_hub.mean_mode.mc_fit);
     # a LayerNorm model (ViT) is calibrated by that fit alone.
     calibrated = reg.calibrate_mean_mode(
         data, args.mean_mode_calibration_images, args.per_device_eval_batch_size, args.seed, args.mean_mode_mc_fit_steps

@@ -31,7 +31,7 @@ from transformers import (
 import mp_hub
 from mp_hub import AttachError, MetaPerturb
 from mp_hub.aligned_memory import ALIGNMENT
-from mp_hub.inference import mc_predict
+from mp_hub.mean_mode.predict import mc_predict
 from mp_hub.models import (
     CifarConv4Config,
     CifarConv4ForImageClassification,

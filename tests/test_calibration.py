@@ -12,8 +12,8 @@ from transformers import ViTConfig, ViTForImageClassification
 import mp_hub
 from mp_hub import AttachError, ConfigError, InvalidInputError, MetaPerturb
 from mp_hub.attach import find_handle
-from mp_hub.calibration import calibratable_norms
-from mp_hub.inference import mean_predict
+from mp_hub.mean_mode import calibratable_norms
+from mp_hub.mean_mode.predict import mean_predict
 from mp_hub.models import CifarResNetConfig, CifarResNetForImageClassification
 
 
@@ -89,8 +89,8 @@ def test_stale_calibration_is_not_used_and_says_so(convnet, caplog):
     x = _images(8, seed=3)
     _trained(model, steps=1)  # training moves num_batches_tracked: the calibration no longer describes the model
     uncalibrated = copy.deepcopy(model)
-    find_handle(uncalibrated)._drop_calibration()
-    with caplog.at_level(logging.WARNING, logger="mp_hub.calibration"):
+    find_handle(uncalibrated).remove_calibration()
+    with caplog.at_level(logging.WARNING, logger="mp_hub.mean_mode.state"):
         got = _mean_pass(model, x)
     assert "stale" in caplog.text
     torch.testing.assert_close(got, _mean_pass(uncalibrated, x), rtol=0, atol=0)
@@ -154,14 +154,14 @@ def test_errors_are_typed_and_named(convnet):
 
 def test_uncalibrated_mean_predict_warns_once(convnet, caplog):
     model, _ = convnet
-    with caplog.at_level(logging.WARNING, logger="mp_hub.inference"):
+    with caplog.at_level(logging.WARNING, logger="mp_hub.mean_mode.predict"):
         mean_predict(model, _images(4))
         mean_predict(model, _images(4))
     assert caplog.text.count("BatchNorm model without calibration") == 1
     caplog.clear()
     layer_norm_model = LayerNormNet()
     mp_hub.attach(layer_norm_model, MetaPerturb(), **TARGETS)
-    with caplog.at_level(logging.WARNING, logger="mp_hub.inference"):
+    with caplog.at_level(logging.WARNING, logger="mp_hub.mean_mode.predict"):
         mean_predict(layer_norm_model.eval(), _images(4))
     assert "LayerNorm model without calibration" in caplog.text and "mc_fit_steps=200" in caplog.text
 
@@ -208,3 +208,15 @@ def test_a_float64_model_gets_float64_statistics():
     mp_hub.calibrate_mean_mode(model, _images().double().split(32))
     assert {s.running_mean.dtype for s in handle.calibration.stats.values()} == {torch.float64}
     assert mean_predict(model, _images(4).double()).dtype == torch.float32  # probabilities: float32 softmax
+
+
+def test_the_old_inference_module_is_a_deprecated_alias(monkeypatch):
+    import importlib
+    import sys
+
+    from mp_hub import mean_mode
+
+    monkeypatch.delitem(sys.modules, "mp_hub.inference", raising=False)
+    with pytest.warns(FutureWarning, match="import mc_predict and mean_predict from mp_hub.mean_mode"):
+        old = importlib.import_module("mp_hub.inference")
+    assert (old.mc_predict, old.mean_predict) == (mean_mode.mc_predict, mean_mode.mean_predict)

@@ -10,9 +10,9 @@ from _builders import TARGETS, ConvNet, LayerNormNet, _images, _noisy_phi, _trai
 
 import mp_hub
 from mp_hub import ConfigError
-from mp_hub.calibration import CalibratedNormForward, calibratable_norms, fittable_layer_norms
 from mp_hub.evaluation import sites_inference_mode
-from mp_hub.inference import mc_predict, mean_predict
+from mp_hub.mean_mode import CalibratedNormForward, calibratable_norms, fittable_layer_norms
+from mp_hub.mean_mode.predict import mc_predict, mean_predict
 from mp_hub.models import CifarResNetConfig, CifarResNetForImageClassification
 
 FIT = dict(mc_fit_steps=40, mc_samples=8)
@@ -89,7 +89,7 @@ def test_bad_arguments_and_a_failed_fit_keep_the_previous_calibration(resnet, mo
     with pytest.raises(mp_hub.InvalidInputError, match="one shape"):
         mp_hub.calibrate_mean_mode(model, [_images(8), torch.randn(8, 3, 16, 16)], **FIT)
     forwards = {n: norm.__dict__["forward"] for n, norm in calibratable_norms(model).items()}
-    monkeypatch.setattr(mp_hub.calibration_fit, "_mean_mode_divergence", lambda *a: float("nan"))
+    monkeypatch.setattr(mp_hub.mean_mode.mc_fit, "_mean_mode_divergence", lambda *a: float("nan"))
     with pytest.raises(FloatingPointError, match="diverged"):
         mp_hub.calibrate_mean_mode(model, _images().split(32), **FIT)
     assert handle.calibration is previous and model.metaperturb_calibration is previous
@@ -146,7 +146,7 @@ def test_layer_norm_model_is_calibrated_by_the_fit_alone(tmp_path, caplog):
     assert not torch.allclose(stats.weight, norm.weight)
     with torch.no_grad():  # a training step on the LayerNorm makes its calibration stale: then it is not used
         norm.weight.add_(0.1)
-    with sites_inference_mode(model, "mean"), caplog.at_level(logging.WARNING, logger="mp_hub.calibration"):
+    with sites_inference_mode(model, "mean"), caplog.at_level(logging.WARNING, logger="mp_hub.mean_mode.state"):
         used = norm(tokens)
     assert handle.calibration.stale_norms() == ["blocks.0.2.norm"] and "stale" in caplog.text
     torch.testing.assert_close(used, F.layer_norm(tokens, (8,), norm.weight, norm.bias, norm.eps), rtol=0, atol=0)

@@ -9,7 +9,7 @@ from transformers import ResNetConfig, ResNetForImageClassification
 
 import mp_hub
 from mp_hub import MetaPerturb, kernels
-from mp_hub.inference import mc_predict
+from mp_hub.mean_mode.predict import mc_predict
 from mp_hub.models import CifarResNetConfig, CifarResNetForImageClassification
 
 BUILDERS = {

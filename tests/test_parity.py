@@ -42,7 +42,8 @@ def case_tensors(name):
 
 def phi_from_fixture(tensors):
     phi = MetaPerturb()
-    phi.load_state_dict(convert_official_state({k[4:]: v for k, v in tensors.items() if k.startswith("phi.")}))
+    official = {k[4:]: v for k, v in tensors.items() if k.startswith("phi.")}
+    phi.load_state_dict(convert_official_state(official, phi.state_dict()))
     return phi
 
 

@@ -111,7 +111,7 @@ def test_frozen_phi_with_other_h_dim_and_fused_relu_trains_from_x():
 def _forward_both_layouts(lib, phi, x, mode, eps, relu):
     """y of mp_forward (the padded layout, the reference) and of mp_forward_stacked (what the sites run), on the
     same arguments."""
-    l1, g1, l2, g2 = (k.detach().contiguous() for k in fused._phi_params(phi)[:4])
+    l1, g1, l2, g2 = (k.detach().contiguous() for k in fused.phi_params(phi)[:4])
     batch, channels, height, width = x.shape
     scale = torch.rand(channels) + 0.5
     common = (batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),
@@ -370,7 +370,7 @@ def tiny_perturbed_model():
 
 
 def test_mc_predict_runs_the_prefix_once_and_averages_the_draws():
-    from mp_hub.inference import mc_predict
+    from mp_hub.mean_mode.predict import mc_predict
 
     model, handle = tiny_perturbed_model()
     x = torch.randn(5, 3, 8, 8)
@@ -384,18 +384,18 @@ def test_mc_predict_runs_the_prefix_once_and_averages_the_draws():
         bare = torch.softmax(model(x).logits, -1)
     assert torch.allclose(mc_predict(model, x, k=4), bare, atol=1e-6)
     # one draw per pass (the default at large batches): the first site's input is used as it is, not copied
-    from mp_hub.inference import _Expansion
+    from mp_hub.site import InputRepeat
 
     feature, noise = torch.randn(5, 4, 8, 8), torch.randn(5, 4, 8, 8)
-    assert all(a is b for a, b in zip(_Expansion(1).expand(feature, noise), (feature, noise)))
-    assert torch.equal(_Expansion(2).expand(feature, None)[0], torch.cat([feature, feature]))
+    assert all(a is b for a, b in zip(InputRepeat(1).apply(feature, noise), (feature, noise)))
+    assert torch.equal(InputRepeat(2).apply(feature, None)[0], torch.cat([feature, feature]))
 
 
 def test_mc_predict_batches_the_draws_of_a_vit_with_a_cls_token():
     from transformers import ViTConfig, ViTForImageClassification
 
     from mp_hub import attach
-    from mp_hub.inference import mc_predict
+    from mp_hub.mean_mode.predict import mc_predict
 
     torch.manual_seed(0)
     config = ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
@@ -412,7 +412,7 @@ def test_mc_predict_batches_the_draws_of_a_vit_with_a_cls_token():
 
 
 def test_mc_predict_matches_separate_passes_in_distribution():
-    from mp_hub.inference import mc_predict, mean_predict
+    from mp_hub.mean_mode.predict import mc_predict, mean_predict
 
     model, handle = tiny_perturbed_model()
     x = torch.randn(4, 3, 8, 8)
@@ -426,7 +426,7 @@ def test_mc_predict_matches_separate_passes_in_distribution():
 
 
 def test_mc_predict_refuses_training_mode():
-    from mp_hub.inference import mc_predict
+    from mp_hub.mean_mode.predict import mc_predict
 
     model, _ = tiny_perturbed_model()
     with pytest.raises(ConfigError, match="eval"):

@@ -171,7 +171,7 @@ def test_non_finite_inputs_spread_alike_in_both_kernel_layouts(mode, relu):
     ref.fused_relu = bool(relu)
     x, eps = non_finite_input(), torch.randn(SHAPE)
     y_ref = ref(x, noise=eps)
-    l1, g1, l2, g2 = (k.detach().contiguous() for k in fused._phi_params(phi)[:4])
+    l1, g1, l2, g2 = (k.detach().contiguous() for k in fused.phi_params(phi)[:4])
     scale = ref.scale(x).detach().contiguous()
     for forward in (lib.mp_forward, lib.mp_forward_stacked):
         y = torch.empty_like(x)

@@ -82,7 +82,7 @@ def _warn_once(reason: str) -> None:
         logger.warning("PerturbSite backend 'fused' falls back to the eager path: %s", reason)
 
 
-def _phi_params(phi) -> tuple[Tensor, ...]:
+def phi_params(phi) -> tuple[Tensor, ...]:
     """λ₁, γ₁, λ₂, γ₂, the scale kernels and the scale's fc weight: what the kernels read (attribute access is
     ~10× cheaper than walking `phi.parameters()` on every call)."""
     gen, scale = phi.noise_generator, phi.channel_scale
@@ -117,7 +117,7 @@ def kernels_for(site, x: Tensor, noise: Tensor | None) -> tuple[object, tuple[Te
     backend = site.backend or get_default_backend()
     if backend == "eager":
         return None
-    params = _phi_params(site.phi)
+    params = phi_params(site.phi)
     reason = _ineligible(site, x, noise, params)
     if reason is None:
         lib = build.load()

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from ..errors import AttachError
 from ..resolvers import Resolution, SiteSpec, resolve
-from ..site_hooks import split_output  # the one rule for finding the tensor in a module's output
+from ..site_hooks import hook_sites, split_output  # the one way of changing the model, as attach
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +85,7 @@ def attach_regularizer(
     resolution = find_sites(model, targets, placement)
     modules = {spec.name: module_factory(spec).train(model.training) for spec in resolution.sites}
     model.add_module(REGULARIZER_ATTR, nn.ModuleDict({n.replace(".", "-"): m for n, m in modules.items()}))
-    hooks = []
-    for spec in resolution.sites:
-        hook = _RegularizerHook(spec, modules[spec.name])
-        if spec.placement == "output":
-            hooks.append(spec.module.register_forward_hook(hook, with_kwargs=True, prepend=True))
-        else:
-            hooks.append(spec.module.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
-    hooks += [module.register_forward_hook(probe) for module, probe in resolution.probes]
+    hooks = hook_sites(resolution, lambda spec: _RegularizerHook(spec, modules[spec.name]))
     logger.info(
         "placed %d %s modules at the sites of %s",
         len(modules),

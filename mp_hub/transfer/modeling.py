@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..calibration import calibration_targets
 from ..errors import AttachError, CheckpointError, ConfigError, NotCachedError
+from ..mean_mode import calibration_targets
 from ..perturb import MetaPerturb
 from ..regularizers import DropBlock2d, attach_regularizer, linear_drop_prob, set_drop_prob
 from ..schedules import linear_noise_coeff
@@ -147,7 +147,7 @@ class Regularization:
     def calibrate_mean_mode(
         self, data, max_images: int, batch_size: int, seed: int, mc_fit_steps: int = 0
     ) -> int | None:
-        """Mean-mode BatchNorm statistics from the training images (`mp_hub.calibration`), after `finish`; with
+        """Mean-mode BatchNorm statistics from the training images (`mp_hub.mean_mode`), after `finish`; with
         `mc_fit_steps`, fitted to the MC average (LayerNorm weights too).
 
         None when there is nothing to do: no φ, `max_images` 0, or a model without BatchNorm (e.g. a ViT) and

@@ -1,10 +1,9 @@
 """MC-matched mean-mode calibration: fit the calibrated BatchNorm statistics (LayerNorm weights) to the MC average.
 
-Why: moment matching (`mp_hub.calibration`) gives each BatchNorm the statistics of mean-mode activations,
+Why: moment matching (`measure.py`) gives each BatchNorm the statistics of mean-mode activations,
 which removes most of the gap between one "mean" pass and the MC average; what is left is the mean-field
 error of replacing noise by its expectation through a network that is nonlinear in it (E[ReLU(a)] ≠
-ReLU(E[a]) again, now in the signal, not in the statistics). On the zoo benchmark's ResNet-20s the two
-predictions still disagree on 1–10 % of the test images.
+ReLU(E[a]) again, now in the signal, not in the statistics), on which the two predictions can still disagree.
 
 What: starting from the moment-matched statistics, Adam steps on the per-channel mean and log-variance of
 every calibrated BatchNorm (the model, φ and the sites stay fixed) minimise the cross-entropy from the MC-k
@@ -25,8 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .calibration import LayerNormAffine, MeanModeCalibration, _key
-from .evaluation import logits_of, sites_inference_mode
+from ..evaluation import logits_of, sites_inference_mode
+from .norms import norm_key
+from .predict import mc_predict
+from .state import LayerNormAffine, MeanModeCalibration
 
 logger = logging.getLogger(__name__)
 
@@ -104,9 +105,7 @@ def fit_to_mc(
     norm layers' `forward`s and the caller's RNG state are left as they were. Returns what the fit did (saved
     with the calibration). On failure (a diverged fit) `calibration` keeps what it had.
     """
-    from .inference import mc_predict
-
-    norms = calibration._norms
+    norms = calibration.norms
     params = list(model.parameters())
     grad_flags = [p.requires_grad for p in params]
     was_training = model.training
@@ -121,7 +120,7 @@ def fit_to_mc(
             torch.manual_seed(seed)
             teacher = torch.cat([mc_predict(model, chunk, mc_samples) for chunk in images.split(FIT_BATCH)])
             for name, norm in norms.items():
-                fitted[name], norm.forward = _start(norm, calibration.stats[_key(name)])
+                fitted[name], norm.forward = _start(norm, calibration.stats[norm_key(name)])
             with sites_inference_mode(model, "mean"):
                 before = _mean_mode_divergence(model, images, teacher)
                 optimizer = torch.optim.Adam([t for pair in fitted.values() for t in pair], lr=FIT_LR)
@@ -138,7 +137,7 @@ def fit_to_mc(
             raise FloatingPointError(f"the MC-matched calibration diverged (KL {before} -> {after})")
         with torch.no_grad():
             for name, pair in fitted.items():
-                _store(calibration.stats[_key(name)], pair)
+                _store(calibration.stats[norm_key(name)], pair)
     finally:
         for name, norm in norms.items():
             if forwards[name] is None:
