@@ -21,8 +21,8 @@ python benchmarks/mean_vs_mc.py --mc_samples 20 --mc_fit_steps 200 | tail -1 > r
 # and against MC-100, every row (the fit and the one-pass predictions are cached from the MC-20 comparison)
 python benchmarks/mean_vs_mc.py --work_dirs runs/transfer_gain runs/transfer_gain_1000 --mc_samples 100 \
   --mc_fit_steps 200 --threads 2 | tail -1 > runs/mean_vs_mc_mc100.json
-# the card's findings are the README's (between the findings markers)
-{ printf '## Findings\n\n'; sed -n '/<!-- findings -->/,/<!-- \/findings -->/p' README.md | sed '1d;$d'; } > runs/findings.md
+# the card's findings are docs/results.md's (between the findings markers)
+{ printf '## Findings\n\n'; sed -n '/<!-- findings -->/,/<!-- \/findings -->/p' docs/results.md | sed '1d;$d'; } > runs/findings.md
 python -m mp_hub.zoo.bundle runs/glyphs10-seed2 metaperturb-glyphs10-resnet20 --selection runs/select_phi.json \
   --benchmark runs/transfer_gain/transfer_gain.json --reproduction benchmarks/reproduce_zoo.sh \
   --notes runs/findings.md

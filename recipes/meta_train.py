@@ -6,7 +6,7 @@
 
 Each process holds a contiguous block of the tasks (one model θ_t each, all sharing this process's φ); φ's
 gradient is averaged over all tasks with one all-reduce per step and every process applies the same φ step.
-The result does not depend on the number of processes. See the README's section on meta-training.
+The result does not depend on the number of processes. See docs/recipes.md for every flag.
 """
 
 from __future__ import annotations
