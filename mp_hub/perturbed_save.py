@@ -39,7 +39,7 @@ TAGS = ["metaperturb", "mp_hub", "image-classification"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def is_transformers_model(model: nn.Module) -> bool:
+def _is_transformers_model(model: nn.Module) -> bool:
     return callable(getattr(model, "save_pretrained", None)) and hasattr(model, "config")
 
 
@@ -52,7 +52,7 @@ def perturbation_config(handle: AttachedPerturbation) -> dict[str, Any]:
         "model_type": getattr(getattr(model, "config", None), "model_type", None),
         "model_class": type(model).__name__,
         "model_module": type(model).__module__,
-        "base_format": "transformers" if is_transformers_model(model) else "safetensors",
+        "base_format": "transformers" if _is_transformers_model(model) else "safetensors",
         "targets": targets if targets is None or isinstance(targets, str) else list(targets),
         "placement": handle.placement,
         "spatial_norm": handle.spatial_norm,
@@ -144,7 +144,7 @@ def save_attached(
     if not kwargs.get("is_main_process", True):  # like transformers: other ranks write nothing
         return directory
     directory.mkdir(parents=True, exist_ok=True)
-    if is_transformers_model(model):
+    if _is_transformers_model(model):
         model.save_pretrained(directory, state_dict=base, **kwargs)
     else:  # a plain nn.Module: its weights alone, reloaded into a model the caller builds (load_perturbed(model=))
         save_file({k: v.detach().cpu().clone().contiguous() for k, v in base.items()}, str(directory / WEIGHTS_NAME))

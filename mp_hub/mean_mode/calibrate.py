@@ -29,14 +29,10 @@ def build_calibration(
     mc_samples: int = 20,
     seed: int = 0,
 ) -> MeanModeCalibration:
-    """The mean-mode calibration of the bare `model` whose φ sites are `sites`, measured on `batches`; not
-    installed (the handle installs it: `AttachedPerturbation.calibrate_mean_mode`, the one public entry).
-
-    `mc_fit_steps` > 0: then fit those statistics so that "mean" mode matches the MC-`mc_samples` average on the
-    same images (`mc_fit.fit_to_mc`; it keeps the images in memory and costs `mc_samples` passes over them plus
-    `mc_fit_steps` forward/backward passes of 128 images; `seed` fixes its draws and batches). The fit also
-    gives every plain `nn.LayerNorm` a mean-mode weight and bias: a LayerNorm model (a ViT) can only be
-    calibrated this way. The model's own statistics, its mode and the sites' state are left unchanged.
+    """The mean-mode calibration of the bare `model` whose φ sites are `sites`, measured on `batches`, not yet
+    installed: the handle installs it (`AttachedPerturbation.calibrate_mean_mode`). The arguments are those of
+    `mp_hub.calibrate_mean_mode`, which documents them; with `mc_fit_steps` > 0 the moment-matched statistics are
+    then fitted to the MC average (`mc_fit.fit_to_mc`).
     """
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 2):
         raise ConfigError(f"max_images must be an int >= 2 (or None for all), got {max_images!r}")
