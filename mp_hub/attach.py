@@ -1,9 +1,9 @@
-"""`attach`: put φ into a Hub CNN or ViT in place, one `PerturbSite` per block, by forward hooks.
+"""`attach`: put φ into a Hub CNN or ViT in place, one `PerturbSite` per block, by `forward_edits` wrappers.
 
 The model keeps its class, config and `save_pretrained`. φ is registered once on the model (`metaperturb_phi`)
 and the sites in `metaperturb_sites` (a ModuleDict), so `.to()`, `state_dict()`, `train()/eval()`, DDP and
-accelerate see them. The hooks are callable objects, not closures, so `copy.deepcopy(model)` gives a copy whose
-hooks use the copy's sites.
+accelerate see them. The edits are callable objects, not closures, so `copy.deepcopy(model)` gives a copy whose
+edits use the copy's sites.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from typing import Any
 from torch import Tensor, nn
 
 from .errors import AttachError, ConfigError
+from .forward_edits import replace_forward
 from .hub import push_folder
 from .mean_mode import MeanModeCalibration, build_calibration
 from .perturb import MetaPerturb
 from .perturbed_save import save_attached
 from .resolvers import Resolution, SiteSpec, feature_map, resolve
 from .site import PerturbSite
-from .site_hooks import FusedReLUForward, SiteHook, SiteRecord, hook_sites
+from .site_hooks import FusedReLU, SiteHook, SiteRecord, hook_sites
 
 logger = logging.getLogger(__name__)
 
@@ -167,8 +168,8 @@ class AttachedPerturbation:
         self.base_model_id = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None) or None
         self.sites: list[SiteRecord] = []
         self.enabled = True
-        self._hooks: list = []
-        self._fused_relus: list[nn.Module] = []  # ReLU modules whose forward is a FusedReLUForward
+        self._edits: list = []  # forward_edits handles: the sites' hooks and the fused ReLUs
+        self._fused_relu_edits: list = []
         self.calibration: MeanModeCalibration | None = None  # once calibrate_mean_mode has run
         self._phi_requires_grad = [p.requires_grad for p in phi.parameters()]
 
@@ -183,6 +184,7 @@ class AttachedPerturbation:
         for p in self.phi.parameters():
             p.requires_grad_(self.trainable_phi)
         site_of = dict(zip((spec.name for spec in resolution.sites), sites.items()))
+        self._fused_relu_edits = []
 
         def site_hook(spec: SiteSpec) -> SiteHook:
             key, site = site_of[spec.name]
@@ -192,11 +194,10 @@ class AttachedPerturbation:
             hook = SiteHook(self, record, site, spec.adapter)
             if fuse_relu and spec.placement == "input" and type(spec.module) is nn.ReLU and spec.adapter is feature_map:
                 site.fused_relu = True
-                spec.module.forward = FusedReLUForward(hook, spec.module)
-                self._fused_relus.append(spec.module)
+                self._fused_relu_edits.append(replace_forward(spec.module, FusedReLU(hook)))
             return hook
 
-        self._hooks = hook_sites(resolution, site_hook)
+        self._edits = hook_sites(resolution, site_hook) + self._fused_relu_edits
         model.__dict__[HANDLE_ATTR] = self
 
     @property
@@ -215,6 +216,11 @@ class AttachedPerturbation:
 
     def site_list(self) -> list[PerturbSite]:
         return list(self.site_modules().values())
+
+    @property
+    def fused_relus(self) -> list[nn.Module]:
+        """The ReLU modules whose rectification the sites before them do (see `attach(fuse_relu=...)`)."""
+        return [edit.module for edit in self._fused_relu_edits]
 
     @property
     def noise_coeff(self) -> float:
@@ -271,7 +277,7 @@ class AttachedPerturbation:
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
-        """Every site is the identity inside (the hooks return early: outputs equal the bare model's)."""
+        """Every site is the identity inside (the site hooks return early: outputs equal the bare model's)."""
         previous, self.enabled = self.enabled, False
         try:
             yield
@@ -307,15 +313,13 @@ class AttachedPerturbation:
         return "\n".join(lines)
 
     def detach(self) -> None:
-        """Remove the hooks, the sites and φ: the model is the untouched model again (bit-exact outputs)."""
+        """Remove the edits, the sites and φ: the model is the untouched model again (bit-exact outputs)."""
         if not self.attached:
             return
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
-        for relu in self._fused_relus:
-            relu.__dict__.pop("forward", None)
-        self._fused_relus.clear()
+        for edit in self._edits:
+            edit.remove()
+        self._edits.clear()
+        self._fused_relu_edits.clear()
         self.remove_calibration()
         for name in (SITES_ATTR, PHI_ATTR):
             delattr(self.model, name)

@@ -1,5 +1,6 @@
-"""How a site changes a model: forward (pre-)hooks at the resolved modules (`hook_sites`, shared by `attach` and
-`regularizers`), the hook that applies a `PerturbSite`, and the rule for finding the tensor in a module's output."""
+"""Where a site changes a model: `hook_sites` (shared by `attach` and `regularizers`) puts a hook at each resolved
+module as a `forward_edits` wrapper; the hook that applies a `PerturbSite`; the fused ReLU; and the rule for
+finding the tensor in a module's output."""
 
 from __future__ import annotations
 
@@ -7,28 +8,46 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from .errors import AttachError
+from .forward_edits import EditHandle, wrap_forward
 from .resolvers import Adapter, Resolution, SiteSpec
 from .site import PerturbSite
 
 Hook = Callable[..., object]  # (module, args, kwargs[, output]) -> replacement or None, as torch's with_kwargs hooks
 
 
-def hook_sites(resolution: Resolution, hook_for: Callable[[SiteSpec], Hook]) -> list[RemovableHandle]:
-    """Register `hook_for(spec)` at every resolved site, first in line: on the module's output for placement
-    "output", on its first input for "input"; then the resolution's probes (spatial size recorders). The one way
-    sites change a model; removing the returned handles gives the model back."""
-    handles = []
-    for spec in resolution.sites:
-        hook = hook_for(spec)
-        if spec.placement == "output":  # prepend: output recorders (hidden_states) see the changed tensor
-            handles.append(spec.module.register_forward_hook(hook, with_kwargs=True, prepend=True))
-        else:
-            handles.append(spec.module.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
-    handles += [module.register_forward_hook(probe) for module, probe in resolution.probes]
+def hook_sites(resolution: Resolution, hook_for: Callable[[SiteSpec], Hook]) -> list[EditHandle]:
+    """Put `hook_for(spec)` at every resolved site, as a wrapper of the module's forward: on its output for
+    placement "output" (torch's forward hooks on the module then see the changed output), on its first input
+    for "input"; then the resolution's probes (spatial size recorders). Removing the returned handles gives the
+    model back."""
+    handles = [
+        wrap_forward(spec.module, PlacedHook(spec.module, spec.placement, hook_for(spec))) for spec in resolution.sites
+    ]
+    handles += [wrap_forward(module, PlacedHook(module, "probe", probe)) for module, probe in resolution.probes]
     return handles
+
+
+class PlacedHook:
+    """A hook with torch's `with_kwargs` signature as a forward edit (an object, not a closure, so that
+    `copy.deepcopy(model)` maps its module and hook to the copy's)."""
+
+    def __init__(self, module: nn.Module, placement: str, hook: Hook):
+        self.module, self.placement, self.hook = module, placement, hook
+
+    def __call__(self, call_next: Callable[..., object], *args, **kwargs):
+        if self.placement == "input":
+            changed = self.hook(self.module, args, kwargs)
+            if changed is not None:
+                args, kwargs = changed
+            return call_next(*args, **kwargs)
+        output = call_next(*args, **kwargs)
+        if self.placement == "probe":  # torch's plain forward-hook signature: records, changes nothing
+            self.hook(self.module, args, output)
+            return output
+        changed = self.hook(self.module, args, kwargs, output)
+        return output if changed is None else changed
 
 
 @dataclass
@@ -96,18 +115,18 @@ class SiteHook:
         return (perturbed, *args[1:]), kwargs
 
 
-class FusedReLUForward:
-    """The `forward` of a ReLU module fed by a site with `fused_relu` (set as an instance attribute by attach).
+class FusedReLU:
+    """The replacement forward of a ReLU module fed by a site with `fused_relu` (a `forward_edits` replacement).
 
     A call right after the site ran passes its (already rectified) input through; any other call, e.g. while
-    the handle is disabled, is the module's own ReLU. Removing the instance attribute restores the module.
+    the handle is disabled, is the module's own ReLU.
     """
 
-    def __init__(self, hook: SiteHook, relu: nn.Module):
-        self.hook, self.relu = hook, relu
+    def __init__(self, hook: SiteHook):
+        self.hook = hook
 
-    def __call__(self, x: Tensor, *args, **kwargs) -> Tensor:
+    def __call__(self, own_forward: Callable[..., Tensor], x: Tensor, *args, **kwargs) -> Tensor:
         if self.hook.fused_pending:
             self.hook.fused_pending = False
             return x
-        return type(self.relu).forward(self.relu, x, *args, **kwargs)
+        return own_forward(x, *args, **kwargs)

@@ -11,6 +11,7 @@ from _builders import TARGETS, ConvNet, LayerNormNet, _images, _noisy_phi, _trai
 import mp_hub
 from mp_hub import ConfigError
 from mp_hub.evaluation import sites_inference_mode
+from mp_hub.forward_edits import edited_forward
 from mp_hub.mean_mode import CalibratedNormForward, calibratable_norms, fittable_layer_norms
 from mp_hub.mean_mode.predict import mc_predict, mean_predict
 from mp_hub.models import CifarResNetConfig, CifarResNetForImageClassification
@@ -65,9 +66,13 @@ def test_fit_leaves_model_rng_and_forwards_as_they_were(resnet):
     assert flags == {n: p.requires_grad for n, p in model.named_parameters()}
     assert all(torch.equal(params[n], p) for n, p in model.named_parameters())
     assert all(torch.equal(buffers[n], b) for n, b in model.named_buffers() if not n.startswith("metaperturb_calib"))
-    assert all(
-        isinstance(norm.__dict__["forward"], CalibratedNormForward) for norm in calibratable_norms(model).values()
-    )
+    assert all(isinstance(_replacement(norm), CalibratedNormForward) for norm in calibratable_norms(model).values())
+
+
+def _replacement(norm):
+    """What computes the norm layer's output now (None: its own forward)."""
+    chain = edited_forward(norm)
+    return None if chain is None else chain.replacement
 
 
 def test_fit_is_deterministic(resnet):
@@ -88,12 +93,13 @@ def test_bad_arguments_and_a_failed_fit_keep_the_previous_calibration(resnet, mo
     previous = handle.calibration
     with pytest.raises(mp_hub.InvalidInputError, match="one shape"):
         mp_hub.calibrate_mean_mode(model, [_images(8), torch.randn(8, 3, 16, 16)], **FIT)
-    forwards = {n: norm.__dict__["forward"] for n, norm in calibratable_norms(model).items()}
+    forwards = {n: _replacement(norm) for n, norm in calibratable_norms(model).items()}
     monkeypatch.setattr(mp_hub.mean_mode.mc_fit, "_mean_mode_divergence", lambda *a: float("nan"))
     with pytest.raises(FloatingPointError, match="diverged"):
         mp_hub.calibrate_mean_mode(model, _images().split(32), **FIT)
     assert handle.calibration is previous and model.metaperturb_calibration is previous
-    assert forwards == {n: norm.__dict__["forward"] for n, norm in calibratable_norms(model).items()}
+    assert forwards == {n: _replacement(norm) for n, norm in calibratable_norms(model).items()}
+    assert all(isinstance(forward, CalibratedNormForward) for forward in forwards.values())
 
 
 def test_plain_module_and_save_load_round_trip(tmp_path, resnet):
@@ -128,7 +134,7 @@ def test_layer_norm_model_is_calibrated_by_the_fit_alone(tmp_path, caplog):
     assert _kl_to_mc(model, images, seed=3) == pytest.approx(fit["kl_after"], rel=1e-3)  # the fitted ones are used
     for name, norm in fittable_layer_norms(model).items():  # the model's own LayerNorms are untouched
         assert torch.equal(norm.weight, own[name][0]) and torch.equal(norm.bias, own[name][1])
-        assert isinstance(norm.__dict__["forward"], CalibratedNormForward)
+        assert isinstance(_replacement(norm), CalibratedNormForward)
 
     handle.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "metaperturb_config.json").read_text())

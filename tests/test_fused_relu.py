@@ -9,6 +9,8 @@ from transformers import ResNetConfig, ResNetForImageClassification
 
 import mp_hub
 from mp_hub import MetaPerturb, kernels
+from mp_hub.attach import find_handle
+from mp_hub.forward_edits import edited_forward
 from mp_hub.mean_mode.predict import mc_predict
 from mp_hub.models import CifarResNetConfig, CifarResNetForImageClassification
 
@@ -60,7 +62,7 @@ def _run(model, x, seed, train=True):
 @pytest.mark.parametrize("name", sorted(BUILDERS))
 def test_fused_relu_gives_the_same_outputs_and_gradients(name, backend):
     fused, handle, unfused, reference, _ = _pair(name)
-    assert len(handle._fused_relus) == len(handle.sites) > 0 and not reference._fused_relus
+    assert len(handle.fused_relus) == len(handle.sites) > 0 and not reference.fused_relus
     assert all(site.fused_relu for site in handle.site_list())
     x = torch.randn(4, 3, 32, 32)
     out_f, out_u = _run(fused, x, 7), _run(unfused, x, 7)
@@ -87,7 +89,7 @@ def test_disabled_off_and_detached_models_are_the_bare_model(name):
         torch.testing.assert_close(_run(fused, x, 0, train=False), want, rtol=0, atol=0)
     handle.set_inference_mode("off")
     torch.testing.assert_close(_run(fused, x, 0, train=False), want, rtol=0, atol=0)
-    relus = list(handle._fused_relus)
+    relus = handle.fused_relus
     handle.detach()
     assert all("forward" not in relu.__dict__ for relu in relus)
     assert all(type(relu) is nn.ReLU for relu in relus)
@@ -99,9 +101,13 @@ def test_a_deep_copy_keeps_its_own_fusion():
     clone = copy.deepcopy(fused)
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(_run(clone, x, 5), _run(fused, x, 5), rtol=0, atol=0)
-    for relu in (m for m in clone.modules() if isinstance(m, nn.ReLU) and "forward" in m.__dict__):
-        assert relu.forward.relu is relu  # bound to the copy's own module and hook
-        assert any(h is relu.forward.hook for h in relu._forward_pre_hooks.values())
+    clone_handle = find_handle(clone)
+    assert len(clone_handle.fused_relus) == len(clone_handle.sites) > 0
+    for relu in clone_handle.fused_relus:  # bound to the copy's own module, site and hook
+        chain = edited_forward(relu)
+        assert chain.module is relu and relu in list(clone.modules())
+        (site_hook,) = [wrapper.hook for wrapper in chain.wrappers.values()]
+        assert chain.replacement.hook is site_hook and site_hook.site in list(clone.modules())
 
 
 def test_mc_predict_and_save_load_with_fused_relu(tmp_path):
@@ -115,5 +121,5 @@ def test_mc_predict_and_save_load_with_fused_relu(tmp_path):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     handle.save_pretrained(tmp_path)
     loaded, loaded_handle = mp_hub.load_perturbed(tmp_path)
-    assert len(loaded_handle._fused_relus) == len(loaded_handle.sites)
+    assert len(loaded_handle.fused_relus) == len(loaded_handle.sites)
     torch.testing.assert_close(_run(loaded, x, 2, False), _run(fused, x, 2, False), rtol=0, atol=0)

@@ -46,12 +46,19 @@ def test_input_placement_perturbs_the_first_positional_input():
     model = ConvNet().eval()
     handle = mp_hub.attach(model, MetaPerturb(), targets=["blocks.1.0"], placement="input", spatial_norm=16)
     conv = model.blocks[1][0]
-    seen, site_out = [], []
-    conv.register_forward_pre_hook(lambda m, a: seen.append(a[0]))  # runs after φ's pre-hook (prepended)
+    conv_in, conv_out, site_out = [], [], []
+
+    def record(module, args, out):
+        conv_in.append(args[0])
+        conv_out.append(out)
+
+    conv.register_forward_hook(record)
     handle.site_modules()["blocks.1.0"].register_forward_hook(lambda m, a, out: site_out.append(out))
     with torch.no_grad():
         model(X)
-    assert handle.sites[0].placement == "input" and torch.equal(seen[0], site_out[0])
+        assert not torch.equal(conv_in[0], site_out[0])  # the module is called with its input, then φ changes it
+        assert torch.equal(conv_out[0], type(conv).forward(conv, site_out[0]))
+    assert handle.sites[0].placement == "input"
 
 
 class Returns(nn.Module):

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..evaluation import logits_of, sites_inference_mode
+from ..forward_edits import replace_forward
 from .norms import norm_key
 from .predict import mc_predict
 from .state import LayerNormAffine, MeanModeCalibration
@@ -41,7 +42,7 @@ class _FitNormForward:
     def __init__(self, norm: nn.modules.batchnorm._BatchNorm, mean: Tensor, log_var: Tensor):
         self.norm, self.mean, self.log_var = norm, mean, log_var
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, own_forward, x: Tensor) -> Tensor:
         norm = self.norm
         shape = (1, -1) + (1,) * (x.dim() - 2)
         y = (x - self.mean.view(shape)) * torch.rsqrt(self.log_var.exp() + norm.eps).view(shape)
@@ -56,7 +57,7 @@ class _FitLayerNormForward:
     def __init__(self, norm: nn.LayerNorm, weight: Tensor, bias: Tensor):
         self.norm, self.weight, self.bias = norm, weight, bias
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, own_forward, x: Tensor) -> Tensor:
         return F.layer_norm(x, self.norm.normalized_shape, self.weight, self.bias, self.norm.eps)
 
 
@@ -102,7 +103,7 @@ def fit_to_mc(
     on `images`.
 
     `model` is the bare model; `calibration` need not be installed. The model's parameters, buffers, mode, its
-    norm layers' `forward`s and the caller's RNG state are left as they were. Returns what the fit did (saved
+    norm layers' forward edits and the caller's RNG state are left as they were. Returns what the fit did (saved
     with the calibration). On failure (a diverged fit) `calibration` keeps what it had.
     """
     norms = calibration.norms
@@ -110,8 +111,7 @@ def fit_to_mc(
     grad_flags = [p.requires_grad for p in params]
     was_training = model.training
     device = images.device
-    fitted = {}
-    forwards = {name: norm.__dict__.get("forward") for name, norm in norms.items()}  # e.g. an older calibration's
+    fitted, edits = {}, []
     try:
         for p in params:
             p.requires_grad_(False)
@@ -119,8 +119,9 @@ def fit_to_mc(
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             teacher = torch.cat([mc_predict(model, chunk, mc_samples) for chunk in images.split(FIT_BATCH)])
-            for name, norm in norms.items():
-                fitted[name], norm.forward = _start(norm, calibration.stats[norm_key(name)])
+            for name, norm in norms.items():  # replacements over any installed calibration's, until removed
+                fitted[name], forward = _start(norm, calibration.stats[norm_key(name)])
+                edits.append(replace_forward(norm, forward))
             with sites_inference_mode(model, "mean"):
                 before = _mean_mode_divergence(model, images, teacher)
                 optimizer = torch.optim.Adam([t for pair in fitted.values() for t in pair], lr=FIT_LR)
@@ -139,11 +140,8 @@ def fit_to_mc(
             for name, pair in fitted.items():
                 _store(calibration.stats[norm_key(name)], pair)
     finally:
-        for name, norm in norms.items():
-            if forwards[name] is None:
-                norm.__dict__.pop("forward", None)
-            else:
-                norm.forward = forwards[name]
+        for edit in edits:
+            edit.remove()
         for p, flag in zip(params, grad_flags):
             p.requires_grad_(flag)
         model.train(was_training)

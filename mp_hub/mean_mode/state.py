@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..forward_edits import replace_forward
 from ..site import PerturbSite
 from .norms import norm_key
 
@@ -75,9 +76,9 @@ class MeanModeCalibration(nn.Module):
     """Per-norm-layer state for "mean" mode, read by each layer's `forward` while it applies: statistics for a
     BatchNorm (`NormStats`), a weight and bias for a LayerNorm (`LayerNormAffine`).
 
-    Each layer gets a `CalibratedNormForward` as its instance `forward` (no hooks, no buffer swapping: the
-    model's own buffers are never touched, so concurrent "mc" and "mean" callers are safe); `remove` restores
-    the modules' class `forward`.
+    `install` gives each layer a `CalibratedNormForward` as a `forward_edits` replacement (no buffer swapping:
+    the model's own buffers are never touched, so concurrent "mc" and "mean" callers are safe); `remove` undoes
+    it.
     """
 
     def __init__(self, norms: dict[str, nn.Module], sites: Sequence[PerturbSite]):
@@ -92,6 +93,7 @@ class MeanModeCalibration(nn.Module):
         self.__dict__["_norms"] = norms  # the model's own modules: not submodules of this one
         self.__dict__["_sites"] = list(sites)
         self._warned_stale = False
+        self.__dict__["_edits"] = []  # forward_edits handles while installed
         self.mc_fit: dict[str, Any] | None = None  # what `mc_fit.fit_to_mc` did, if it ran
 
     @property
@@ -125,13 +127,16 @@ class MeanModeCalibration(nn.Module):
             self._warned_stale = True
 
     def install(self) -> None:
-        for name, norm in self._norms.items():
-            norm.forward = CalibratedNormForward(self, norm, self.stats[norm_key(name)])
+        self.remove()
+        self._edits.extend(
+            replace_forward(norm, CalibratedNormForward(self, norm, self.stats[norm_key(name)]))
+            for name, norm in self._norms.items()
+        )
 
     def remove(self) -> None:
-        for norm in self._norms.values():
-            if isinstance(norm.__dict__.get("forward"), CalibratedNormForward):
-                del norm.__dict__["forward"]
+        for edit in self._edits:
+            edit.remove()
+        self._edits.clear()
 
 
 class CalibratedNormForward:
@@ -152,11 +157,11 @@ class CalibratedNormForward:
         self._checked = key
         return True
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, own_forward: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
         norm = self.norm
         if norm.training or not self.calibration.active():
-            return type(norm).forward(norm, x)
+            return own_forward(x)
         if not self._current():
             self.calibration.warn_stale()
-            return type(norm).forward(norm, x)
+            return own_forward(x)
         return self.stats.normalize(norm, x)
