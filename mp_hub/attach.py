@@ -1,4 +1,4 @@
-"""`attach`: put φ into a Hub CNN or ViT in place, one `PerturbSite` per block, by `forward_edits` wrappers.
+"""`attach`: put φ into a Hub CNN or ViT in place, one `PerturbSite` per block, by `model_edits` wrappers.
 
 The model keeps its class, config and `save_pretrained`. φ is registered once on the model (`metaperturb_phi`)
 and the sites in `metaperturb_sites` (a ModuleDict), so `.to()`, `state_dict()`, `train()/eval()`, DDP and
@@ -18,9 +18,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from .errors import AttachError, ConfigError
-from .forward_edits import replace_forward
 from .hub import push_folder
 from .mean_mode import MeanModeCalibration, build_calibration
+from .model_edits import module_key, replace_forward
 from .perturb import MetaPerturb
 from .perturbed_save import save_attached
 from .resolvers import Resolution, SiteSpec, feature_map, resolve
@@ -35,8 +35,6 @@ CALIBRATION_ATTR = "metaperturb_calibration"  # mean-mode norm statistics, see m
 HANDLE_ATTR = "_metaperturb_handle"
 
 
-def _site_key(name: str) -> str:
-    return name.replace(".", "-")  # ModuleDict keys cannot hold dots
 
 
 def _spatial_norm(model: nn.Module, spatial_norm: float | None) -> float:
@@ -129,7 +127,7 @@ def attach(
     _warn_channel_range(phi, resolution.sites)
     try:
         sites = {
-            _site_key(s.name): PerturbSite(
+            module_key(s.name): PerturbSite(
                 phi, s.channels, spatial_norm=h0, channel_norm=c0, inference_mode=inference_mode
             )
             for s in resolution.sites
@@ -168,7 +166,7 @@ class AttachedPerturbation:
         self.base_model_id = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None) or None
         self.sites: list[SiteRecord] = []
         self.enabled = True
-        self._edits: list = []  # forward_edits handles: the sites' hooks and the fused ReLUs
+        self._edits: list = []  # model_edits handles: the sites' hooks and the fused ReLUs
         self._fused_relu_edits: list = []
         self.calibration: MeanModeCalibration | None = None  # once calibrate_mean_mode has run
         self._phi_requires_grad = [p.requires_grad for p in phi.parameters()]

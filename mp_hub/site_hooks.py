@@ -1,5 +1,5 @@
 """Where a site changes a model: `hook_sites` (shared by `attach` and `regularizers`) puts a hook at each resolved
-module as a `forward_edits` wrapper; the hook that applies a `PerturbSite`; the fused ReLU; and the rule for
+module as a `model_edits` wrapper; the hook that applies a `PerturbSite`; the fused ReLU; and the rule for
 finding the tensor in a module's output."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from .errors import AttachError
-from .forward_edits import EditHandle, wrap_forward
+from .model_edits import EditHandle, wrap_forward
 from .resolvers import Adapter, Resolution, SiteSpec
 from .site import PerturbSite
 
@@ -116,7 +116,7 @@ class SiteHook:
 
 
 class FusedReLU:
-    """The replacement forward of a ReLU module fed by a site with `fused_relu` (a `forward_edits` replacement).
+    """The replacement forward of a ReLU module fed by a site with `fused_relu` (a `model_edits` replacement).
 
     A call right after the site ran passes its (already rectified) input through; any other call, e.g. while
     the handle is disabled, is the module's own ReLU.

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..evaluation import logits_of, sites_inference_mode
-from ..forward_edits import replace_forward
+from ..model_edits import replace_forward
 from .norms import norm_key
 from .predict import mc_predict
 from .state import LayerNormAffine, MeanModeCalibration

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..model_edits import module_key
+
 
 def calibratable_norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:
     """The BatchNorm layers with running statistics (the ones eval mode reads), by module name."""
@@ -33,6 +35,4 @@ def calibration_targets(model: nn.Module, *, layer_norms: bool) -> dict[str, nn.
     return {**calibratable_norms(model), **(fittable_layer_norms(model) if layer_norms else {})}
 
 
-def norm_key(name: str) -> str:
-    """A norm layer's key in a calibration's ModuleDict (whose keys cannot hold dots)."""
-    return name.replace(".", "-")
+norm_key = module_key  # a norm layer's key in a calibration's ModuleDict

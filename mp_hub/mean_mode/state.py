@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..forward_edits import replace_forward
+from ..model_edits import replace_forward
 from ..site import PerturbSite
 from .norms import norm_key
 
@@ -76,7 +76,7 @@ class MeanModeCalibration(nn.Module):
     """Per-norm-layer state for "mean" mode, read by each layer's `forward` while it applies: statistics for a
     BatchNorm (`NormStats`), a weight and bias for a LayerNorm (`LayerNormAffine`).
 
-    `install` gives each layer a `CalibratedNormForward` as a `forward_edits` replacement (no buffer swapping:
+    `install` gives each layer a `CalibratedNormForward` as a `model_edits` replacement (no buffer swapping:
     the model's own buffers are never touched, so concurrent "mc" and "mean" callers are safe); `remove` undoes
     it.
     """
@@ -93,7 +93,7 @@ class MeanModeCalibration(nn.Module):
         self.__dict__["_norms"] = norms  # the model's own modules: not submodules of this one
         self.__dict__["_sites"] = list(sites)
         self._warned_stale = False
-        self.__dict__["_edits"] = []  # forward_edits handles while installed
+        self.__dict__["_edits"] = []  # model_edits handles while installed
         self.mc_fit: dict[str, Any] | None = None  # what `mc_fit.fit_to_mc` did, if it ran
 
     @property

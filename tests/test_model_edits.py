@@ -1,11 +1,11 @@
-"""mp_hub.forward_edits: the one mechanism by which mp_hub changes a module's computation."""
+"""mp_hub.model_edits: the one mechanism by which mp_hub changes a module's computation."""
 
 import copy
 
 import torch
 from torch import nn
 
-from mp_hub.forward_edits import edited_forward, replace_forward, wrap_forward
+from mp_hub.model_edits import edited_forward, replace_forward, wrap_forward
 
 
 class AddInput:

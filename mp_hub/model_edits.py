@@ -1,4 +1,5 @@
-"""The one way mp_hub changes a model's computation: removable edits of a module's `forward`.
+"""The one way mp_hub changes a model: removable edits of a module's `forward`, and the key under which the
+state it adds for a module (a site, a norm layer's calibration, a regularizer) is stored.
 
 An edit is a callable `edit(call_next, *args, **kwargs)`. A *wrapper* sees the module's call and may change its
 inputs and its output around `call_next` (the rest of the chain); a *replacement* computes the module's output
@@ -21,6 +22,11 @@ from typing import Any
 from torch import nn
 
 Edit = Callable[..., Any]  # edit(call_next, *args, **kwargs) -> the module's output
+
+
+def module_key(name: str) -> str:
+    """The key for module `name` in a ModuleDict that mp_hub adds to a model (saved files depend on it)."""
+    return name.replace(".", "-")  # ModuleDict keys cannot hold dots
 
 
 class EditedForward:
