@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from .config import MetaPerturbConfig
+from .version import __version__
 
 TEMPLATES = Path(__file__).parent / "model_cards"
 PHI_TAGS = ["metaperturb", "regularization", "image-classification", "mp_hub"]
 _NOT_ROWS = {"results", "license", "license_note", "datasets"}
+# Hub ids of the datasets that mp_hub's bundled ones are subsets of (for a card's `datasets`).
+BUNDLED_SOURCES = {"fashion_mnist_tiny": ["zalando-datasets/fashion_mnist"]}
 
 
 def eval_results(results: list[dict[str, Any]], model_name: str) -> list[EvalResult]:
@@ -83,5 +87,142 @@ def render_phi_card(
         images=images or [],
         reproduction=reproduction,
         extra_markdown=extra_markdown,
+    )
+    return str(card)
+
+
+def hub_model_id(name: str | None) -> str | None:
+    """`name` when it names a Hub repo (not a local folder): only those belong in a card's `base_model`."""
+    if not name or Path(name).exists() or not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name):
+        return None
+    return name
+
+
+def transfer_usage(regularizer: str, repo_id: str) -> str:
+    """The Python that loads a transfer run's model from `repo_id`."""
+    if regularizer == "metaperturb":
+        return (
+            "import mp_hub\n\n"
+            f'model, handle = mp_hub.load_perturbed("{repo_id}")  # the model with its sites and φ\n'
+            'handle.set_inference_mode("mean")  # one deterministic pass; "mc": average several noisy passes'
+        )
+    return (
+        "from transformers import AutoModelForImageClassification\n"
+        "import mp_hub.models  # registers the cifar_* model types (not needed for transformers' own types)\n\n"
+        f'model = AutoModelForImageClassification.from_pretrained("{repo_id}")'
+    )
+
+
+def render_transfer_card(
+    *,
+    model_name: str,
+    model_class: str,
+    base_model: str | None,
+    dataset_id: str,
+    hub_dataset: str | None,
+    eval_split: str,
+    num_train: int,
+    num_eval: int,
+    num_labels: int,
+    regularizer: str,
+    metrics: dict[str, float],
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    lr_scheduler: str,
+    image_size: int,
+    repo_id: str,
+    command: str,
+    arguments: dict[str, Any],
+    phi_id: str | None = None,
+    num_sites: int | None = None,
+    noise_anneal_fraction: float = 0.4,
+    dropblock_prob: float = 0.1,
+    dropblock_size: int = 7,
+    inference_mode: str = "mc",
+    eval_mc_samples: int = 100,
+    reliability_png: str = "reliability_diagram.png",
+    curve_png: str = "training_curve.png",
+) -> str:
+    """The model card of a classifier trained with `regularizer` (`none`, `dropblock`, `metaperturb`).
+
+    `model_name`: the model type or pretrained id it started from; `base_model`: the pretrained folder or Hub id
+    (only a Hub id goes into the metadata); `dataset_id`: the dataset's Hub id or folder, `hub_dataset` its Hub id
+    when it came from the Hub; `metrics`: accuracy, nll and ece on `eval_split`; `batch_size`: over all processes;
+    `arguments`: the run's arguments (no secrets), shown as JSON; `command`: the command that reproduces the run.
+    """
+    dataset = Path(dataset_id).name
+    title = f"{model_name} on {dataset} ({regularizer})"
+    rows = [
+        {
+            "dataset_name": dataset,
+            "dataset_type": hub_dataset or dataset,
+            "dataset_split": eval_split,
+            "metric_type": key,
+            "metric_name": name,
+            "metric_value": round(metrics[key], 6),
+        }
+        for key, name in (("accuracy", "Accuracy"), ("nll", "NLL"), ("ece", "ECE (15 bins)"))
+    ]
+    card_data = ModelCardData(
+        library_name="transformers" if regularizer != "metaperturb" else "mp_hub",
+        tags=["image-classification", "mp_hub", regularizer if regularizer != "none" else "baseline"]
+        + (["metaperturb"] if regularizer == "metaperturb" else []),
+        base_model=hub_model_id(base_model),
+        datasets=[hub_dataset] if hub_dataset else BUNDLED_SOURCES.get(dataset),
+        metrics=["accuracy"],
+        pipeline_tag="image-classification",
+        model_name=title,
+        eval_results=eval_results(rows, title),
+    )
+    if regularizer == "metaperturb":
+        desc = (
+            f"MetaPerturb φ `{phi_id}` (frozen) at {num_sites} sites; κ 0 → 1 over the first "
+            f"{noise_anneal_fraction:.0%} of steps"
+        )
+    elif regularizer == "dropblock":
+        desc = (
+            f"DropBlock at {num_sites} sites, block {dropblock_size} (clipped to the feature "
+            f"size), rate 0 → {dropblock_prob} linearly over training"
+        )
+    else:
+        desc = "none"
+    mc = regularizer == "metaperturb" and inference_mode == "mc"
+    eval_desc = (
+        f"softmax averaged over {eval_mc_samples} stochastic passes (eval mode, running statistics)"
+        if mc
+        else "one deterministic pass" + (" (φ's expected noise)" if regularizer == "metaperturb" else "")
+    )
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "transfer_card.md"),
+        title=title,
+        regularizer=regularizer,
+        regularizer_desc=desc,
+        phi_id=phi_id,
+        num_sites=num_sites,
+        model_desc=f"`{model_class}` ({model_name})",
+        base_model=hub_model_id(base_model),
+        base_model_path=base_model,
+        dataset=f"`{hub_dataset or dataset}`",
+        num_train=num_train,
+        num_eval=num_eval,
+        num_labels=num_labels,
+        eval_split=eval_split,
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        lr_scheduler=lr_scheduler,
+        image_size=image_size,
+        eval_desc=eval_desc,
+        accuracy=metrics["accuracy"],
+        nll=metrics["nll"],
+        ece=metrics["ece"],
+        reliability_png=reliability_png,
+        curve_png=curve_png,
+        usage=transfer_usage(regularizer, repo_id),
+        command=command,
+        arguments=json.dumps(arguments, indent=1, default=str),
+        mp_hub_version=__version__,
     )
     return str(card)

@@ -1,12 +1,15 @@
 """The recipes' command lines: `--config FILE.yaml` (its keys are the flags' names; the command line wins),
-shared checks of flag values, and `run_cli` (a typed error is one line on stderr and exit code 2)."""
+shared checks of flag values, `launch_command` (the command that reproduces a run, for its card) and `run_cli`
+(a typed error is one line on stderr and exit code 2)."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
+import shlex
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -58,6 +61,29 @@ def check_finite(args: argparse.Namespace, *names: str, positive: bool = False) 
         if value is not None and (not math.isfinite(value) or value < 0 or (positive and value == 0)):
             bound = "> 0" if positive else ">= 0"
             raise ConfigError(f"--{name} must be a finite number {bound}, got {value}")
+
+
+def launch_command(
+    script: str, argv: Sequence[str], num_processes: int = 1, environ: Mapping[str, str] | None = None
+) -> str:
+    """The shell command of this run: `python script ARGV`, `accelerate launch [--num_processes N] script ARGV` or
+    `torchrun --nproc_per_node N script ARGV` (from the launcher's environment); `--hub_token`'s value is masked."""
+    env = os.environ if environ is None else environ
+    args = list(argv)
+    for i, arg in enumerate(args):  # never write a token into a card
+        if arg == "--hub_token" and i + 1 < len(args):
+            args[i + 1] = "<HUB_TOKEN>"
+        elif arg.startswith("--hub_token="):
+            args[i] = "--hub_token=<HUB_TOKEN>"
+    if "TORCHELASTIC_RUN_ID" in env:
+        launcher = f"torchrun --nproc_per_node {env.get('LOCAL_WORLD_SIZE', num_processes)}"
+    elif num_processes > 1:
+        launcher = f"accelerate launch --num_processes {num_processes}"
+    elif "ACCELERATE_MIXED_PRECISION" in env:  # set by `accelerate launch` for its children
+        launcher = "accelerate launch"
+    else:
+        launcher = "python"
+    return f"{launcher} {shlex.join([script, *args])}"
 
 
 def run_cli(prog: str, command: Callable[[], object]) -> int:

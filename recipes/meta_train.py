@@ -25,7 +25,13 @@ from accelerate.logging import get_logger
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from mp_hub.cli_args import check_at_least, check_finite, parse_args_with_config, run_cli
+from mp_hub.checkpointing import (
+    META_TRAIN_LAYOUT,
+    load_meta_train_checkpoint,
+    resolve_checkpoint,
+    save_meta_train_checkpoint,
+)
+from mp_hub.cli_args import check_at_least, check_finite, launch_command, parse_args_with_config, run_cli
 from mp_hub.data import (
     SPLIT_SCHEMES,
     TaskData,
@@ -39,10 +45,9 @@ from mp_hub.data import (
 from mp_hub.errors import ConfigError, DataError
 from mp_hub.hub import push_folder
 from mp_hub.output_dir import claim_output_dir
-from mp_hub.training.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from mp_hub.training.distributed import assign_tasks, broadcast_parameters, check_in_sync, reduce_min_max
 from mp_hub.training.meta import MetaTrainer, TaskLearner, seeded_phi
-from mp_hub.training.report import launch_command, plot_curves
+from mp_hub.training.report import plot_curves
 
 logger = get_logger(__name__)
 CURVES = "meta_train_curves.png"
@@ -202,7 +207,8 @@ def meta_train(args: argparse.Namespace, argv: list[str], accelerator: Accelerat
     )
     start_step, history, previous_wall = 0, [], 0.0
     if args.resume_from_checkpoint:
-        state = load_checkpoint(resolve_checkpoint(output_dir, args.resume_from_checkpoint), trainer=trainer, run=run)
+        path = resolve_checkpoint(output_dir, args.resume_from_checkpoint, META_TRAIN_LAYOUT)
+        state = load_meta_train_checkpoint(path, trainer=trainer, run=run)
         start_step, history, previous_wall = state["step"], state["history"], state["wall_time_s"]
 
     if args.with_tracking:
@@ -228,7 +234,7 @@ def meta_train(args: argparse.Namespace, argv: list[str], accelerator: Accelerat
         if step % args.sync_check_steps == 0 or step == args.max_train_steps:
             check_in_sync(phi, step)
         if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-            save_checkpoint(
+            save_meta_train_checkpoint(
                 output_dir,
                 step,
                 trainer=trainer,

@@ -9,7 +9,8 @@ As in the authors' train_tgt.py: φ is frozen and shared by every site; only the
 (Adam); sites in training mode use batch statistics; κ goes 0 → 1 over the first 40% of steps. Evaluation
 averages the softmax of `--eval_mc_samples` stochastic passes in eval mode (running statistics). Outputs: the
 model (with its sites and φ: `mp_hub.load_perturbed(output_dir)`), all_results.json, a reliability diagram, a
-training curve and a model card. Flags follow transformers' run_image_classification_no_trainer.py.
+training curve and a model card. Flags follow transformers' run_image_classification_no_trainer.py; see
+docs/recipes.md for every flag.
 """
 
 from __future__ import annotations
@@ -17,33 +18,64 @@ from __future__ import annotations
 import os
 
 # Before torch loads OpenMP: on a CPU shared with other jobs, spinning OpenMP threads wait for descheduled peers
-# at every parallel region (measured 20x slower steps on 2 busy cores); passive waiting costs next to nothing.
+# at every parallel region; passive waiting costs next to nothing.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import argparse  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from accelerate.utils import set_seed  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from mp_hub.cli_args import run_cli  # noqa: E402
-from mp_hub.data import derive_seed  # noqa: E402
-from mp_hub.errors import CheckpointError  # noqa: E402
+from mp_hub.cards import render_transfer_card  # noqa: E402
+from mp_hub.checkpointing import (  # noqa: E402
+    TRANSFER_LAYOUT,
+    atomic_write,
+    load_transfer_checkpoint,
+    resolve_checkpoint,
+    save_transfer_checkpoint,
+)
+from mp_hub.cli_args import check_at_least, check_finite, launch_command, parse_args_with_config, run_cli  # noqa: E402
+from mp_hub.data import (  # noqa: E402
+    ClassificationData,
+    EvalImages,
+    TrainBatches,
+    calibration_batches,
+    decode_splits,
+    derive_seed,
+    load_splits,
+)
+from mp_hub.datasets import FASHION_MNIST_TINY  # noqa: E402
+from mp_hub.errors import AttachError, CheckpointError, ConfigError, NotCachedError  # noqa: E402
 from mp_hub.evaluation import compute_metrics, predict_proba  # noqa: E402
+from mp_hub.metrics import plot_reliability_diagram  # noqa: E402
+from mp_hub.models import check_config_overrides  # noqa: E402
+from mp_hub.models.classifier import Classifier, build_classifier, check_image_size  # noqa: E402
 from mp_hub.output_dir import claim_output_dir  # noqa: E402
+from mp_hub.perturb import MetaPerturb  # noqa: E402
+from mp_hub.regularizers import REGULARIZERS, Regularization, apply_regularizer  # noqa: E402
 from mp_hub.schedules import step_lr_lambda  # noqa: E402
-from mp_hub.transfer import arguments, checkpoint, report  # noqa: E402
-from mp_hub.transfer.data import EvalImages, TrainBatches, decode_splits, prepare_splits  # noqa: E402
-from mp_hub.transfer.modeling import apply_regularizer, build_model  # noqa: E402
+from mp_hub.training import plot_training_curve  # noqa: E402
+from mp_hub.zoo import DEFAULT_PHI  # noqa: E402
 
 logger = logging.getLogger("transfer")
 
-DEFAULT_STEPS = 150  # with no --max_train_steps / --num_train_epochs (keeps the no-flag run under 5 min on 2 cores)
+SCHEDULERS = ("step", "cosine", "linear", "constant")
+DEFAULT_OUTPUT_DIR = "outputs/transfer"
+DEFAULT_STEPS = 150  # with no --max_train_steps / --num_train_epochs: the no-flag run stays a few CPU-minutes
+RESULTS_NAME = "all_results.json"
+RELIABILITY_PNG = "reliability_diagram.png"
+CURVE_PNG = "training_curve.png"
+ZOO_HINT = "zoo names are listed by `mp-hub zoo`"
 # Arguments a resumed run must share with the run that wrote the checkpoint (else the result is not that run's).
 SIGNATURE = (
     "seed",
@@ -70,9 +102,226 @@ SIGNATURE = (
 )
 
 
-def make_scheduler(args, optimizer, total_steps: int, num_processes: int):
+# --- the command line ----------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train or fine-tune an image classifier with a published MetaPerturb φ (or a baseline).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", default=None, help="YAML file of defaults (same keys as the flags)")
+    data = p.add_argument_group("data (default: Fashion-MNIST tiny, shipped in mp_hub)")
+    data.add_argument("--dataset_name", default=None, help="a Hub dataset id")
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--dataset_dir", default=None, help="a local dataset in Hub layout (README.md + data/*.parquet)")
+    data.add_argument("--train_dir", default=None, help="an imagefolder of training images")
+    data.add_argument("--validation_dir", default=None, help="an imagefolder of validation images")
+    data.add_argument("--train_val_split", type=float, default=0.15, help="held out of train when no eval split")
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--max_eval_samples", type=int, default=None)
+    data.add_argument("--samples_per_class", type=int, default=None, help="class-balanced training subset")
+    data.add_argument("--image_column_name", default="image")
+    data.add_argument("--label_column_name", default="label")
+    data.add_argument("--no_flip", action="store_true", help="no random horizontal flip (crop only)")
+    data.add_argument("--cache_dir", default=None)
+
+    model = p.add_argument_group("model")
+    model.add_argument("--model_name_or_path", default=None, help="a Hub model (or local folder) to fine-tune")
+    model.add_argument("--model_type", default=None, help="train from scratch: cifar_resnet20, vit, ...")
+    model.add_argument("--model_config_overrides", default=None, help='JSON for the config, e.g. {"hidden_size": 16}')
+    model.add_argument("--ignore_mismatched_sizes", action="store_true", help="replace a pretrained head")
+    model.add_argument("--image_size", type=int, default=None, help="default: the model's, else 32")
+    model.add_argument("--trust_remote_code", action="store_true")
+
+    reg = p.add_argument_group("regularizer")
+    reg.add_argument("--regularizer", choices=REGULARIZERS, default="metaperturb")
+    reg.add_argument("--perturb_model_id", default=DEFAULT_PHI, help="φ: a zoo name, a local folder or a Hub id")
+    reg.add_argument("--perturb_targets", default=None, help="regex of module names (models without a resolver)")
+    reg.add_argument("--noise_anneal_fraction", type=float, default=0.4, help="κ 0 → 1 over this fraction of steps")
+    reg.add_argument("--inference_mode", choices=("mc", "mean"), default="mc", help="φ at evaluation")
+    reg.add_argument(
+        "--mean_mode_calibration_images",
+        type=int,
+        default=2048,
+        help="training images for the mean-mode BatchNorm calibration after training (0: none)",
+    )
+    reg.add_argument(
+        "--mean_mode_mc_fit_steps",
+        type=int,
+        default=200,
+        help="then fit that calibration to the MC-20 average of those images, this many steps (0: moments only; "
+        "a LayerNorm model such as a ViT is calibrated only by this fit)",
+    )
+    reg.add_argument("--dropblock_prob", type=float, default=0.1, help="final DropBlock drop rate (ramped from 0)")
+    reg.add_argument("--dropblock_size", type=int, default=7, help="clipped to each feature map's size")
+
+    train = p.add_argument_group("training")
+    train.add_argument("--per_device_train_batch_size", type=int, default=64)
+    train.add_argument("--per_device_eval_batch_size", type=int, default=100)
+    train.add_argument("--learning_rate", type=float, default=1e-3)
+    train.add_argument("--weight_decay", type=float, default=0.0)
+    train.add_argument("--num_train_epochs", type=float, default=None, help="used when --max_train_steps is unset")
+    train.add_argument("--max_train_steps", type=int, default=None, help="default 150 (when no epochs are given)")
+    train.add_argument("--lr_scheduler_type", choices=SCHEDULERS, default="step", help="step: ×0.3 at 40/70/90%%")
+    train.add_argument("--num_warmup_steps", type=int, default=0, help="for cosine / linear")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--mixed_precision", default=None, choices=("no", "fp16", "bf16"))
+
+    ev = p.add_argument_group("evaluation")
+    ev.add_argument("--eval_mc_samples", type=int, default=100, help="stochastic passes averaged at the end")
+    ev.add_argument("--periodic_eval_mc_samples", type=int, default=5, help="passes for --eval_steps evaluations")
+    ev.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps (default: steps / 3)")
+    ev.add_argument("--ece_bins", type=int, default=15)
+
+    out = p.add_argument_group("output")
+    out.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR)
+    out.add_argument("--checkpointing_steps", default=None, help="an integer N (every N steps) or 'epoch'")
+    out.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    out.add_argument("--stop_after_steps", type=int, default=None, help="checkpoint and stop at this step")
+    out.add_argument("--with_tracking", action="store_true")
+    out.add_argument("--report_to", default="all")
+    out.add_argument("--push_to_hub", action="store_true")
+    out.add_argument("--hub_model_id", default=None)
+    out.add_argument("--hub_token", default=None)
+    out.add_argument("--hub_private_repo", action="store_true", default=None)
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The flags (and `--config FILE.yaml` defaults), checked: a bad value is a `ConfigError` before any work."""
+    args = parse_args_with_config(build_parser(), argv)
+    validate(args)
+    return args
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Flag values that argparse cannot check alone; fills in `--model_type` and parses `--model_config_overrides`."""
+    if args.model_name_or_path and args.model_type:
+        raise ConfigError("pass --model_name_or_path (fine-tune) or --model_type (from scratch), not both")
+    if not args.model_name_or_path and not args.model_type:
+        args.model_type = "cifar_resnet20"
+    if args.model_config_overrides and not isinstance(args.model_config_overrides, dict):  # a dict from YAML is fine
+        try:
+            overrides = json.loads(args.model_config_overrides)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"--model_config_overrides is not valid JSON: {err}") from err
+        if not isinstance(overrides, dict):
+            raise ConfigError("--model_config_overrides must be a JSON object")
+        args.model_config_overrides = overrides
+    if args.model_config_overrides:
+        if args.model_name_or_path:  # a pretrained model keeps its config: the overrides would be ignored
+            raise ConfigError(
+                "--model_config_overrides goes with --model_type (a fresh model), not --model_name_or_path"
+            )
+        check_config_overrides(args.model_type, args.model_config_overrides)
+    for name in (
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "eval_mc_samples",
+        "periodic_eval_mc_samples",
+        "ece_bins",
+    ):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for name in ("max_train_steps", "eval_steps", "stop_after_steps", "max_train_samples", "max_eval_samples"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {value}")
+    check_at_least(args, 1, "image_size")  # None: the model's own size
+    check_at_least(args, 0, "num_warmup_steps")
+    check_finite(args, "learning_rate", "num_train_epochs", positive=True)  # 0 epochs would run the default steps
+    check_finite(args, "weight_decay")
+    if args.mean_mode_calibration_images < 0 or args.mean_mode_calibration_images == 1:
+        raise ConfigError(
+            f"--mean_mode_calibration_images must be 0 (none) or >= 2, got {args.mean_mode_calibration_images}"
+        )
+    if args.mean_mode_mc_fit_steps < 0:
+        raise ConfigError(f"--mean_mode_mc_fit_steps must be >= 0, got {args.mean_mode_mc_fit_steps}")
+    if not 0.0 <= args.noise_anneal_fraction <= 1.0:
+        raise ConfigError(f"--noise_anneal_fraction must be in [0, 1], got {args.noise_anneal_fraction}")
+    if args.regularizer == "dropblock" and not 0.0 <= args.dropblock_prob < 1.0:
+        raise ConfigError(f"--dropblock_prob must be in [0, 1), got {args.dropblock_prob}")
+    if not 0.0 < args.train_val_split < 1.0:
+        raise ConfigError(f"--train_val_split must be in (0, 1), got {args.train_val_split}")
+    cs = args.checkpointing_steps
+    if cs is not None and cs != "epoch":
+        if not str(cs).isdigit() or int(cs) < 1:
+            raise ConfigError(f"--checkpointing_steps must be a positive integer or 'epoch', got {cs!r}")
+        args.checkpointing_steps = int(cs)
+
+
+# --- the recipe's parts ---------------------------------------------------------------------------------------------
+
+
+def public_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The run's arguments without secrets (for the card, the results and checkpoints)."""
+    return {k: v for k, v in sorted(vars(args).items()) if k != "hub_token"}
+
+
+def load_phi(perturb_model_id: str, token: str | None = None) -> MetaPerturb:
+    """φ from a zoo name, a local folder or a Hub id; a zoo entry that cannot be loaded says how to get it."""
+    try:
+        return MetaPerturb.from_pretrained(perturb_model_id, token=token)
+    except NotCachedError as err:
+        raise NotCachedError(f"--perturb_model_id: {err}; or pass a zoo name ({ZOO_HINT})") from err
+    except CheckpointError as err:
+        raise CheckpointError(f"--perturb_model_id '{perturb_model_id}': {err}; {ZOO_HINT}") from err
+
+
+def build_model(args: argparse.Namespace, labels: list[str]) -> Classifier:
+    """`--model_type` (fresh) or `--model_name_or_path` (pretrained), checked to take `--image_size` images."""
+    try:
+        built = build_classifier(
+            labels,
+            model_type=None if args.model_name_or_path else args.model_type,
+            model_name_or_path=args.model_name_or_path,
+            config_overrides=args.model_config_overrides,
+            image_size=args.image_size,
+            ignore_mismatched_sizes=args.ignore_mismatched_sizes,
+            token=args.hub_token,
+            trust_remote_code=args.trust_remote_code,
+            cache_dir=args.cache_dir,
+        )
+    except NotCachedError as err:
+        raise NotCachedError(f"--model_name_or_path: {err}") from err
+    try:
+        check_image_size(built.model, built.image_size)
+    except ConfigError as err:
+        raise ConfigError(f"--image_size: {err}") from err
+    return built
+
+
+def regularize(args: argparse.Namespace, built: Classifier) -> Regularization:
+    """`--regularizer` on the model: φ (`--perturb_model_id`) or DropBlock at the sites, or nothing."""
+    phi = load_phi(args.perturb_model_id, token=args.hub_token) if args.regularizer == "metaperturb" else None
+    try:
+        return apply_regularizer(
+            built.model,
+            args.regularizer,
+            phi=phi,
+            phi_id=args.perturb_model_id,
+            image_size=built.image_size,
+            targets=args.perturb_targets,
+            noise_anneal_fraction=args.noise_anneal_fraction,
+            dropblock_prob=args.dropblock_prob,
+            dropblock_size=args.dropblock_size,
+        )
+    except AttachError as err:
+        raise AttachError(f"--regularizer {args.regularizer}: {err} (here: --perturb_targets REGEX)") from err
+
+
+def total_steps(args: argparse.Namespace, batches: TrainBatches) -> int:
+    if args.max_train_steps:
+        return args.max_train_steps
+    if args.num_train_epochs:
+        return max(1, math.ceil(args.num_train_epochs * batches.steps_per_epoch))
+    return DEFAULT_STEPS
+
+
+def make_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, steps: int, num_processes: int):
     # accelerate steps a prepared scheduler once per process per optimizer step: count steps the same way.
-    total = total_steps * num_processes
+    total = steps * num_processes
     if args.lr_scheduler_type == "step":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, step_lr_lambda(total))
     from transformers import get_scheduler
@@ -85,16 +334,16 @@ def make_scheduler(args, optimizer, total_steps: int, num_processes: int):
     )
 
 
-def total_steps(args, batches: TrainBatches) -> int:
-    if args.max_train_steps:
-        return args.max_train_steps
-    if args.num_train_epochs:
-        return max(1, math.ceil(args.num_train_epochs * batches.steps_per_epoch))
-    return DEFAULT_STEPS
+# --- the run --------------------------------------------------------------------------------------------------------
 
 
-def run(args, command: str | None = None) -> dict | None:
-    """The whole run, holding `--output_dir` (`mp_hub.output_dir`); `command` (for the card) defaults to argv."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: 0, or 2 after printing a typed error as one line."""
+    return run_cli("transfer.py", lambda: run(parse_args(argv), argv))
+
+
+def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict | None:
+    """The whole run, holding `--output_dir`; `argv` (the card's command line) defaults to the process's."""
     tracking = dict(log_with=args.report_to, project_dir=args.output_dir) if args.with_tracking else {}
     accelerator = Accelerator(mixed_precision=args.mixed_precision, **tracking)
     logging.basicConfig(
@@ -102,19 +351,39 @@ def run(args, command: str | None = None) -> dict | None:
         datefmt="%H:%M:%S",
         level=logging.INFO if accelerator.is_local_main_process else logging.ERROR,
     )
+    command = launch_command("recipes/transfer.py", sys.argv[1:] if argv is None else argv, accelerator.num_processes)
     with claim_output_dir(args.output_dir, accelerator):  # before any work: one run per folder, and writable
         return train_and_evaluate(args, accelerator, command)
 
 
-def train_and_evaluate(args, accelerator: Accelerator, command: str | None) -> dict | None:
+def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, command: str) -> dict | None:
     start_time = time.time()
     set_seed(args.seed)  # the model's initialisation (and nothing else: every step reseeds its own streams)
     output_dir = Path(args.output_dir)
 
-    splits = prepare_splits(args)
+    # Data (default: Fashion-MNIST tiny, shipped in mp_hub), the model, its regularizer; then the images decoded
+    # at the model's size and normalisation.
+    if not (args.dataset_name or args.dataset_dir or args.train_dir):
+        args.dataset_dir = str(FASHION_MNIST_TINY)
+    splits = load_splits(
+        dataset_name=args.dataset_name,
+        dataset_config_name=args.dataset_config_name,
+        dataset_dir=args.dataset_dir,
+        train_dir=args.train_dir,
+        validation_dir=args.validation_dir,
+        image_column=args.image_column_name,
+        label_column=args.label_column_name,
+        train_val_split=args.train_val_split,
+        max_train_samples=args.max_train_samples,
+        max_eval_samples=args.max_eval_samples,
+        samples_per_class=args.samples_per_class,
+        seed=args.seed,
+        cache_dir=args.cache_dir,
+        token=args.hub_token,
+    )
     built = build_model(args, splits.labels)
-    reg = apply_regularizer(args, built)
-    data = decode_splits(splits, args, built.image_size, built.mean, built.std)
+    reg = regularize(args, built)
+    data = decode_splits(splits, built.image_size, built.mean, built.std)
     model = built.model
     batches = TrainBatches(
         data,
@@ -124,6 +393,8 @@ def train_and_evaluate(args, accelerator: Accelerator, command: str | None) -> d
         world_size=accelerator.num_processes,
         flip=not args.no_flip,
     )
+
+    # Optimizer and schedule: the model's parameters only (φ stays frozen).
     steps = total_steps(args, batches)
     optimizer = torch.optim.Adam(reg.trainable_parameters(model), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = make_scheduler(args, optimizer, steps, accelerator.num_processes)
@@ -149,10 +420,11 @@ def train_and_evaluate(args, accelerator: Accelerator, command: str | None) -> d
         )
         return compute_metrics(probs, labels, args.ece_bins), probs, labels
 
+    # Resume: only the run that wrote the checkpoint (same signature).
     history, evals, start, resumed_from = [], [], 0, None
     if args.resume_from_checkpoint:
-        path = checkpoint.resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
-        state = checkpoint.load_checkpoint(accelerator, path)
+        path = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, TRANSFER_LAYOUT)
+        state = load_transfer_checkpoint(accelerator, path)
         diff = {k: (state["signature"].get(k), v) for k, v in signature.items() if state["signature"].get(k) != v}
         if diff:
             raise CheckpointError(f"{path} was written by a different run; differing (saved, now): {diff}")
@@ -160,14 +432,15 @@ def train_and_evaluate(args, accelerator: Accelerator, command: str | None) -> d
         resumed_from = start
     if args.with_tracking:
         accelerator.init_trackers(
-            "transfer", {k: v for k, v in report.public_args(args).items() if isinstance(v, (int, float, str, bool))}
+            "transfer", {k: v for k, v in public_args(args).items() if isinstance(v, (int, float, str, bool))}
         )
 
+    # Training, with periodic evaluations and checkpoints.
     progress = tqdm(total=steps, initial=start, desc="training", disable=not accelerator.is_local_main_process)
     for step in range(start, steps):
         # Every random stream of a step derives from (seed, step, rank): a resumed run repeats it bit for bit.
         torch.manual_seed(derive_seed(args.seed, "noise", step, accelerator.process_index))
-        sched = reg.set_step(step, steps, args)
+        sched = reg.set_step(step, steps)
         pixel_values, labels = batches(step)
         model.train()
         loss = model(pixel_values=pixel_values.to(accelerator.device), labels=labels.to(accelerator.device)).loss
@@ -194,11 +467,11 @@ def train_and_evaluate(args, accelerator: Accelerator, command: str | None) -> d
                 accelerator.log({f"eval_{k}": v for k, v in metrics.items()}, step=step + 1)
         stop = args.stop_after_steps is not None and step + 1 == args.stop_after_steps and step + 1 < steps
         if (ckpt_every and (step + 1) % ckpt_every == 0) or stop:
-            checkpoint.save_checkpoint(
+            save_transfer_checkpoint(
                 accelerator,
                 output_dir,
                 step + 1,
-                {"history": history, "evals": evals, "signature": signature, "args": report.public_args(args)},
+                {"history": history, "evals": evals, "signature": signature, "args": public_args(args)},
             )
         if stop:
             progress.close()
@@ -206,12 +479,14 @@ def train_and_evaluate(args, accelerator: Accelerator, command: str | None) -> d
             return None
     progress.close()
 
+    # Evaluation: the full φ; mean mode calibrated on training images (and, with --mean_mode_mc_fit_steps, fitted
+    # to the MC average: a LayerNorm model such as a ViT is calibrated by that fit alone).
     reg.finish()
-    # One pass over training images: BatchNorm statistics for the one-pass "mean" mode (mp_hub.mean_mode).
-    # With --mean_mode_mc_fit_steps, its statistics are then fitted to the MC average (mp_hub.mean_mode.mc_fit);
-    # a LayerNorm model (ViT) is calibrated by that fit alone.
     calibrated = reg.calibrate_mean_mode(
-        data, args.mean_mode_calibration_images, args.per_device_eval_batch_size, args.seed, args.mean_mode_mc_fit_steps
+        calibration_batches(data, args.per_device_eval_batch_size, args.seed),
+        max_images=args.mean_mode_calibration_images,
+        seed=args.seed,
+        mc_fit_steps=args.mean_mode_mc_fit_steps,
     )
     metrics, probs, labels = evaluate(steps, args.eval_mc_samples)
     evals.append({"step": steps, **metrics})
@@ -234,16 +509,27 @@ def train_and_evaluate(args, accelerator: Accelerator, command: str | None) -> d
         "mean_mode_mc_fit_steps": args.mean_mode_mc_fit_steps if calibrated else None,
         **mean_mode,
     }
+
+    # Save (and push) the model, its results, plots and card.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_outputs(
-            args, accelerator, data, built, reg, metrics, results, probs, labels, history, evals, steps, command
-        )
+        save_outputs(args, accelerator, data, built, reg, metrics, results, (probs, labels), (history, evals), command)
     accelerator.wait_for_everyone()
     return results
 
 
-def save_outputs(args, accelerator, data, built, reg, metrics, results, probs, labels, history, evals, steps, command):
+def save_outputs(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    data: ClassificationData,
+    built: Classifier,
+    reg: Regularization,
+    metrics: dict[str, float],
+    results: dict[str, Any],
+    predictions: tuple[torch.Tensor, torch.Tensor],
+    curves: tuple[list[dict], list[dict]],
+    command: str,
+) -> None:
     output_dir = Path(args.output_dir)
     repo_id = args.hub_model_id or (output_dir.name if args.push_to_hub else str(output_dir))
     if reg.kind == "metaperturb":
@@ -256,18 +542,40 @@ def save_outputs(args, accelerator, data, built, reg, metrics, results, probs, l
         accelerator.unwrap_model(built.model).save_pretrained(output_dir)
     if built.processor is not None:
         built.processor.save_pretrained(output_dir)
-    report.write_plots(output_dir, probs, labels, history, evals, args.ece_bins)
-    report.write_results(output_dir, results)
-    card = report.render_card(
-        args,
-        data=data,
-        built=built,
-        reg=reg,
+    plot_reliability_diagram(*predictions, output_dir / RELIABILITY_PNG, n_bins=args.ece_bins)
+    plot_training_curve(*curves, output_dir / CURVE_PNG)
+    # whole or absent: a run killed while writing leaves no truncated file
+    text = json.dumps(results, indent=2, sort_keys=True)
+    atomic_write(output_dir / RESULTS_NAME, lambda tmp: tmp.write_text(text))
+    card = render_transfer_card(
+        model_name=args.model_name_or_path or args.model_type,
+        model_class=type(built.model).__name__,
+        base_model=built.base_model,
+        dataset_id=data.dataset_id,
+        hub_dataset=args.dataset_name,
+        eval_split=data.eval_split,
+        num_train=len(data.train),
+        num_eval=len(data.eval),
+        num_labels=len(data.labels),
+        regularizer=reg.kind,
         metrics=metrics,
-        steps=steps,
-        world_size=accelerator.num_processes,
+        steps=results["train_steps"],
+        batch_size=args.per_device_train_batch_size * accelerator.num_processes,
+        learning_rate=args.learning_rate,
+        lr_scheduler=args.lr_scheduler_type,
+        image_size=built.image_size,
         repo_id=repo_id,
-        command=command or report.launch_command(),
+        command=command,
+        arguments=public_args(args),
+        phi_id=reg.phi_id,
+        num_sites=reg.info.get("sites"),
+        noise_anneal_fraction=args.noise_anneal_fraction,
+        dropblock_prob=args.dropblock_prob,
+        dropblock_size=args.dropblock_size,
+        inference_mode=args.inference_mode,
+        eval_mc_samples=args.eval_mc_samples,
+        reliability_png=RELIABILITY_PNG,
+        curve_png=CURVE_PNG,
     )
     (output_dir / "README.md").write_text(card)
     if args.push_to_hub:
@@ -279,7 +587,7 @@ def save_outputs(args, accelerator, data, built, reg, metrics, results, probs, l
             repo_id=repo_id,
             folder_path=str(output_dir),
             ignore_patterns=["checkpoints/*", ".*"],
-            commit_message=f"mp_hub transfer: {reg.kind}, {steps} steps",
+            commit_message=f"mp_hub transfer: {reg.kind}, {results['train_steps']} steps",
         )
         logger.info("pushed to %s", getattr(info, "commit_url", repo_id))
     print(
@@ -287,12 +595,6 @@ def save_outputs(args, accelerator, data, built, reg, metrics, results, probs, l
         f"({results['eval_samples']} {data.eval_split} images, {results['eval_mc_samples']} pass(es)); "
         f"saved to {output_dir}"
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    # called with argv (e.g. from Python): the card shows it as the command line of this script
-    command = None if argv is None else report.launch_command([os.path.relpath(__file__), *argv])
-    return run_cli("transfer.py", lambda: run(arguments.parse_args(argv), command))
 
 
 if __name__ == "__main__":

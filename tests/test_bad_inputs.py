@@ -66,15 +66,15 @@ LABELLED = [0, 1, 2, 3] * 4
 )
 def test_transfer_refuses_a_bad_flag_at_parse_time(flags, match):
     with pytest.raises(ConfigError, match=match):
-        transfer.arguments.parse_args(flags)
+        transfer.parse_args(flags)
 
 
 def test_transfer_refuses_an_image_size_the_model_cannot_take_before_training(tmp_path):
-    args = transfer.arguments.parse_args(
+    args = transfer.parse_args(
         [*TINY_VIT, "--image_size", "4", "--regularizer", "none", "--max_train_samples", "8",
          "--max_eval_samples", "8", "--output_dir", str(tmp_path / "out")]
     )  # fmt: skip
-    with pytest.raises(ConfigError, match="--image_size 4 does not fit ViTForImageClassification"):
+    with pytest.raises(ConfigError, match="--image_size: image size 4 does not fit ViTForImageClassification"):
         transfer.run(args)
     assert not (tmp_path / "out" / "all_results.json").exists()
 
@@ -82,7 +82,7 @@ def test_transfer_refuses_an_image_size_the_model_cannot_take_before_training(tm
 @pytest.mark.parametrize("class_label", [True, False], ids=["ClassLabel", "int64"])
 def test_transfer_refuses_unlabelled_test_images(tmp_path, class_label):
     data = _dataset(tmp_path / "data", {"train": LABELLED, "test": [-1] * 8}, class_label)
-    args = transfer.arguments.parse_args(
+    args = transfer.parse_args(
         ["--dataset_dir", str(data), "--regularizer", "none", "--output_dir", str(tmp_path / "out")]
     )
     with pytest.raises(DataError, match="'test' split has 8 of 8 images with a negative label"):
@@ -91,7 +91,7 @@ def test_transfer_refuses_unlabelled_test_images(tmp_path, class_label):
 
 def test_transfer_refuses_an_empty_train_split(tmp_path):
     data = _dataset(tmp_path / "data", {"train": [], "test": LABELLED})
-    args = transfer.arguments.parse_args(
+    args = transfer.parse_args(
         ["--dataset_dir", str(data), "--regularizer", "none", "--output_dir", str(tmp_path / "out")]
     )
     with pytest.raises(DataError, match=r"a split is empty \(Instruction \"train\" corresponds to no data"):

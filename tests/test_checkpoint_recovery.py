@@ -18,10 +18,8 @@ from PIL import Image as PILImage
 from safetensors.torch import load_file
 
 from mp_hub import MetaPerturb
-from mp_hub.checkpoint_integrity import MANIFEST_NAME
+from mp_hub.checkpointing import MANIFEST_NAME, META_TRAIN_LAYOUT, TRANSFER_LAYOUT, check_checkpoint, resolve_checkpoint
 from mp_hub.errors import CheckpointError
-from mp_hub.training import checkpoint as meta_checkpoint
-from mp_hub.transfer import checkpoint as transfer_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TRANSFER_ARGS = [
@@ -107,13 +105,13 @@ def test_transfer_no_intact_checkpoint_is_an_error_naming_each_file(tmp_path, tr
     with pytest.raises(
         CheckpointError, match=r"no intact checkpoint.*step_2/model\.safetensors.*step_1/optimizer\.bin"
     ):
-        transfer_checkpoint.resolve_checkpoint("latest", out)
+        resolve_checkpoint(out, "latest", TRANSFER_LAYOUT)
 
 
 def test_transfer_broken_checkpoint_named_explicitly_is_an_error(tmp_path, transfer_runs):
     out = broken_copy(transfer_runs[2], tmp_path, "step_2/model.safetensors")
     with pytest.raises(CheckpointError, match=r"step_2/model\.safetensors is truncated or corrupted"):
-        transfer_checkpoint.resolve_checkpoint(str(out / "checkpoints" / "step_2"), out)
+        resolve_checkpoint(out, str(out / "checkpoints" / "step_2"), TRANSFER_LAYOUT)
 
 
 @pytest.mark.parametrize("manifest", [True, False], ids=["manifest", "no_manifest"])
@@ -122,13 +120,13 @@ def test_transfer_checker_names_a_truncated_file(tmp_path, transfer_runs, name, 
     folder = broken_copy(transfer_runs[2], tmp_path) / "checkpoints" / "step_2"
     if not manifest:  # a checkpoint saved before manifests existed: checked by structure alone
         (folder / MANIFEST_NAME).unlink()
-    assert transfer_checkpoint.check_transfer_checkpoint(folder)["step"] == 2
+    assert check_checkpoint(folder, TRANSFER_LAYOUT)["step"] == 2
     size = (folder / name).stat().st_size
     for kept in (size // 2, size - 1):
         shutil.copy2(transfer_runs[2] / "step_2" / name, folder / name)
         os.truncate(folder / name, kept)
         with pytest.raises(CheckpointError, match=rf"step_2/{name}.*(truncated|corrupted)"):
-            transfer_checkpoint.check_transfer_checkpoint(folder)
+            check_checkpoint(folder, TRANSFER_LAYOUT)
 
 
 # --- meta-training -----------------------------------------------------------------------------------------
@@ -184,13 +182,13 @@ def test_meta_latest_falls_back_to_an_intact_checkpoint_and_ends_bit_equal(tmp_p
 def test_meta_no_intact_checkpoint_is_an_error_naming_each_file(tmp_path, meta_runs):
     out = broken_copy(meta_runs[2], tmp_path, "step_1/phi/model.safetensors", "step_2/trainer_state.json")
     with pytest.raises(CheckpointError, match=r"step_2/trainer_state\.json.*step_1/phi/model\.safetensors"):
-        meta_checkpoint.resolve_checkpoint(out, "latest")
+        resolve_checkpoint(out, "latest", META_TRAIN_LAYOUT)
 
 
 def test_meta_broken_checkpoint_named_explicitly_is_an_error(tmp_path, meta_runs):
     out = broken_copy(meta_runs[2], tmp_path, "step_2/task_0001.pt")
     with pytest.raises(CheckpointError, match=r"step_2/task_0001\.pt is truncated or corrupted"):
-        meta_checkpoint.resolve_checkpoint(out, str(out / "checkpoints" / "step_2"))
+        resolve_checkpoint(out, str(out / "checkpoints" / "step_2"), META_TRAIN_LAYOUT)
 
 
 @pytest.mark.parametrize("manifest", [True, False], ids=["manifest", "no_manifest"])
@@ -199,10 +197,10 @@ def test_meta_checker_names_a_truncated_file(tmp_path, meta_runs, name, manifest
     folder = broken_copy(meta_runs[2], tmp_path) / "checkpoints" / "step_2"
     if not manifest:
         (folder / MANIFEST_NAME).unlink()
-    assert meta_checkpoint.check_meta_checkpoint(folder)["step"] == 2
+    assert check_checkpoint(folder, META_TRAIN_LAYOUT)["step"] == 2
     truncate(folder / name)
     with pytest.raises(CheckpointError, match=rf"step_2/{name}.*(truncated|corrupted)"):
-        meta_checkpoint.check_meta_checkpoint(folder)
+        check_checkpoint(folder, META_TRAIN_LAYOUT)
 
 
 # --- what only the manifest catches, and the checkpoint's required content ---------------------------------
@@ -215,25 +213,25 @@ def test_manifest_catches_a_changed_byte_that_keeps_the_file_well_formed(tmp_pat
     data[-3] ^= 0xFF  # inside a tensor: the header still parses
     weights.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"step_2/model\.safetensors is corrupted: its sha256 differs"):
-        transfer_checkpoint.check_transfer_checkpoint(folder)
+        check_checkpoint(folder, TRANSFER_LAYOUT)
 
 
 @pytest.mark.parametrize(
-    "runs, check, victim",
+    "runs, layout, victim",
     [
-        ("transfer_runs", transfer_checkpoint.check_transfer_checkpoint, "random_states_0.pkl"),
-        ("meta_runs", meta_checkpoint.check_meta_checkpoint, "task_0003.pt"),
+        ("transfer_runs", TRANSFER_LAYOUT, "random_states_0.pkl"),
+        ("meta_runs", META_TRAIN_LAYOUT, "task_0003.pt"),
     ],
     ids=["transfer", "meta"],
 )
-def test_a_missing_file_or_state_key_is_named(tmp_path, request, runs, check, victim):
+def test_a_missing_file_or_state_key_is_named(tmp_path, request, runs, layout, victim):
     folder = broken_copy(request.getfixturevalue(runs)[2], tmp_path) / "checkpoints" / "step_2"
     (folder / MANIFEST_NAME).unlink()  # else the rewritten state would be caught as "its sha256 differs"
     state = json.loads((folder / "trainer_state.json").read_text())
     (folder / "trainer_state.json").write_text(json.dumps({k: v for k, v in state.items() if k != "history"}))
     with pytest.raises(CheckpointError, match=r"trainer_state\.json is corrupted: no history"):
-        check(folder)
+        check_checkpoint(folder, layout)
     (folder / "trainer_state.json").write_text(json.dumps(state))
     (folder / victim).unlink()
     with pytest.raises(CheckpointError, match=rf"step_2 is incomplete: {victim} missing"):
-        check(folder)
+        check_checkpoint(folder, layout)

@@ -154,13 +154,13 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path, phi_dir, recipe):
     # a checkpoint only resumes the run that wrote it
     step_2 = str(split / "checkpoints" / "step_2")
     argv = [*base, "--output_dir", str(split), "--resume_from_checkpoint", step_2, "--seed", "1"]
-    args = recipe.arguments.parse_args(argv)
+    args = recipe.parse_args(argv)
     with pytest.raises(CheckpointError, match="different run"):
         recipe.run(args)
 
 
 def _run(recipe, tmp_path, *extra):
-    return recipe.run(recipe.arguments.parse_args([*SMALL, "--output_dir", str(tmp_path / "out"), *extra]))
+    return recipe.run(recipe.parse_args([*SMALL, "--output_dir", str(tmp_path / "out"), *extra]))
 
 
 def test_error_phi_not_cached(tmp_path, recipe):
@@ -182,7 +182,7 @@ def test_error_missing_column(tmp_path, recipe, phi_dir):
 
 def test_error_samples_per_class_too_large(tmp_path, recipe, phi_dir):
     with pytest.raises(DataError, match="larger than class"):
-        recipe.run(recipe.arguments.parse_args(["--samples_per_class", "101", "--output_dir", str(tmp_path)]))
+        recipe.run(recipe.parse_args(["--samples_per_class", "101", "--output_dir", str(tmp_path)]))
 
 
 def test_error_no_resolvable_sites(tmp_path, recipe, phi_dir):
@@ -230,8 +230,8 @@ def test_fine_tune_pretrained_model_and_push(tmp_path, recipe, phi_dir, local_hu
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     out = tmp_path / "out"
     base = [*SMALL, "--perturb_model_id", str(phi_dir), "--model_name_or_path", str(local_hub_resnet)]
-    with pytest.raises(ConfigError, match="--ignore_mismatched_sizes"):  # 5 pretrained labels, 10 classes here
-        recipe.run(recipe.arguments.parse_args([*base, "--output_dir", str(out)]))
+    with pytest.raises(ConfigError, match="ignore_mismatched_sizes"):  # 5 pretrained labels, 10 classes here
+        recipe.run(recipe.parse_args([*base, "--output_dir", str(out)]))
     argv = [*base, "--ignore_mismatched_sizes", "--max_train_steps", "2", "--output_dir", str(out)]
     assert recipe.main([*argv, "--push_to_hub", "--hub_model_id", "me/tiny", "--hub_token", "hf_secret"]) == 0
     assert [c[0] for c in calls] == ["init", "create_repo", "upload_folder"] and calls[1][1] == "me/tiny"

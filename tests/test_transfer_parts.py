@@ -1,26 +1,35 @@
-"""Pieces of the transfer recipe: the shipped dataset, schedules, MC evaluation, regularizer placement,
-arguments / YAML config, step-indexed batches."""
+"""Pieces of the transfer recipe: schedules, MC evaluation, the regularizer choice and its placement, the
+arguments / YAML config, the command line and the model card."""
 
-import hashlib
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
-from datasets import ClassLabel, Image, load_dataset
+from huggingface_hub import ModelCard
 
 import mp_hub
 from mp_hub import MetaPerturb
-from mp_hub.data import ImageTensors
-from mp_hub.datasets import FASHION_MNIST_TINY
+from mp_hub.cards import render_transfer_card
+from mp_hub.cli_args import launch_command
 from mp_hub.errors import AttachError, ConfigError
 from mp_hub.evaluation import compute_metrics, is_stochastic, predict_proba
 from mp_hub.metrics import expected_calibration_error
 from mp_hub.models import model_from_type
-from mp_hub.regularizers import DropBlock2d, attach_regularizer, find_sites, set_drop_prob
+from mp_hub.regularizers import DropBlock2d, apply_regularizer, attach_regularizer, find_sites, set_drop_prob
 from mp_hub.schedules import linear_noise_coeff, step_lr_lambda
-from mp_hub.transfer.arguments import parse_args
-from mp_hub.transfer.data import TrainBatches, TransferData
-from mp_hub.zoo import DEFAULT_PHI
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("transfer_recipe_parts", ROOT / "recipes" / "transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+parse_args = _recipe().parse_args
 
 
 def _resnet8(classes: int = 3, size: int = 8):
@@ -33,32 +42,6 @@ def _tiny_vit():
     return model_from_type(
         "vit", 3, 16, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16, patch_size=4
     )
-
-
-# --- the shipped dataset -------------------------------------------------------------------------------------------
-
-
-def test_fashion_mnist_tiny_loads_offline_balanced():
-    ds = load_dataset(str(FASHION_MNIST_TINY))
-    assert {k: len(v) for k, v in ds.items()} == {"train": 1000, "test": 1000}
-    assert isinstance(ds["train"].features["image"], Image)
-    assert isinstance(ds["train"].features["label"], ClassLabel) and ds["train"].features["label"].num_classes == 10
-    for split in ds.values():
-        assert torch.bincount(torch.as_tensor(split["label"])).tolist() == [100] * 10
-    size = sum(p.stat().st_size for p in (FASHION_MNIST_TINY / "data").glob("*.parquet"))
-    assert size < 3_000_000
-    card = (FASHION_MNIST_TINY / "README.md").read_text()
-    assert "license: mit" in card and "Zalando" in card and "zalandoresearch/fashion-mnist" in card
-    assert DEFAULT_PHI == "metaperturb-glyphs10-resnet20"
-
-
-def test_fashion_mnist_tiny_rebuilds_identically(tmp_path, data_dir):
-    from mp_hub.datasets.build_fashion_mnist_tiny import build
-
-    build(data_dir / "fashion_mnist", tmp_path)
-    for rel in ("README.md", "data/train-00000-of-00001.parquet", "data/test-00000-of-00001.parquet"):
-        digest = [hashlib.sha256(Path(root, rel).read_bytes()).hexdigest() for root in (tmp_path, FASHION_MNIST_TINY)]
-        assert digest[0] == digest[1], rel
 
 
 # --- schedules -----------------------------------------------------------------------------------------------------
@@ -206,20 +189,54 @@ def test_bad_arguments(argv, match):
         parse_args(argv)
 
 
-# --- batches -------------------------------------------------------------------------------------------------------
+# --- the regularizer choice ----------------------------------------------------------------------------------------
 
 
-def test_train_batches_are_a_function_of_the_step():
-    gen = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 255, (20, 3, 8, 8), dtype=torch.uint8, generator=gen)
-    data = TransferData(ImageTensors(images, torch.arange(20)), ImageTensors(images, torch.arange(20)),
-                        [str(i) for i in range(20)], "test", "x", 8)  # fmt: skip
-    one = TrainBatches(data, 4, seed=0, rank=0, world_size=2)
-    other = TrainBatches(data, 4, seed=0, rank=1, world_size=2)
-    assert one.steps_per_epoch == 2
-    x5, y5 = one(5)
-    one(0)  # visiting another epoch first changes nothing
-    assert all(torch.equal(a, b) for a, b in zip(one(5), (x5, y5)))
-    seen = torch.cat([b(s)[1] for s in (0, 1) for b in (one, other)])
-    assert sorted(seen.tolist()) == sorted(set(seen.tolist())) and len(seen) == 16  # no image twice in an epoch
-    assert not torch.equal(one(0)[1], one(2)[1])  # each epoch reshuffles
+def test_apply_regularizer_by_name_and_its_schedule():
+    assert apply_regularizer(_resnet8(), "none").set_step(3, 10) == {}
+    model = _resnet8()
+    reg = apply_regularizer(model, "dropblock", dropblock_prob=0.2, dropblock_size=3)
+    assert reg.info["sites"] == len(find_sites(model).sites)
+    assert reg.set_step(5, 10) == {"drop_prob": pytest.approx(0.1)}
+    reg = apply_regularizer(_resnet8(), "metaperturb", phi=MetaPerturb(), phi_id="x", noise_anneal_fraction=0.5)
+    assert reg.set_step(1, 10) == {"noise_coeff": pytest.approx(0.2)} and reg.phi_id == "x"
+    reg.finish()
+    assert reg.handle.noise_coeff == 1.0
+    phi_ids = {id(p) for p in reg.handle.phi_parameters()}
+    assert not any(id(p) in phi_ids for p in reg.trainable_parameters(reg.handle.model))
+    for kind, kwargs, match in [
+        ("metaperturb", {}, "needs a φ"),
+        ("mixup", {}, "not one of"),
+        ("dropblock", {"dropblock_prob": 1.0}, "dropblock_prob"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            apply_regularizer(_resnet8(), kind, **kwargs)
+
+
+# --- the command line and the card ---------------------------------------------------------------------------------
+
+
+def test_launch_command_names_the_launcher_and_masks_the_token():
+    argv = ["--seed", "1", "--hub_token", "hf_x", "--hub_token=hf_y"]
+    assert launch_command("recipes/x.py", argv, environ={}) == (
+        "python recipes/x.py --seed 1 --hub_token '<HUB_TOKEN>' '--hub_token=<HUB_TOKEN>'"
+    )
+    assert launch_command("r.py", [], 2, environ={}) == "accelerate launch --num_processes 2 r.py"
+    assert launch_command("r.py", [], environ={"ACCELERATE_MIXED_PRECISION": "no"}) == "accelerate launch r.py"
+    torchrun = {"TORCHELASTIC_RUN_ID": "1", "LOCAL_WORLD_SIZE": "2"}
+    assert launch_command("r.py", [], 2, environ=torchrun) == "torchrun --nproc_per_node 2 r.py"
+
+
+def test_render_transfer_card_takes_typed_arguments(tmp_path):
+    text = render_transfer_card(
+        model_name="cifar_resnet20", model_class="CifarResNetForImageClassification", base_model=None,
+        dataset_id="/x/fashion_mnist_tiny", hub_dataset=None, eval_split="test", num_train=10, num_eval=5,
+        num_labels=2, regularizer="metaperturb", metrics={"accuracy": 0.5, "nll": 0.7, "ece": 0.1}, steps=3,
+        batch_size=4, learning_rate=1e-3, lr_scheduler="step", image_size=32, repo_id="me/m",
+        command="python recipes/transfer.py", arguments={"seed": 0}, phi_id="phi-x", num_sites=9,
+    )  # fmt: skip
+    (tmp_path / "README.md").write_text(text)
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.datasets == ["zalando-datasets/fashion_mnist"] and "metaperturb" in card.data.tags
+    assert {m.metric_type: m.metric_value for m in card.data.eval_results}["accuracy"] == 0.5
+    assert "`phi-x` (frozen) at 9 sites" in text and 'load_perturbed("me/m")' in text

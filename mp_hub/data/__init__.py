@@ -1,6 +1,8 @@
-"""Data for the recipes: load a Hub / local / imagefolder dataset, decode it once to uint8 tensors,
-augment batches on tensors (no torchvision), and split a source dataset into meta-training tasks."""
+"""Data for the recipes: load a Hub / local / imagefolder dataset, pick and decode its splits once to uint8
+tensors, serve step-indexed batches augmented on tensors (no torchvision), and split a source dataset into
+meta-training tasks."""
 
+from .batches import EvalImages, TrainBatches, calibration_batches, renormalize
 from .loading import (
     ImageTensors,
     augment_batch,
@@ -11,21 +13,32 @@ from .loading import (
     normalize,
     samples_per_class_subset,
 )
+from .splits import EVAL_SPLITS, ClassificationData, Splits, decode_splits, label_map, load_splits
 from .tasks import SPLIT_SCHEMES, TaskData, TaskSpec, class_lists_hash, derive_seed, split_tasks, task_images
 
 __all__ = [
-    "ImageTensors",
+    "EVAL_SPLITS",
     "SPLIT_SCHEMES",
+    "ClassificationData",
+    "EvalImages",
+    "ImageTensors",
+    "Splits",
     "TaskData",
     "TaskSpec",
+    "TrainBatches",
     "augment_batch",
+    "calibration_batches",
     "check_columns",
     "check_labels",
     "class_lists_hash",
     "decode_images",
+    "decode_splits",
     "derive_seed",
+    "label_map",
     "load_image_dataset",
+    "load_splits",
     "normalize",
+    "renormalize",
     "samples_per_class_subset",
     "split_tasks",
     "task_images",

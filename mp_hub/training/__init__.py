@@ -1,9 +1,9 @@
 """Meta-training machinery of `recipes/meta_train.py`: task learners sharing one φ, the exact multi-process
-gradient average, resumable checkpoints, and the report (curves, reproduction command)."""
+gradient average, and the curves a recipe leaves next to its result (checkpoints: `mp_hub.checkpointing`)."""
 
-from .checkpoint import complete_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from .distributed import assign_tasks, broadcast_parameters, check_in_sync, exact_task_sum
 from .meta import METRICS, MetaTrainer, TaskLearner, seeded_phi
+from .report import plot_curves, plot_training_curve
 
 __all__ = [
     "METRICS",
@@ -12,10 +12,8 @@ __all__ = [
     "assign_tasks",
     "broadcast_parameters",
     "check_in_sync",
-    "complete_checkpoints",
     "exact_task_sum",
-    "load_checkpoint",
-    "resolve_checkpoint",
-    "save_checkpoint",
+    "plot_curves",
+    "plot_training_curve",
     "seeded_phi",
 ]

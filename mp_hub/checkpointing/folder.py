@@ -1,10 +1,10 @@
-"""Resumable checkpoint folders of the recipes: `output_dir/checkpoints/step_{N}/`, complete or absent.
+"""The recipes' resumable checkpoint folders: `output_dir/checkpoints/step_{N}/`, complete or absent.
 
 A checkpoint is built in a hidden temporary folder; the state (`trainer_state.json`) and then the `COMPLETE`
 marker are written last, and the folder is renamed into place (`os.replace`), so a `step_{N}` folder is either
 complete or absent. Every process may write its own files into the temporary folder, which must then be on
 storage that all processes (all machines) share. Before the marker, a manifest of every file's size and sha256
-is written (`mp_hub.checkpoint_integrity`). `latest` resolves to the newest complete checkpoint that is intact,
+is written (`integrity.py`). `latest` resolves to the newest complete checkpoint that is intact,
 with a warning naming each broken newer one.
 """
 
@@ -16,13 +16,14 @@ import os
 import re
 import shutil
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .checkpoint_integrity import MANIFEST_NAME, check_files, write_manifest
-from .config import read_json_file
-from .errors import CheckpointError
-from .output_dir import writing_to
+from ..config import read_json_file
+from ..errors import CheckpointError
+from ..output_dir import writing_to
+from .integrity import MANIFEST_NAME, check_files, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -99,37 +100,43 @@ def write_checkpoint_folder(
         raise
 
 
-def check_checkpoint(
-    folder: Path, state_keys: Iterable[str], required_files: Callable[[dict[str, Any]], Iterable[str]]
-) -> dict[str, Any]:
-    """Its trainer state if `folder` is intact, else a CheckpointError naming the broken or missing file and why.
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """What a recipe's checkpoint holds: `state_keys` in its trainer state, and the files `required_files(state)`."""
 
-    The state must be a JSON object with `state_keys`; `required_files(state)` names the files it must hold.
-    """
+    name: str
+    state_keys: tuple[str, ...]
+    required_files: Callable[[dict[str, Any]], Iterable[str]]
+
+
+def check_checkpoint(folder: Path, layout: CheckpointLayout) -> dict[str, Any]:
+    """Its trainer state if `folder` is an intact `layout` checkpoint, else a CheckpointError naming the broken or
+    missing file and why."""
     path = folder / STATE_NAME
     state = read_json_file(path)
-    missing = [key for key in state_keys if key not in state] if isinstance(state, dict) else list(state_keys)
+    keys = layout.state_keys
+    missing = [key for key in keys if key not in state] if isinstance(state, dict) else list(keys)
     if missing:
         raise CheckpointError(f"{path} is corrupted: no {', '.join(missing)} in it")
     try:
-        required = list(required_files(state))
+        required = list(layout.required_files(state))
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path} is corrupted: {err!r} when reading the files it needs") from err
     check_files(folder, [STATE_NAME, *required])
     return state
 
 
-def resolve_intact_checkpoint(output_dir: str | os.PathLike, which: str, check: Callable[[Path], Any]) -> Path:
-    """`--resume_from_checkpoint which`: "latest" or a checkpoint folder, which `check(folder)` must accept.
+def resolve_checkpoint(output_dir: str | os.PathLike, which: str, layout: CheckpointLayout) -> Path:
+    """`--resume_from_checkpoint which`: "latest" or a checkpoint folder, an intact `layout` checkpoint.
 
-    "latest" is the newest complete checkpoint under `output_dir` that `check` accepts; each newer broken one is
-    skipped with a warning naming it, the broken file and why. A folder named explicitly gets no fallback.
+    "latest" is the newest complete checkpoint under `output_dir` that is intact; each newer broken one is skipped
+    with a warning naming it, the broken file and why. A folder named explicitly gets no fallback.
     """
     if which == "latest":
         broken = []
         for _, path in reversed(complete_checkpoints(output_dir)):
             try:
-                check(path)
+                check_checkpoint(path, layout)
             except CheckpointError as err:
                 logger.warning("checkpoint %s is broken, trying the one before it: %s", path, err)
                 broken.append(str(err))
@@ -146,7 +153,7 @@ def resolve_intact_checkpoint(output_dir: str | os.PathLike, which: str, check: 
         raise CheckpointError(f"--resume_from_checkpoint {which}: no such folder (or pass 'latest')")
     if not (path / MARKER).is_file():
         raise CheckpointError(f"--resume_from_checkpoint {which}: not a complete checkpoint folder (no {MARKER} file)")
-    check(path)
+    check_checkpoint(path, layout)
     return path
 
 

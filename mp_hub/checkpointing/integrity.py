@@ -17,8 +17,8 @@ from pathlib import Path
 
 from safetensors import SafetensorError, safe_open
 
-from .config import read_json_file
-from .errors import CheckpointError
+from ..config import read_json_file
+from ..errors import CheckpointError
 
 MANIFEST_NAME = "MANIFEST.json"
 TORCH_SUFFIXES = (".pt", ".bin", ".pkl")  # torch.save archives (accelerate names them .bin and .pkl)

@@ -1,6 +1,6 @@
-"""Build `mp_hub/datasets/fashion_mnist_tiny/` from the full Fashion-MNIST in Hub layout.
+"""Build `mp_hub/datasets/fashion_mnist_tiny/` (shipped in the package) from the full Fashion-MNIST in Hub layout.
 
-    python mp_hub/datasets/build_fashion_mnist_tiny.py [--source ../shared/data/fashion_mnist] [--out DIR]
+    python tools/build_fashion_mnist_tiny.py [--source ../shared/data/fashion_mnist] [--out DIR]
 
 Per split, 100 images per class are drawn without replacement with `samples_per_class_subset` (a
 `torch.Generator` seeded with 0, one `randperm` per class in class order) and kept in their original row
@@ -19,8 +19,9 @@ import torch
 
 from mp_hub.data.loading import samples_per_class_subset
 
-DEFAULT_SOURCE = Path(__file__).resolve().parents[3] / "shared" / "data" / "fashion_mnist"
-DEFAULT_OUT = Path(__file__).resolve().parent / "fashion_mnist_tiny"
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SOURCE = ROOT.parent / "shared" / "data" / "fashion_mnist"
+DEFAULT_OUT = ROOT / "mp_hub" / "datasets" / "fashion_mnist_tiny"
 SPLITS = ("train", "test")
 PER_CLASS = 100
 SEED = 0
@@ -71,7 +72,7 @@ images per class ({n_train:,} train, {n_test:,} test), 28x28 grayscale, 10 cloth
 
 ## How it was made
 
-`python mp_hub/datasets/build_fashion_mnist_tiny.py` reads the full dataset (the official 60,000 / 10,000
+`python tools/build_fashion_mnist_tiny.py` reads the full dataset (the official 60,000 / 10,000
 split, written unchanged from Debian's `dataset-fashion-mnist` package) and, for each split separately, draws
 {per_class} row indices per class with `mp_hub.data.samples_per_class_subset(labels, {per_class}, seed={seed})`
 (a `torch.Generator` seeded with {seed}, one `randperm` per class in class order). The chosen rows keep their

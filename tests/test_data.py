@@ -1,0 +1,93 @@
+"""mp_hub.data: the shipped dataset, the chosen and decoded splits, step-indexed
+batches and calibration batches."""
+
+import numpy as np
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, Image, load_dataset
+from PIL import Image as PILImage
+
+from mp_hub.data import (
+    ClassificationData,
+    ImageTensors,
+    TrainBatches,
+    calibration_batches,
+    decode_splits,
+    label_map,
+    load_splits,
+)
+from mp_hub.datasets import FASHION_MNIST_TINY
+from mp_hub.errors import DataError
+from mp_hub.zoo import DEFAULT_PHI
+
+# --- the shipped dataset -------------------------------------------------------------------------------------------
+
+
+def test_fashion_mnist_tiny_loads_offline_balanced():
+    ds = load_dataset(str(FASHION_MNIST_TINY))
+    assert {k: len(v) for k, v in ds.items()} == {"train": 1000, "test": 1000}
+    assert isinstance(ds["train"].features["image"], Image)
+    assert isinstance(ds["train"].features["label"], ClassLabel) and ds["train"].features["label"].num_classes == 10
+    for split in ds.values():
+        assert torch.bincount(torch.as_tensor(split["label"])).tolist() == [100] * 10
+    size = sum(p.stat().st_size for p in (FASHION_MNIST_TINY / "data").glob("*.parquet"))
+    assert size < 3_000_000
+    card = (FASHION_MNIST_TINY / "README.md").read_text()
+    assert "license: mit" in card and "Zalando" in card and "zalandoresearch/fashion-mnist" in card
+    assert DEFAULT_PHI == "metaperturb-glyphs10-resnet20"
+
+
+# --- splits --------------------------------------------------------------------------------------------------------
+
+
+def test_load_splits_picks_subsets_and_decodes(tmp_path):
+    splits = load_splits(dataset_dir=str(FASHION_MNIST_TINY), max_eval_samples=30, samples_per_class=3, seed=1)
+    assert (splits.eval_split, len(splits.train), len(splits.eval), len(splits.labels)) == ("test", 30, 30, 10)
+    assert splits.dataset_id == str(FASHION_MNIST_TINY) and splits.remap is None
+    again = load_splits(dataset_dir=str(FASHION_MNIST_TINY), max_eval_samples=30, samples_per_class=3, seed=1)
+    assert splits.train["label"] == again.train["label"]  # seeded
+    data = decode_splits(splits, 8, mean=(0.4, 0.4, 0.4), std=(0.3, 0.3, 0.3))
+    assert isinstance(data, ClassificationData) and data.train.images.shape == (30, 3, 8, 8)
+    assert data.train.images.dtype == torch.uint8 and data.mean == (0.4, 0.4, 0.4)
+    with pytest.raises(DataError, match="no label column 'fine'"):
+        load_splits(dataset_dir=str(FASHION_MNIST_TINY), label_column="fine")
+
+
+def test_label_map_makes_plain_integer_labels_contiguous():
+    image = PILImage.fromarray(np.zeros((4, 4, 3), np.uint8))
+    train = Dataset.from_dict({"image": [image] * 3, "label": [3, 7, 3]}).cast_column("image", Image())
+    evaluation = Dataset.from_dict({"image": [image], "label": [5]}).cast_column("image", Image())
+    assert label_map(train, evaluation, "label") == (["3", "5", "7"], {3: 0, 5: 1, 7: 2})
+    train = train.cast_column("label", ClassLabel(names=[str(i) for i in range(8)]))
+    assert label_map(train, evaluation, "label") == ([str(i) for i in range(8)], None)
+
+
+# --- batches -------------------------------------------------------------------------------------------------------
+
+
+def _tiny_data() -> ClassificationData:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 255, (20, 3, 8, 8), dtype=torch.uint8, generator=gen)
+    return ClassificationData(ImageTensors(images, torch.arange(20)), ImageTensors(images, torch.arange(20)),
+                              [str(i) for i in range(20)], "test", "x", 8)  # fmt: skip
+
+
+def test_train_batches_are_a_function_of_the_step():
+    data = _tiny_data()
+    one = TrainBatches(data, 4, seed=0, rank=0, world_size=2)
+    other = TrainBatches(data, 4, seed=0, rank=1, world_size=2)
+    assert one.steps_per_epoch == 2
+    x5, y5 = one(5)
+    one(0)  # visiting another epoch first changes nothing
+    assert all(torch.equal(a, b) for a, b in zip(one(5), (x5, y5)))
+    seen = torch.cat([b(s)[1] for s in (0, 1) for b in (one, other)])
+    assert sorted(seen.tolist()) == sorted(set(seen.tolist())) and len(seen) == 16  # no image twice in an epoch
+    assert not torch.equal(one(0)[1], one(2)[1])  # each epoch reshuffles
+
+
+def test_calibration_batches_cover_the_training_images_once_in_a_seeded_order():
+    data = _tiny_data()
+    batches = list(calibration_batches(data, 8, seed=3))
+    assert [len(b) for b in batches] == [8, 8, 4]
+    again = torch.cat(list(calibration_batches(data, 8, seed=3)))
+    assert torch.equal(torch.cat(batches), again) and again.abs().max() <= 1.0
