@@ -3,6 +3,7 @@
 import copy
 import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,14 @@ def _needs_kernels():
         from mp_hub.kernels.build import load_error
 
         pytest.skip(f"fused kernels unavailable here: {load_error()}")
+
+
+# the padded-layout forward mp_forward: test-only, built with the shipped kernels into one library
+PADDED_REFERENCE = Path(__file__).parent / "kernels" / "padded_reference.c"
+
+
+def reference_kernels():
+    return fused.build.load_extended(PADDED_REFERENCE, {"mp_forward": "mp_forward_stacked"})
 
 
 def make_phi(scale=25.0, seed=0):
@@ -108,16 +117,16 @@ def test_frozen_phi_with_other_h_dim_and_fused_relu_trains_from_x():
     close(x.grad, x64.grad, 1e-4)
 
 
-def _forward_both_layouts(lib, phi, x, mode, eps, relu):
-    """y of mp_forward (the padded layout, the reference) and of mp_forward_stacked (what the sites run), on the
-    same arguments."""
+def _forward_both_layouts(lib, reference, phi, x, mode, eps, relu):
+    """y of the reference's mp_forward (the padded layout) and of the shipped `lib`'s mp_forward_stacked (what the
+    sites run), on the same arguments."""
     l1, g1, l2, g2 = (k.detach().contiguous() for k in fused.phi_params(phi)[:4])
     batch, channels, height, width = x.shape
     scale = torch.rand(channels) + 0.5
     common = (batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),
               scale.data_ptr(), 0.7, 1.5, relu, mode, None if eps is None else eps.data_ptr(), 11, 22, 2)  # fmt: skip
     padded, stacked = torch.empty_like(x), torch.empty_like(x)
-    lib.mp_forward(x.data_ptr(), padded.data_ptr(), *common)
+    reference.mp_forward(x.data_ptr(), padded.data_ptr(), *common)
     lib.mp_forward_stacked(x.data_ptr(), stacked.data_ptr(), *common)
     return padded, stacked
 
@@ -126,12 +135,12 @@ def _forward_both_layouts(lib, phi, x, mode, eps, relu):
 @pytest.mark.parametrize("mode", [fused.MODE_EPS, fused.MODE_RNG, fused.MODE_MEAN])
 def test_the_stacked_forward_is_bitwise_the_padded_one(mode, relu):
     """The sites' forward runs on the stacked layout; it must be the padded one's function to the bit."""
-    lib, phi = fused.build.load(), make_phi()
+    lib, reference, phi = fused.build.load(), reference_kernels(), make_phi()
     torch.manual_seed(2)
     for shape in SHAPES:
         x = 2 * torch.randn(shape)
         eps = torch.randn(shape) if mode == fused.MODE_EPS else None
-        padded, stacked = _forward_both_layouts(lib, phi, x, mode, eps, relu)
+        padded, stacked = _forward_both_layouts(lib, reference, phi, x, mode, eps, relu)
         assert torch.equal(padded, stacked), shape
 
 

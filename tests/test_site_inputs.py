@@ -1,5 +1,7 @@
 """What a site takes: float16/bfloat16/float64 inputs with a float32 φ, autocast, half models, non-finite values."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from _builders import ConvNet
@@ -11,6 +13,7 @@ from mp_hub.kernels import fused
 SHAPE = (4, 6, 5, 7)
 # relative tolerance of each dtype against the float32 eager computation: a few of its rounding steps
 TOLERANCE = {torch.float16: 4e-3, torch.bfloat16: 3e-2, torch.float64: 1e-5}
+PADDED_REFERENCE = Path(__file__).parent / "kernels" / "padded_reference.c"  # mp_forward, test-only
 TARGETS = dict(targets=r"blocks\.\d+\.2", placement="input", spatial_norm=8)  # the ReLUs of ConvNet
 
 
@@ -167,13 +170,14 @@ def test_non_finite_inputs_spread_alike_in_both_kernel_layouts(mode, relu):
     """The sites run the stacked layout (mp_forward_stacked); its padded reference (mp_forward) must agree with
     the eager output too."""
     phi, lib = make_phi(), fused.build.load()
+    reference = fused.build.load_extended(PADDED_REFERENCE, {"mp_forward": "mp_forward_stacked"})
     ref = make_site(phi, "eager", "mean" if mode == fused.MODE_MEAN else "mc", False)
     ref.fused_relu = bool(relu)
     x, eps = non_finite_input(), torch.randn(SHAPE)
     y_ref = ref(x, noise=eps)
     l1, g1, l2, g2 = (k.detach().contiguous() for k in fused.phi_params(phi)[:4])
     scale = ref.scale(x).detach().contiguous()
-    for forward in (lib.mp_forward, lib.mp_forward_stacked):
+    for forward in (reference.mp_forward, lib.mp_forward_stacked):
         y = torch.empty_like(x)
         forward(x.data_ptr(), y.data_ptr(), *SHAPE, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),
                 scale.data_ptr(), 0.7, 1.5, relu, mode, eps.data_ptr(), 0, 0, 1)  # fmt: skip

@@ -1,12 +1,13 @@
-"""Compile the fused site kernels with the system C compiler and load them with ctypes.
+"""Compile the fused site kernels (`csrc/`, see `sources.py`) with the system C compiler and load them with ctypes.
 
 Why not `torch.utils.cpp_extension`: the kernels need no torch headers, and a plain C file builds in ~1–2 s
 instead of the ~40 s a torch extension takes, so the fast path can be on by default, even on a fresh CI
 machine. The shared object links the same OpenMP runtime as torch (soname libgomp.so.1, already loaded by
 torch), so both share one thread pool. Builds are cached under `$MP_HUB_KERNEL_CACHE` (default
-`~/.cache/mp_hub/kernels`), keyed by a hash of the source, the flags, the compiler and the CPU; a build is
+`~/.cache/mp_hub/kernels`), keyed by a hash of every source file, the flags, the compiler and the CPU; a build is
 written to a temporary name and renamed into place, so concurrent processes (pytest-xdist) are safe. Which cached
 libraries may be loaded (this user's own, with the digest recorded at build time) is decided in `cache.py`.
+The ABI version lives here only: it reaches the C code as -DMP_ABI_VERSION and comes back from mp_abi_version().
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import tempfile
 import threading
 from pathlib import Path
 
-from . import cache
-from .csrc import SOURCE
+from . import cache, sources
+from .sources import KernelBuildError
 
 logger = logging.getLogger(__name__)
 
-ABI_VERSION = 11
+ABI_VERSION = 12  # bump with any change to an exported signature (csrc/mp_kernels.h, SIGNATURES below)
 # -fno-trapping-math / -fno-math-errno let gcc vectorise the selects and sqrt; no -ffast-math: the kernels rely
 # on NaN comparisons (the non-finite check, the clamp) and on the order of the float operations as written.
 _BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-fno-tree-loop-distribute-patterns"]
@@ -40,12 +41,11 @@ _FLAG_SETS = (
 )
 
 _P, _L, _F, _U, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_uint32, ctypes.c_int
-_SIGNATURES = {
+SIGNATURES = {
     "mp_abi_version": ([], _I),
     "mp_has_masks": ([], _I),
     "mp_features": ([_P, _L, _L, _L, _L, _P, _L, _P, _P, _I], _I),
     "mp_features_backward": ([_P, _P, _P, _L, _L, _L, _L, _P, _L, _P, _P, _I], None),
-    "mp_forward": ([_P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _U, _U, _I], None),
     "mp_forward_stacked": ([_P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _U, _U, _I], None),
     "mp_backward": ([_P, _P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _U, _U, _P, _P, _I], None),
     "mp_scale_forward": ([_P, _L, _L, _L, _P, _P, _P, _F, _F, _F, _P, _P, _P], None),
@@ -88,36 +88,46 @@ def _compiler_version(cc: str) -> str:
     return subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
 
 
-def library_name(cc: str, flags: list[str]) -> str:
-    """The cache file name of the kernels built by `cc` with `flags` on this CPU."""
-    parts = [SOURCE, cc, _compiler_version(cc), *_BASE_FLAGS, *flags, _cpu_signature()]
+def _defines() -> list[str]:
+    return [f"-DMP_ABI_VERSION={ABI_VERSION}"]
+
+
+def library_name(cc: str, flags: list[str], extra: Path | None = None) -> str:
+    """The cache file name of the kernels (plus the C file `extra`, see `load_extended`) built by `cc` with `flags`
+    on this CPU: a hash of every source file's bytes, the compiler, the flags and the CPU."""
+    digest = sources.source_digest((extra,) if extra else ())
+    parts = [digest, cc, _compiler_version(cc), *_BASE_FLAGS, *flags, *_defines(), _cpu_signature()]
     key = hashlib.sha256("\0".join(parts).encode()).hexdigest()
-    return f"mp_site_kernels_{key[:20]}.so"
+    return f"mp_site_kernels_{extra.stem + '_' if extra else ''}{key[:20]}.so"
 
 
-def _compile(cc: str, flags: list[str], out: Path) -> None:
-    """Build into a temporary folder next to `out`, then install it with its digest (`cache.install`)."""
+def _compile(cc: str, flags: list[str], out: Path, extra: Path | None = None) -> None:
+    """Build `csrc/kernels.c` (or `extra`, which #includes it) into a temporary folder next to `out`, then install
+    it with its digest (`cache.install`)."""
+    main = Path(extra).resolve() if extra else sources.MAIN_SOURCE
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".build-") as tmp:
-        (Path(tmp) / "mp_site_kernels.c").write_text(SOURCE)
-        # relative names: the temporary folder's name must not reach the binary, so every build is byte-identical
-        cmd = [cc, *_BASE_FLAGS, *flags, "mp_site_kernels.c", "-o", out.name, "-lm"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp)
+        (Path(tmp) / sources.GENERATED_HEADER).write_text(sources.esp_table_header())
+        # run in the source's folder with its bare name: errors name the real files, and neither that folder nor
+        # the temporary one reaches the binary (no debug info), so every build is byte-identical
+        includes = ["-I", str(sources.SOURCE_DIR), "-I", tmp]
+        cmd = [cc, *_BASE_FLAGS, *flags, *_defines(), *includes, main.name, "-o", str(Path(tmp) / out.name), "-lm"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=main.parent)
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+            raise KernelBuildError(f"{' '.join(cmd)} failed (run in {main.parent}):\n{proc.stderr[-2000:]}")
         cache.install(Path(tmp) / out.name, out)
 
 
-def _bind(path: Path) -> ctypes.CDLL:
+def _bind(path: Path, signatures: dict | None = None) -> ctypes.CDLL:
     problem = cache.library_problem(path)
     if problem is not None:  # checked before CDLL: loading runs the library's constructors
-        raise RuntimeError(f"refusing to load {path}: {problem}")
+        raise KernelBuildError(f"refusing to load {path}: {problem}")
     lib = ctypes.CDLL(str(path))
-    for name, (argtypes, restype) in _SIGNATURES.items():
+    for name, (argtypes, restype) in {**SIGNATURES, **(signatures or {})}.items():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, restype
     if lib.mp_abi_version() != ABI_VERSION:
-        raise RuntimeError(f"{path} has ABI {lib.mp_abi_version()}, expected {ABI_VERSION}")
+        raise KernelBuildError(f"{path} has ABI {lib.mp_abi_version()}, expected {ABI_VERSION}")
     return lib
 
 
@@ -126,7 +136,7 @@ def _build_and_load() -> ctypes.CDLL:
 
     cc = _compiler()
     if cc is None:
-        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+        raise KernelBuildError("no C compiler found (set CC, or install gcc)")
     folder, errors = cache_dir(), []
     for flags in _FLAG_SETS:
         try:
@@ -144,7 +154,7 @@ def _build_and_load() -> ctypes.CDLL:
             logger.warning("fused kernels built with reduced flags %s after: %s", flags, "; ".join(errors)[-2000:])
         _state["flags"], _state["path"] = flags, path
         return lib
-    raise RuntimeError("\n".join(errors))
+    raise KernelBuildError("\n".join(errors))
 
 
 def load() -> ctypes.CDLL | None:
@@ -171,3 +181,22 @@ def build_info() -> dict:
     if lib is None:
         return {}
     return {"path": str(_state["path"]), "flags": list(_state["flags"]), "bit_masks": bool(lib.mp_has_masks())}
+
+
+def load_extended(source: Path, signatures: dict[str, str | tuple[list, object]]) -> ctypes.CDLL:
+    """The kernels plus the C file `source` (which `#include "kernels.c"`: one translation unit), built with the
+    flags `load()` chose and cached like them. `signatures` gives `source`'s own exports: (argtypes, restype) as
+    in `SIGNATURES`, or the name of an export of the kernels with the same signature.
+
+    For tests and benchmarks that need kernels the library does not ship (the padded reference forward)."""
+    if load() is None:
+        raise KernelBuildError(f"the fused kernels cannot be built here: {load_error()}")
+    unknown = [like for like in signatures.values() if isinstance(like, str) and like not in SIGNATURES]
+    if unknown:
+        raise KernelBuildError(f"no kernel named {unknown[0]!r} to copy a signature from; known: {sorted(SIGNATURES)}")
+    own = {name: SIGNATURES[like] if isinstance(like, str) else like for name, like in signatures.items()}
+    cc, flags, source = _compiler(), _state["flags"], Path(source)
+    path = cache_dir() / library_name(cc, flags, source)
+    if cache.library_problem(path) is not None:
+        _compile(cc, flags, path, source)
+    return _bind(path, own)

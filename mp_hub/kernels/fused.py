@@ -5,7 +5,7 @@ Passes over the (B, C, H, W) tensors per training step of one site:
             2. μ, noise, multiplier, clamp (reads x, writes y)
   backward  3. recompute μ and the noise; dL/dx through the multiplier and the noise generator; dL/ds, dL/dφ
             4. dL/dx through the batch statistics of the scale features, from the saved masks (adds into gx)
-(2 and 3 on the stacked layout of `csrc_stacked`.) Saved for backward: x, the masks as bits (an eighth of x's
+(2 and 3 on the stacked layout of `csrc/stacked.c`.) Saved for backward: x, the masks as bits (an eighth of x's
 size) and the caller's noise if it passed one; μ, the other ReLU masks and the generated noise are recomputed,
 which keeps a perturbed step's memory close to the bare model's. (Keeping μ + ε and the CEO1 masks instead of
 x, for frozen φ, saved no time once pass 3 ran on the stacked layout, and was removed.)

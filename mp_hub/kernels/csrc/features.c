@@ -1,6 +1,6 @@
-"""C source of the scale features and their backward (ReLU masks kept as bits with AVX-512)."""
-
-SOURCE = r"""// ---- scale features f[b, c, j] = mean_hw relu(K_j * x_bc) and their backward ----
+// Part of kernels.c: the scale features and their backward (ReLU masks kept as bits with AVX-512), on the
+// padded layout of common.c.
+// ---- scale features f[b, c, j] = mean_hw relu(K_j * x_bc) and their backward ----
 #define KW(j) const float *kw##j = K + 9 * (j);
 #define KT(j, p, k, s)                                                                                           \
   (kw##j[0] * p[k - s - 1] + kw##j[1] * p[k - s] + kw##j[2] * p[k - s + 1] + kw##j[3] * p[k - 1] +              \
@@ -258,4 +258,3 @@ void mp_features_backward(const float *x, const uint64_t *masks, float *gx, long
     free(gk);
   }
 }
-"""

@@ -1,24 +1,14 @@
-"""C source of the site's noise generator on the "stacked" layout: its forward and its backward.
-
-The padded layout of `csrc_common` gives each (H, W) plane its own zero border (row stride W + 2). For the
-forward alone that costs, per plane: a row-by-row copy into the padded layout, clearing its border, and a
-compaction of μ back to (H, W), all loops of W elements, which at ResNet-20's third stage (8×8 planes) cost as
-much as the arithmetic. Here one image's C planes lie one after another in their own layout (row stride W),
-with a zero row between two planes and around them; a 3×3 stencil reads the zero rows at the top and bottom
-of a plane, and its left and right taps are masked at the first and last column. Every loop then runs over a
-whole plane (H·W elements), μ comes out in the layout of x and y, and the copy of x is one contiguous loop
-that also sums the mean over channels.
-
-The stencils add the taps in the padded layout's order, the masked taps reading an exact zero, so both layouts
-give the same output bit for bit (tests/test_site_fast.py). `benchmarks/inference.py` times the two side by
-side at ResNet-20's three stage shapes. The backward `mp_backward` runs on this layout too (it recomputes μ
-and the noise from x): its dL/dx and dL/ds are bitwise what its padded version gave (checked when it moved),
-and dL/dφ of the noise generator sums its terms in another order (to 3e-7 then; its λ sums now run over
-all C planes of an image at once, to 6e-7 of that). Only the scale features (csrc_features) keep the padded
-layout.
-"""
-
-SOURCE = r"""// ---- forward, stacked layout: plane c of an image at c * (n + W), zero rows between and around ----
+// Part of kernels.c: the site's noise generator mu = CEO2(relu(CEO1(x))) on the "stacked" layout, forward and
+// backward. One image's C planes lie one after another in their own layout (row stride W), with a zero row between
+// two planes and around them; a 3x3 stencil reads the zero rows at the top and bottom of a plane, and its left and
+// right taps are masked at the first and last column. Every loop then runs over a whole plane (H * W elements), mu
+// comes out in the layout of x and y, and the copy of x is one contiguous loop that also sums the channel mean;
+// the padded layout of common.c would add, per plane, a row-by-row copy, clearing its border and a compaction of
+// mu, loops of W elements that cost as much as the arithmetic at 8x8 planes.
+// The stencils add the taps in the padded layout's order, the masked taps reading an exact zero, so the output is
+// bit for bit that of a padded-layout forward (tests/kernels/padded_reference.c, tests/test_site_fast.py).
+// mp_backward's dL/dphi sums its terms in another order than on the padded layout: equal to float32 rounding.
+// ---- forward: plane c of an image at c * (n + W), zero rows between and around ----
 static inline float and_f(float v, uint32_t m) { return f_as(u_as(v) & m); }
 // The 3x3 stencil at flat k of a stacked plane p (row stride w): the taps left of column 0 and right of column
 // W - 1 fall on the neighbouring row and are masked to zero (ml, mr: all ones or zero per position; an AND, not a
@@ -78,7 +68,7 @@ static void mean_term(float *restrict t, float *restrict m, const float *w, floa
   for (long k = 0; k < n; k++) t[k] = TAPS_M(m, k, W, ml, mrk);
 }
 
-// One image: xs, rs and t = gamma2 * mean_c(r), ready for stacked_mu (as ng_phase1 for the padded layout).
+// One image: xs, rs and t = gamma2 * mean_c(r), ready for stacked_mu.
 static void stacked_phase1(const float *xb, long C, long H, long W, const float *ng, const Stack *s) {
   const long n = H * W;
   const long sp = n + W;
@@ -119,7 +109,8 @@ static void stacked_mu(long c, long n, long W, const float *ng, const Stack *s) 
   for (long k = 0; k < n; k++) mu[k] = t[k] + TAPS_M(rp, k, W, ml, mrk);
 }
 
-// mp_forward on the stacked layout: the same arguments, the same y bit for bit.
+// y = the site's output. mode: 0 = eps given, 1 = counter-based normal draws (keys k1, k2), 2 = "mean"
+// (z = E[softplus(mu + eps)]). l1, g1, l2, g2: lambda1, gamma1, lambda2, gamma2 (9 values each).
 void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W, const float *l1, const float *g1,
                         const float *l2, const float *g2, const float *scale, float kappa, float clip, int relu,
                         int mode, const float *eps, uint32_t k1, uint32_t k2, int nt) {
@@ -141,7 +132,7 @@ void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W
   }
 }
 
-// ---- backward helpers, stacked layout ----
+// ---- backward helpers ----
 // acc[d] += sum_k a[k] p[k + delta_d] over n positions of stacked planes, the taps across a row edge masked
 // (ml, mr: s->ml and s->mrk for one plane, s->mlc and s->mrc for all C): corr3's weight gradient (the padded
 // layout's wgrad3). Over all C planes at once the zero rows between them, where a is 0, add nothing, and the
@@ -270,4 +261,3 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
   free(gs);
   free(gng);
 }
-"""
