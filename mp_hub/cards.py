@@ -14,6 +14,7 @@ from .version import __version__
 
 TEMPLATES = Path(__file__).parent / "model_cards"
 PHI_TAGS = ["metaperturb", "regularization", "image-classification", "mp_hub"]
+PERTURBED_TAGS = ["metaperturb", "mp_hub", "image-classification"]
 _NOT_ROWS = {"results", "license", "license_note", "datasets"}
 # Hub ids of the datasets that mp_hub's bundled ones are subsets of (for a card's `datasets`).
 BUNDLED_SOURCES = {"fashion_mnist_tiny": ["zalando-datasets/fashion_mnist"]}
@@ -165,7 +166,7 @@ def render_transfer_card(
         for key, name in (("accuracy", "Accuracy"), ("nll", "NLL"), ("ece", "ECE (15 bins)"))
     ]
     card_data = ModelCardData(
-        library_name="transformers" if regularizer != "metaperturb" else "mp_hub",
+        library_name="transformers" if regularizer != "metaperturb" else "mp_hub",  # as render_perturbed_card
         tags=["image-classification", "mp_hub", regularizer if regularizer != "none" else "baseline"]
         + (["metaperturb"] if regularizer == "metaperturb" else []),
         base_model=hub_model_id(base_model),
@@ -224,5 +225,62 @@ def render_transfer_card(
         command=command,
         arguments=json.dumps(arguments, indent=1, default=str),
         mp_hub_version=__version__,
+    )
+    return str(card)
+
+
+def calibration_cell(saved: dict[str, Any]) -> str:
+    fit = saved.get("mc_fit")
+    cell = f"{saved['num_images']} images"
+    if fit:
+        kl = f"KL {fit['kl_before']:.3f} → {fit['kl_after']:.3f}"
+        cell += f", fitted to MC-{fit['mc_samples']} ({fit['steps']} steps, {kl})"
+    return cell
+
+
+def render_perturbed_card(config: dict[str, Any], *, repo_id: str, sites: list[Any], phi_parameters: int) -> str:
+    """The card of a model saved with φ attached: `config` is its `metaperturb_config.json`, `sites` the
+    handle's site records (name, placement, channels, spatial)."""
+    base_model = hub_model_id(config["base_model_id"])
+    model_class = config["model_class"]
+    card_data = ModelCardData(
+        library_name="mp_hub",  # the φ and sites load with mp_hub.load_perturbed (transformers alone: the base)
+        base_model=base_model,
+        base_model_relation="finetune" if base_model else None,
+        tags=list(PERTURBED_TAGS),
+        pipeline_tag="image-classification" if model_class.endswith("ForImageClassification") else None,
+    )
+    rows = [
+        ("base model", base_model or config["base_model_id"] or "not recorded"),
+        ("φ source", config["phi_source_id"] or "not recorded"),
+        ("resolver", config["resolver"]),
+        ("targets", table_cell(config["targets"]) if config["targets"] is not None else "(resolver)"),
+        ("C₀ (channel_norm)", f"{config['channel_norm']:g}"),
+        ("H₀ (spatial_norm)", f"{config['spatial_norm']:g}"),
+        ("κ (noise_coeff)", f"{config['noise_coeff']:g}"),
+        ("inference mode", config["inference_mode"]),
+        (
+            "mean-mode calibration",
+            calibration_cell(config["mean_mode_calibration"])
+            if config["mean_mode_calibration"]
+            else "none (run mp_hub.calibrate_mean_mode before using mean mode)",
+        ),
+        ("φ trainable", str(config["trainable_phi"]).lower()),
+    ]
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATES / "perturbed_model_card.md"),
+        title=f"{model_class} + MetaPerturb φ",
+        base_model=base_model,
+        model_class=model_class,
+        transformers_loadable=config["base_format"] == "transformers"
+        and config["model_module"].startswith("transformers."),
+        repo_id=repo_id,
+        num_sites=len(sites),
+        mp_hub_version=__version__,
+        phi_parameters=phi_parameters,
+        phi_id=config["phi_source_id"],
+        rows=rows,
+        sites=sites,
     )
     return str(card)

@@ -16,15 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from huggingface_hub import ModelCard, ModelCardData
 from safetensors.torch import save_file
 from torch import nn
 
-from .cards import TEMPLATES, table_cell
+from .cards import render_perturbed_card
 from .hub import CARD_NAME, WEIGHTS_NAME
 from .version import __version__
 
@@ -35,8 +33,6 @@ logger = logging.getLogger(__name__)
 
 PERTURB_WEIGHTS = "metaperturb.safetensors"
 PERTURB_CONFIG = "metaperturb_config.json"
-TAGS = ["metaperturb", "mp_hub", "image-classification"]
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def _is_transformers_model(model: nn.Module) -> bool:
@@ -74,67 +70,6 @@ def perturbation_config(handle: AttachedPerturbation) -> dict[str, Any]:
     }
 
 
-def _hub_id(value: str | None) -> str | None:
-    """`value` if it looks like a Hub repo id (not a local path): only those go in the card's `base_model`."""
-    if not value or not _REPO_ID.match(str(value)) or Path(str(value)).exists():
-        return None
-    return str(value)
-
-
-def _calibration_cell(saved: dict[str, Any]) -> str:
-    fit = saved.get("mc_fit")
-    cell = f"{saved['num_images']} images"
-    if fit:
-        kl = f"KL {fit['kl_before']:.3f} → {fit['kl_after']:.3f}"
-        cell += f", fitted to MC-{fit['mc_samples']} ({fit['steps']} steps, {kl})"
-    return cell
-
-
-def render_perturbed_card(handle: AttachedPerturbation, config: dict[str, Any], repo_id: str) -> str:
-    base_model = _hub_id(config["base_model_id"])
-    model_class = config["model_class"]
-    card_data = ModelCardData(
-        library_name="transformers" if config["base_format"] == "transformers" else "mp_hub",
-        base_model=base_model,
-        tags=list(TAGS),
-        pipeline_tag="image-classification" if model_class.endswith("ForImageClassification") else None,
-    )
-    rows = [
-        ("base model", base_model or config["base_model_id"] or "not recorded"),
-        ("φ source", config["phi_source_id"] or "not recorded"),
-        ("resolver", config["resolver"]),
-        ("targets", table_cell(config["targets"]) if config["targets"] is not None else "(resolver)"),
-        ("C₀ (channel_norm)", f"{config['channel_norm']:g}"),
-        ("H₀ (spatial_norm)", f"{config['spatial_norm']:g}"),
-        ("κ (noise_coeff)", f"{config['noise_coeff']:g}"),
-        ("inference mode", config["inference_mode"]),
-        (
-            "mean-mode calibration",
-            _calibration_cell(config["mean_mode_calibration"])
-            if config["mean_mode_calibration"]
-            else "none (run mp_hub.calibrate_mean_mode before using mean mode)",
-        ),
-        ("φ trainable", str(config["trainable_phi"]).lower()),
-    ]
-    card = ModelCard.from_template(
-        card_data,
-        template_path=str(TEMPLATES / "perturbed_model_card.md"),
-        title=f"{model_class} + MetaPerturb φ",
-        base_model=base_model,
-        model_class=model_class,
-        transformers_loadable=config["base_format"] == "transformers"
-        and config["model_module"].startswith("transformers."),
-        repo_id=repo_id,
-        num_sites=len(handle.sites),
-        mp_hub_version=__version__,
-        phi_parameters=sum(p.numel() for p in handle.phi_parameters()),
-        phi_id=config["phi_source_id"],
-        rows=rows,
-        sites=handle.sites,
-    )
-    return str(card)
-
-
 def save_attached(
     handle: AttachedPerturbation, save_directory: str | os.PathLike, *, repo_id: str = "path/to/this/folder", **kwargs
 ) -> Path:
@@ -154,6 +89,10 @@ def save_attached(
     os.replace(tmp, directory / PERTURB_WEIGHTS)
     config = perturbation_config(handle)
     (directory / PERTURB_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (directory / CARD_NAME).write_text(render_perturbed_card(handle, config, repo_id))
+    (directory / CARD_NAME).write_text(
+        render_perturbed_card(
+            config, repo_id=repo_id, sites=handle.sites, phi_parameters=sum(p.numel() for p in handle.phi_parameters())
+        )
+    )
     logger.info("saved %s with φ at %d sites to %s", config["model_class"], len(handle.sites), directory)
     return directory

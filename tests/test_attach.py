@@ -389,6 +389,7 @@ def test_saved_folder_loads_in_plain_transformers_and_has_card(tmp_path, pixels)
         assert torch.equal(logits(plain, pixels), logits(model, pixels))
     card = (tmp_path / "README.md").read_text()
     assert "base_model: org/tiny-resnet" in card and "- metaperturb" in card and "- mp_hub" in card
+    assert "library_name: mp_hub" in card and "base_model_relation: finetune" in card
     assert "org/metaperturb-phi" in card
     config = json.loads((tmp_path / "metaperturb_config.json").read_text())
     assert config["channel_norm"] == 32 and config["spatial_norm"] == 32 and config["inference_mode"] == "mean"
