@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from torch import Tensor, nn
 
 from ..errors import AttachError
+from ..model_edits import module_key
 from ..resolvers import Resolution, SiteSpec, resolve
 from ..site_hooks import hook_sites, split_output  # the one way of changing the model, as attach
 
@@ -84,7 +85,7 @@ def attach_regularizer(
         raise AttachError(f"a regularizer is already placed on this {type(model).__name__}: remove() it first")
     resolution = find_sites(model, targets, placement)
     modules = {spec.name: module_factory(spec).train(model.training) for spec in resolution.sites}
-    model.add_module(REGULARIZER_ATTR, nn.ModuleDict({n.replace(".", "-"): m for n, m in modules.items()}))
+    model.add_module(REGULARIZER_ATTR, nn.ModuleDict({module_key(n): m for n, m in modules.items()}))
     hooks = hook_sites(resolution, lambda spec: _RegularizerHook(spec, modules[spec.name]))
     logger.info(
         "placed %d %s modules at the sites of %s",
