@@ -35,8 +35,6 @@ CALIBRATION_ATTR = "metaperturb_calibration"  # mean-mode norm statistics, see m
 HANDLE_ATTR = "_metaperturb_handle"
 
 
-
-
 def _spatial_norm(model: nn.Module, spatial_norm: float | None) -> float:
     if spatial_norm is None:
         size = getattr(getattr(model, "config", None), "image_size", None)
@@ -243,6 +241,7 @@ class AttachedPerturbation:
         mc_fit_steps: int = 0,
         mc_samples: int = 20,
         seed: int = 0,
+        progress: bool = False,
     ) -> int:
         """Measure norm statistics for "mean" mode on training images and install them; returns the number of
         images used. See `mp_hub.calibrate_mean_mode`."""
@@ -255,6 +254,7 @@ class AttachedPerturbation:
             mc_fit_steps=mc_fit_steps,
             mc_samples=mc_samples,
             seed=seed,
+            progress=progress,
         )
         self.install_calibration(calibration)
         return calibration.num_images
@@ -380,6 +380,7 @@ def calibrate_mean_mode(
     mc_fit_steps: int = 0,
     mc_samples: int = 20,
     seed: int = 0,
+    progress: bool = False,
 ) -> int:
     """Measure the norm statistics of "mean" mode on `batches` (training images, no augmentation needed) and
     store them with the sites, so that eval-mode "mean" passes use them. Returns the number of images used.
@@ -393,7 +394,8 @@ def calibrate_mean_mode(
     `max_images` caps how many are used. The model's own statistics, its mode and the sites' state are left
     unchanged. Calibrating again replaces the previous calibration. In a multi-process run, give every
     process the same images (the result is then identical everywhere). `model` may be a DDP / compile wrapper.
+    `progress`: progress bars for the fit's passes.
     """
     return handle_of(model).calibrate_mean_mode(
-        batches, max_images=max_images, mc_fit_steps=mc_fit_steps, mc_samples=mc_samples, seed=seed
+        batches, max_images=max_images, mc_fit_steps=mc_fit_steps, mc_samples=mc_samples, seed=seed, progress=progress
     )

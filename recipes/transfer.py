@@ -487,6 +487,7 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
         max_images=args.mean_mode_calibration_images,
         seed=args.seed,
         mc_fit_steps=args.mean_mode_mc_fit_steps,
+        progress=accelerator.is_local_main_process,
     )
     metrics, probs, labels = evaluate(steps, args.eval_mc_samples)
     evals.append({"step": steps, **metrics})

@@ -84,6 +84,15 @@ def test_fit_is_deterministic(resnet):
     assert all(torch.equal(stats[0][k], stats[1][k]) for k in stats[0])
 
 
+def test_the_fit_shows_its_progress_only_when_asked(resnet, capsys):
+    model, handle = resnet
+    mp_hub.calibrate_mean_mode(model, _images().split(32), **FIT)
+    assert "mean-mode fit" not in capsys.readouterr().err
+    mp_hub.calibrate_mean_mode(model, _images().split(32), progress=True, **FIT)
+    err = capsys.readouterr().err
+    assert "mean-mode fit: MC-8 targets" in err and f"{FIT['mc_fit_steps']}/{FIT['mc_fit_steps']}" in err
+
+
 def test_bad_arguments_and_a_failed_fit_keep_the_previous_calibration(resnet, monkeypatch):
     model, handle = resnet
     for bad in (dict(mc_fit_steps=-1), dict(mc_fit_steps=True), dict(mc_fit_steps=2, mc_samples=0)):

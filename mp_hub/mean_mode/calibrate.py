@@ -28,6 +28,7 @@ def build_calibration(
     mc_fit_steps: int = 0,
     mc_samples: int = 20,
     seed: int = 0,
+    progress: bool = False,
 ) -> MeanModeCalibration:
     """The mean-mode calibration of the bare `model` whose φ sites are `sites`, measured on `batches`, not yet
     installed: the handle installs it (`AttachedPerturbation.calibrate_mean_mode`). The arguments are those of
@@ -67,7 +68,7 @@ def build_calibration(
         if len({tuple(x.shape[1:]) for x in kept}) > 1:
             raise InvalidInputError("mc_fit_steps needs calibration images of one shape (they are batched anew)")
         calibration.mc_fit = fit_to_mc(
-            model, calibration, torch.cat(kept), steps=mc_fit_steps, mc_samples=mc_samples, seed=seed
+            model, calibration, torch.cat(kept), steps=mc_fit_steps, mc_samples=mc_samples, seed=seed, progress=progress
         )
     logger.info(
         "calibrated mean mode: %d BatchNorm and %d LayerNorm layers on %d images",

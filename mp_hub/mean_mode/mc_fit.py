@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from ..evaluation import logits_of, sites_inference_mode
 from ..model_edits import replace_forward
@@ -97,7 +98,14 @@ def _mean_mode_divergence(model: nn.Module, images: Tensor, teacher: Tensor) -> 
 
 
 def fit_to_mc(
-    model: nn.Module, calibration: MeanModeCalibration, images: Tensor, *, steps: int, mc_samples: int, seed: int = 0
+    model: nn.Module,
+    calibration: MeanModeCalibration,
+    images: Tensor,
+    *,
+    steps: int,
+    mc_samples: int,
+    seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Fit `calibration`'s statistics, weights and biases (in place) so that "mean" mode matches MC-`mc_samples`
     on `images`.
@@ -118,7 +126,8 @@ def fit_to_mc(
         model.eval()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            teacher = torch.cat([mc_predict(model, chunk, mc_samples) for chunk in images.split(FIT_BATCH)])
+            chunks = tqdm(images.split(FIT_BATCH), desc=f"mean-mode fit: MC-{mc_samples} targets", disable=not progress)
+            teacher = torch.cat([mc_predict(model, chunk, mc_samples) for chunk in chunks])
             for name, norm in norms.items():  # replacements over any installed calibration's, until removed
                 fitted[name], forward = _start(norm, calibration.stats[norm_key(name)])
                 edits.append(replace_forward(norm, forward))
@@ -126,7 +135,7 @@ def fit_to_mc(
                 before = _mean_mode_divergence(model, images, teacher)
                 optimizer = torch.optim.Adam([t for pair in fitted.values() for t in pair], lr=FIT_LR)
                 order = torch.Generator(device="cpu").manual_seed(seed)
-                for _ in range(steps):
+                for _ in tqdm(range(steps), desc="mean-mode fit", disable=not progress):
                     index = torch.randint(0, len(images), (min(FIT_BATCH, len(images)),), generator=order)
                     index = index.to(device)
                     loss = _soft_cross_entropy(teacher[index], logits_of(model(images[index])))

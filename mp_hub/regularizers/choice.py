@@ -54,7 +54,13 @@ class Regularization:
             self.handle.set_noise_coeff(1.0)
 
     def calibrate_mean_mode(
-        self, batches: Iterable[torch.Tensor], *, max_images: int, seed: int, mc_fit_steps: int = 0
+        self,
+        batches: Iterable[torch.Tensor],
+        *,
+        max_images: int,
+        seed: int,
+        mc_fit_steps: int = 0,
+        progress: bool = False,
     ) -> int | None:
         """Mean-mode BatchNorm statistics from `batches` of normalised images (`mp_hub.mean_mode`), after `finish`;
         with `mc_fit_steps`, fitted to the MC average (LayerNorm weights too).
@@ -72,7 +78,9 @@ class Regularization:
                 type(model).__name__,
             )
             return None
-        return self.handle.calibrate_mean_mode(batches, max_images=max_images, mc_fit_steps=mc_fit_steps, seed=seed)
+        return self.handle.calibrate_mean_mode(
+            batches, max_images=max_images, mc_fit_steps=mc_fit_steps, seed=seed, progress=progress
+        )
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         # By identity: φ is excluded even if someone unfroze it.
