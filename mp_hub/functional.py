@@ -22,7 +22,7 @@ from .esp_coefficients import ESP_COEFFICIENTS
 def depthwise(x: Tensor, kernels: Tensor) -> Tensor:
     """Apply `kernels` (k, 1, K, K), shared by every channel, to each channel of x: (B, C·k, H, W).
 
-    A grouped conv with groups=C: on CPU this is >10× faster than reshaping x to B·C single-channel maps.
+    A grouped conv with groups=C: on CPU far faster than reshaping x to B·C single-channel maps.
     Output channel c·k + j is kernel j applied to channel c. The kernels are cast to x's dtype (differentiably:
     their gradient comes back in their own dtype), so a float32 φ serves a float64 x.
     """
@@ -105,7 +105,7 @@ ESP_TABLE = tuple(  # (32, 7): a row of coefficients per segment
 @lru_cache(maxsize=16)
 def _esp_table(dtype: torch.dtype, device: torch.device) -> Tensor:
     """ESP_TABLE as a (32, 7) tensor, built once per dtype and device (not on every call of a site's forward:
-    ~20 µs on CPU, a host-to-device copy on a GPU)."""
+    a tensor construction on CPU, a host-to-device copy on a GPU)."""
     return torch.tensor(ESP_TABLE, dtype=dtype, device=device)
 
 

@@ -10,10 +10,10 @@ size) and the caller's noise if it passed one; μ, the other ReLU masks and the 
 which keeps a perturbed step's memory close to the bare model's. (Keeping μ + ε and the CEO1 masks instead of
 x, for frozen φ, saved no time once pass 3 ran on the stacked layout, and was removed.)
 The tiny per-channel math (moments, running statistics, s = sigmoid(w · [...]) and its
-backward) is in C too: ~30 small torch ops less per site and step.
+backward) is in C too: dozens of small torch ops less per site and step.
 Under torch.profiler every kernel call is a named range, `mp_hub::<pass>` with the pass one of `PASSES`;
 `pass_timer()` adds up their wall-clock time instead (`benchmarks/overhead.py --breakdown`): the profiler's
-ranges also hold some of its own cost, ~0.1-0.4 ms a call inside a training step.
+ranges also hold some of the profiler's own cost.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class _Timed:
 
 def _range(name: str):
     """Around a kernel call: its time, while a pass_timer() is open; else `mp_hub::<name>` in a torch.profiler
-    trace; else nothing (a profiler range costs ~7 µs, these checks ~0.2 µs)."""
+    trace; else nothing (a profiler range costs far more than these checks)."""
     if _pass_seconds is not None:
         return _Timed(name, _pass_seconds)
     return torch.profiler.record_function("mp_hub::" + name) if _profiling() else nullcontext()
@@ -84,7 +84,7 @@ def _warn_once(reason: str) -> None:
 
 def phi_params(phi) -> tuple[Tensor, ...]:
     """λ₁, γ₁, λ₂, γ₂, the scale kernels and the scale's fc weight: what the kernels read (attribute access is
-    ~10× cheaper than walking `phi.parameters()` on every call)."""
+    much cheaper than walking `phi.parameters()` on every call)."""
     gen, scale = phi.noise_generator, phi.channel_scale
     return (*gen.layer1.kernels, *gen.layer2.kernels, scale.kernels, scale.fc.weight)
 

@@ -33,7 +33,7 @@ from .state import LayerNormAffine, MeanModeCalibration
 
 logger = logging.getLogger(__name__)
 
-FIT_LR = 0.02  # Adam on (mean, log var) or (weight, bias): measured on the zoo benchmark (ResNet-20s and ViTs)
+FIT_LR = 0.02  # Adam on (mean, log var) or (weight, bias): chosen on the zoo benchmark (ResNet-20s and ViTs)
 FIT_BATCH = 128
 
 
