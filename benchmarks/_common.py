@@ -1,13 +1,19 @@
-"""What every benchmark shares: the git commit its figures belong to, the thread flags, the timing loop."""
+"""What every benchmark shares: the git commit its figures belong to, the thread flags, the timing loop, and
+where its figures are written (`benchmarks/results/<name>.json`, see `publish`)."""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import subprocess
 import sys
+import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"
 # glibc's malloc hands freed blocks of >= 128 KiB back to the OS and page-faults them in again on the next
 # allocation; with these settings it keeps them (what a caching allocator such as jemalloc does)
 KEEP_FREED_MEMORY = "glibc.malloc.mmap_threshold=1073741824:glibc.malloc.trim_threshold=4294967296"
@@ -56,6 +62,115 @@ def environment() -> dict:
     }
 
 
+def add_results_arguments(parser) -> None:
+    """--results_dir (default benchmarks/results) and --results_file (a path that replaces the derived name)."""
+    parser.add_argument(
+        "--results_dir", "--results-dir", type=Path, default=RESULTS_DIR, help="folder of the results file"
+    )
+    parser.add_argument(
+        "--results_file", "--results-file", type=Path, help="write the results here instead of <results_dir>/<name>"
+    )
+
+
+def results_name(benchmark: str, *settings: object) -> str:
+    """`<benchmark>-<setting>-...json` from the settings that tell one configuration from another (falsy ones,
+    i.e. defaults left out by the caller, are skipped): different configurations never share a file."""
+    parts = [benchmark, *(str(s).replace("/", "_").replace(":", "") for s in settings if s)]
+    return "-".join(parts) + ".json"
+
+
+def results_path(args, name: str) -> Path:
+    """Where `publish` writes: --results_file if given, else --results_dir/`name`."""
+    return args.results_file if args.results_file is not None else args.results_dir / name
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform reports."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def host() -> dict:
+    """The machine and runtime the figures were measured on."""
+    import torch  # here: a script refusing its arguments should not wait for torch
+
+    affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": len(affinity) if affinity is not None else os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file in the same folder and a rename: a reader never sees a
+    half-written file, and a killed run leaves the previous one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(fd, 0o644)  # mkstemp's 0600 would make a results file unreadable to others
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: Path, obj) -> Path:
+    """`obj` as indented JSON, written by `write_text_atomic`."""
+    return write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def script_path() -> str:
+    """The running script as the repository root sees it (benchmarks/overhead.py), else as it was called."""
+    script = Path(sys.argv[0]).resolve()
+    return str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
+
+
+def publish(benchmark: str, figures: dict, path: Path) -> dict:
+    """The benchmark's record: `figures` under its name, with the git commit, the command line, the host and a
+    UTC timestamp; written to `path` (atomically) and printed as the last stdout line. Returns the record."""
+    record = {
+        "benchmark": benchmark,
+        **figures,
+        "commit": git_commit(),
+        "command": [script_path(), *sys.argv[1:]],
+        "host": host(),
+        "utc": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(path, record)
+    print(f"results written to {path}", file=sys.stderr)
+    print(json.dumps(record), flush=True)
+    return record
+
+
+def paired_ratios(times: list[float], baseline: list[float]) -> dict[str, float]:
+    """Median and quartiles of the per-round ratios times[i] / baseline[i] (rounds paired by index)."""
+    import statistics
+
+    if len(times) != len(baseline) or not times:
+        raise ValueError(f"paired_ratios needs as many timings as baseline ones, at least one: {len(times)} vs "
+                         f"{len(baseline)}")  # fmt: skip
+    ratios = [t / b for t, b in zip(times, baseline)]
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    return {"ratio": statistics.median(ratios), "q25": quartiles[0], "q75": quartiles[2]}
+
+
 def git_commit() -> str:
     """HEAD's hash, with "-dirty" when tracked files differ from it (the figures then include uncommitted code)."""
     try:
@@ -94,8 +209,7 @@ def time_interleaved(variants: dict, warmup: int, repeats: int, settle: int = 0)
     for name in variants:
         out[f"{name}_ms"] = statistics.median(wall[name])
         out[f"{name}_cpu_ms"] = statistics.median(cpu[name])
-        ratios = [t / b for t, b in zip(wall[name], wall[first])]
-        out[f"{name}_paired_ratio"] = statistics.median(ratios)
-        quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-        out[f"{name}_paired_q25"], out[f"{name}_paired_q75"] = quartiles[0], quartiles[2]
+        paired = paired_ratios(wall[name], wall[first])
+        out[f"{name}_paired_ratio"], out[f"{name}_paired_q25"] = paired["ratio"], paired["q25"]
+        out[f"{name}_paired_q75"] = paired["q75"]
     return out

@@ -24,13 +24,13 @@ draws. The real-data check (accuracy within 0.3 points of MC-100) is separate.
 --keep-freed-memory: glibc's malloc keeps freed memory instead of page-faulting every large activation in
 again (`_common.KEEP_FREED_MEMORY`; about half the bare forward's time on this machine goes to those faults).
 
-The last line printed is JSON with every figure and the git commit.
+The last line printed is JSON with every figure and the git commit; the same record is written to
+benchmarks/results/ (`results_file_name`; --results_dir, --results_file).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import time
@@ -41,7 +41,16 @@ from _common import apply_process_flags
 apply_process_flags()  # --keep-freed-memory, --omp-passive: before torch (and its OpenMP runtime) loads
 
 import torch  # noqa: E402
-from _common import add_thread_arguments, environment, git_commit, require_at_least, time_interleaved  # noqa: E402
+from _common import (  # noqa: E402
+    add_results_arguments,
+    add_thread_arguments,
+    environment,
+    publish,
+    require_at_least,
+    results_name,
+    results_path,
+    time_interleaved,
+)
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.kernels import fused  # noqa: E402
@@ -79,7 +88,7 @@ def page_faults(fn, repeats: int = 5) -> tuple[int, float]:
 def kernel_layouts(phi: MetaPerturb, feature: torch.Tensor, threads: int) -> dict:
     """The "mean"-mode forward kernel alone on the padded layout (`mp_forward`, what the site ran before the
     stacked layout) and on the stacked one (`mp_forward_stacked`, what it runs now): same arguments, same output."""
-    lib = kernels.build.load()
+    lib = kernels.build.load_extended(ROOT / "tests/kernels/padded_reference.c", {"mp_forward": "mp_forward_stacked"})
     l1, g1, l2, g2 = (k.detach().contiguous() for k in fused.phi_params(phi)[:4])  # what the sites pass
     batch, channels, height, width = feature.shape
     scale = torch.full((channels,), 0.5)
@@ -97,6 +106,15 @@ def kernel_layouts(phi: MetaPerturb, feature: torch.Tensor, threads: int) -> dic
     return calls
 
 
+def results_file_name(args) -> str:
+    """inference-b<batch>-k<k>-t<threads>[-<backend>][-keepmem][-passive].json: the settings that change the
+    figures (not the number of rounds, which only changes their precision)."""
+    return results_name(
+        "inference", f"b{args.batch}", f"k{args.k}", f"t{args.threads}", args.backend != "auto" and args.backend,
+        args.keep_freed_memory and "keepmem", args.omp_passive and "passive",
+    )  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=128)
@@ -108,6 +126,7 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", choices=kernels.BACKENDS)
     parser.add_argument("--small-batch", type=int, default=16, help="batch for the batched-vs-loop MC comparison")
     parser.add_argument("--mc-check", type=int, default=100, help="MC draws for the agreement check (0: skip)")
+    add_results_arguments(parser)
     args = parser.parse_args()
     # batch >= 2: the mean-mode calibration needs batch statistics
     require_at_least(parser, args, batch=2, threads=1, k=1, repeats=1, mc_repeats=1, warmup=0, small_batch=1,
@@ -256,13 +275,13 @@ def main() -> None:
         }
         print(f"  mean vs MC-{args.mc_check} ({phi_source}): max |Δp| {check['max_abs_prob_diff']:.4f}, "
               f"argmax agreement {check['argmax_agreement']:.3f}")  # fmt: skip
-    print(json.dumps({
-        "benchmark": "inference", "commit": git_commit(), "model": "cifar_resnet20", "batch": args.batch,
+    publish("inference", {
+        "model": "cifar_resnet20", "batch": args.batch,
         "threads": args.threads, "backend": args.backend, "k": args.k, "repeats": args.repeats,
         "fused_available": kernels.fused_available(), "torch": torch.__version__,
         **environment(), "results": res,
         "agreement_check": check,
-    }))  # fmt: skip
+    }, results_path(args, results_file_name(args)))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ fitted.
 Per-image probabilities are cached in <work_dir>/mean_vs_mc/ (rerun to re-tabulate without recomputing; the
 one-pass predictions are shared by every --mc_samples), each file tied to its run's all_results.json: a run
 folder trained again is predicted again.
-The last line printed is JSON with every figure and the git commit.
+The last line printed is JSON with every figure and the git commit, also written to
+benchmarks/results/mean_vs_mc-mc<k>[-fit<N>].json (--results_dir, --results_file).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import git_commit
+from _common import add_results_arguments, publish, results_name, results_path
 from transfer_gain import load_calibrated
 
 from mp_hub.mean_mode.predict import mc_predict, mean_predict
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--mc_samples", type=int, default=100)
     parser.add_argument("--mc_fit_steps", type=int, default=0, help="also the MC-matched calibration (0: not)")
     parser.add_argument("--threads", type=int, default=1)
+    add_results_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     variants = ("mean", "mean_fit") if args.mc_fit_steps else ("mean",)
@@ -166,8 +168,10 @@ def main() -> None:
         resolved = sum(abs(e[variant]["delta"]) - 2 * e[variant]["se"] <= 0.3 for e in table)
         print(f"{variant}: rows with |Δ| <= 0.3: {within} of {len(table)}; "
               f"|Δ| - 2 se <= 0.3: {resolved} of {len(table)}")  # fmt: skip
-    print(json.dumps({"benchmark": "mean_vs_mc", "commit": git_commit(), "mc_samples": args.mc_samples,
-                      "mc_fit_steps": args.mc_fit_steps, "table": table, "runs": runs}))  # fmt: skip
+    name = results_name("mean_vs_mc", f"mc{args.mc_samples}", args.mc_fit_steps and f"fit{args.mc_fit_steps}")
+    publish("mean_vs_mc", {"mc_samples": args.mc_samples, "mc_fit_steps": args.mc_fit_steps,
+                           "work_dirs": [str(d) for d in args.work_dirs], "table": table, "runs": runs},
+            results_path(args, name))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Both runs use all `--cores` cores: 1 process × `cores` torch threads, then 2 pr
 second of the training loop (tasks × steps / loop time, startup and data decoding excluded), from the
 recipe's final JSON line. Data: a tiny generated 8-class dataset at 32×32; model: ResNet-20.
 Prints both figures, the ratio, a 1 process × 1 thread figure for context, and a final JSON line with the
-figures and the git commit.
+figures and the git commit, also written to benchmarks/results/meta_train_scaling-tasks<T>-b<B>-c<C>.json
+(--results_dir, --results_file).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import git_commit
+from _common import add_results_arguments, publish, results_name, results_path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "meta_train.py"
@@ -82,6 +83,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--cores", type=int, default=2, help="cores to share: 1 × cores threads vs 2 × cores/2")
+    add_results_arguments(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -98,8 +100,9 @@ def main() -> None:
     if single:
         print(f"(context) 1 process × 1 thread: {single['task_steps_per_s']:.2f} task-steps/s")
     config = {"tasks": args.tasks, "steps": args.steps, "batch_size": args.batch_size, "model": "cifar_resnet20"}
-    figures = {"one": one, "two": two, "ratio": ratio, "one_single_thread": single, "commit": git_commit()}
-    print(json.dumps({"benchmark": "meta_train_scaling", **config, **figures}))
+    figures = {"one": one, "two": two, "ratio": ratio, "one_single_thread": single}
+    name = results_name("meta_train_scaling", f"tasks{args.tasks}", f"b{args.batch_size}", f"c{args.cores}")
+    publish("meta_train_scaling", {**config, **figures}, results_path(args, name))
 
 
 if __name__ == "__main__":

@@ -42,14 +42,13 @@ OMP_WAIT_POLICY=PASSIVE for steadier figures.
 --keep-freed-memory: glibc's malloc keeps freed memory instead of page-faulting every large activation in
 again (`_common.KEEP_FREED_MEMORY`; about half the bare forward's time on this machine goes to those faults).
 
-The last line printed is JSON with every figure and the git commit (suffixed -dirty for uncommitted changes).
+The last line printed is JSON with every figure and the git commit (suffixed -dirty for uncommitted changes);
+the same record is written to benchmarks/results/ (`results_file_name`; --results_dir, --results_file).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 
 from _common import apply_process_flags
@@ -58,7 +57,17 @@ apply_process_flags()  # --keep-freed-memory, --omp-passive: before torch (and i
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from _common import add_thread_arguments, environment, git_commit, require_at_least, time_interleaved  # noqa: E402
+from _common import (  # noqa: E402
+    add_results_arguments,
+    add_thread_arguments,
+    cpu_name,
+    environment,
+    publish,
+    require_at_least,
+    results_name,
+    results_path,
+    time_interleaved,
+)
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.kernels.fused import PASSES, pass_timer  # noqa: E402
@@ -166,18 +175,6 @@ def measure(trainable_phi: bool, args) -> dict:
     return out
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what platform reports."""
-    try:
-        with open("/proc/cpuinfo") as info:
-            for line in info:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def row(r: dict, variant: str) -> str:
     text = f"{variant:14s} {r[variant + '_ms']:8.1f} | {r[variant + '_cpu_ms']:8.1f}"
     if variant != "bare":
@@ -188,6 +185,16 @@ def row(r: dict, variant: str) -> str:
         if variant != "bare" and r.get(variant + "_peak_ratio"):
             text += f" (×{r[variant + '_peak_ratio']:.3f})"
     return text
+
+
+def results_file_name(args, modes: list[str]) -> str:
+    """overhead-<φ modes>-b<batch>-t<threads>[-<device>][-compile][-breakdown][-keepmem][-passive].json: the
+    settings that change the figures (not the number of steps, which only changes their precision)."""
+    return results_name(
+        "overhead", "+".join(modes), f"b{args.batch}", f"t{args.threads}", args.device != "cpu" and args.device,
+        args.compile and "compile", args.breakdown and "breakdown", args.keep_freed_memory and "keepmem",
+        args.omp_passive and "passive",
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -206,6 +213,7 @@ def main() -> None:
     parser.add_argument(
         "--breakdown", action="store_true", help="time more fused steps: ms per step of each fused-kernel pass"
     )
+    add_results_arguments(parser)
     args = parser.parse_args()
     require_at_least(parser, args, steps=1, warmup=0, settle=0, batch=1, threads=1)
     modes = [m.strip() for m in args.phi.split(",") if m.strip()]
@@ -246,13 +254,13 @@ def main() -> None:
     for mode, r in results.items():
         if "fused_ms" in r:
             print(f"speed-up of fused over eager (φ {mode}): ×{r['eager_ms'] / r['fused_ms']:.2f}")
-    print(json.dumps({
-        "benchmark": "overhead", "commit": git_commit(), "model": "cifar_resnet20", "batch": args.batch,
+    publish("overhead", {
+        "model": "cifar_resnet20", "batch": args.batch,
         "image_size": 32, "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "settle": args.settle,
         "fused_available": fused, "torch": torch.__version__, "device": args.device, "compile": args.compile,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         **environment(), "results": results,
-    }))  # fmt: skip
+    }, results_path(args, results_file_name(args, modes)))  # fmt: skip
 
 
 if __name__ == "__main__":

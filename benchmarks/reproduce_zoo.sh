@@ -11,7 +11,7 @@ done; wait
 python benchmarks/select_phi.py runs/glyphs10-seed0 runs/glyphs10-seed1 runs/glyphs10-seed2 \
   --max_train_steps 200 --eval_mc_samples 20 | tail -1 > runs/select_phi.json
 # bundle it, benchmark it, bundle again with the results
-python -m mp_hub.zoo.bundle runs/glyphs10-seed2 metaperturb-glyphs10-resnet20 --selection runs/select_phi.json
+python tools/bundle_zoo.py runs/glyphs10-seed2 metaperturb-glyphs10-resnet20 --selection runs/select_phi.json
 python benchmarks/transfer_gain.py --max_train_steps 200 --eval_mc_samples 100
 # the same at 1,000 steps (fashion_mnist; none and both φs), for the findings
 python benchmarks/transfer_gain.py --targets fashion_mnist --no_vit --regularizers none zoo official \
@@ -23,6 +23,6 @@ python benchmarks/mean_vs_mc.py --work_dirs runs/transfer_gain runs/transfer_gai
   --mc_fit_steps 200 --threads 2 | tail -1 > runs/mean_vs_mc_mc100.json
 # the card's findings are docs/results.md's (between the findings markers)
 { printf '## Findings\n\n'; sed -n '/<!-- findings -->/,/<!-- \/findings -->/p' docs/results.md | sed '1d;$d'; } > runs/findings.md
-python -m mp_hub.zoo.bundle runs/glyphs10-seed2 metaperturb-glyphs10-resnet20 --selection runs/select_phi.json \
+python tools/bundle_zoo.py runs/glyphs10-seed2 metaperturb-glyphs10-resnet20 --selection runs/select_phi.json \
   --benchmark runs/transfer_gain/transfer_gain.json --reproduction benchmarks/reproduce_zoo.sh \
   --notes runs/findings.md

@@ -7,7 +7,8 @@ MNIST train subset is the seed-0 draw of 100 per class from the train split; its
 test split): 100 other train images per class to train on, and 100 more per class to evaluate on. Each φ
 trains CIFAR ResNet-20 from scratch there with `recipes/transfer.py` (same budget as the benchmark, seed 0);
 the φ with the highest validation accuracy (MC average) is selected. Prints the scores and a final JSON line
-(with the git commit).
+(with the git commit), also written to benchmarks/results/select_phi-steps<N>-mc<k>-pc<per_class>.json
+(--results_dir, --results_file).
 
 Each candidate's run lives in `--work_dir`/runs/<name>-<hash of its command>: run again with the same settings,
 a finished run is reused; with other settings (or another candidate of the same name) it runs anew. If a run
@@ -30,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import git_commit  # noqa: E402
+from _common import add_results_arguments, publish, results_name, results_path  # noqa: E402
 
 
 def build_validation_target(shared: Path, out: Path, per_class: int) -> Path:
@@ -74,6 +75,7 @@ def main() -> None:
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--eval_mc_samples", type=int, default=20)
     parser.add_argument("--per_class", type=int, default=100, help="validation images per class, train and eval each")
+    add_results_arguments(parser)
     args = parser.parse_args()
     for name in ("max_train_steps", "batch_size", "eval_mc_samples", "per_class"):
         if getattr(args, name) < 1:
@@ -120,21 +122,19 @@ def main() -> None:
         print(f"{phi}: validation accuracy {results['eval_accuracy']:.4f}, ECE {results['eval_ece']:.4f}")
     selected = max(scores, key=lambda k: scores[k]["accuracy"])
     print(f"selected: {selected}")
-    print(
-        json.dumps(
-            {
-                "benchmark": "select_phi",
-                "commit": git_commit(),
-                "rule": "highest MC accuracy on the MNIST-train validation target",
-                "validation_target": f"MNIST train split, {args.per_class}/class train + {args.per_class}/class eval, "
-                "disjoint from benchmarks",
-                "max_train_steps": args.max_train_steps,
-                "eval_mc_samples": args.eval_mc_samples,
-                "scores": scores,
-                "selected": selected,
-            }
-        )
+    name = results_name(
+        "select_phi", f"steps{args.max_train_steps}", f"mc{args.eval_mc_samples}", f"pc{args.per_class}"
     )
+    figures = {
+        "rule": "highest MC accuracy on the MNIST-train validation target",
+        "validation_target": f"MNIST train split, {args.per_class}/class train + {args.per_class}/class eval, "
+        "disjoint from benchmarks",
+        "max_train_steps": args.max_train_steps,
+        "eval_mc_samples": args.eval_mc_samples,
+        "scores": scores,
+        "selected": selected,
+    }
+    publish("select_phi", figures, results_path(args, name))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ every run, seed 0) and 2,000 test images (200 per class). Each run is `recipes/t
 in one-pass "mean" mode from their saved folder, calibrated as the recipe does it (`mp_hub.calibrate_mean_mode`
 on the training images) and not. Regularizers: none, DropBlock, MetaPerturb with the zoo
 φ, MetaPerturb with the authors' φ (converted from ../shared/reference/perturb_750.pth). Also a tiny ViT from
-scratch on fashion_mnist, none vs MetaPerturb. Prints a table (mean ± std over seeds) and a final JSON line.
+scratch on fashion_mnist, none vs MetaPerturb. Prints a table (mean ± std over seeds) and a final JSON line,
+written to benchmarks/results/ too (`results_file_name`; --results_dir, --results_file) and, for the zoo
+bundler (`tools/bundle_zoo.py --benchmark`), to <work_dir>/transfer_gain.json.
 """
 
 from __future__ import annotations
@@ -26,20 +28,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from _common import git_commit  # noqa: E402
+from _common import add_results_arguments, publish, results_name, results_path, write_json_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mp_hub import MetaPerturb, load_perturbed  # noqa: E402
 from mp_hub.checkpointing import atomic_write  # noqa: E402
-from mp_hub.data import decode_images, samples_per_class_subset  # noqa: E402
+from mp_hub.data import ClassificationData, calibration_batches, decode_images, samples_per_class_subset  # noqa: E402
 from mp_hub.evaluation import compute_metrics  # noqa: E402
 from mp_hub.mean_mode import calibration_targets  # noqa: E402
 from mp_hub.mean_mode.predict import mean_predict  # noqa: E402
-from mp_hub.transfer.data import TransferData, calibration_batches  # noqa: E402
 from mp_hub.zoo import DEFAULT_PHI  # noqa: E402
-from mp_hub.zoo.bundle import benchmark_markdown  # noqa: E402
 
 REGULARIZERS = ("none", "dropblock", "zoo", "official")
 TINY_VIT = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 128,
@@ -155,7 +155,7 @@ def load_calibrated(run_dir: Path, data_dir: Path, seed: int, mc_fit_steps: int 
     model.eval()
     if calibration_targets(model, layer_norms=mc_fit_steps > 0) and (handle.calibration is None or mc_fit_steps):
         train = decode_images(load_dataset(str(data_dir))["train"], "image", "label", 32)
-        data = TransferData(train=train, eval=None, labels=[], eval_split="test", dataset_id="", image_size=32)
+        data = ClassificationData(train=train, eval=None, labels=[], eval_split="test", dataset_id="", image_size=32)
         handle.calibrate_mean_mode(  # the recipe's defaults
             calibration_batches(data, 100, seed), max_images=2048, mc_fit_steps=mc_fit_steps, seed=seed
         )
@@ -205,6 +205,33 @@ def decode_test(data_dir: Path, out: Path) -> None:
     atomic_write(out, lambda tmp: torch.save((normalize(tensors.images), tensors.labels), tmp))
 
 
+def benchmark_markdown(table: list[dict], settings: dict) -> str:
+    lines = [
+        "## Benchmark: does it regularize?",
+        "",
+        f"CIFAR ResNet-20 from scratch, 100 training images per class, {settings.get('max_train_steps')} steps of "
+        f"batch {settings.get('batch_size')}, 2,000 test images, mean ± std over seeds; accuracy with "
+        f"MC-{settings.get('eval_mc_samples')} and with one-pass `mean` mode, calibrated (BatchNorm statistics "
+        "of mean-mode activations on the training images, `mp_hub.calibrate_mean_mode`) and not "
+        "(`benchmarks/transfer_gain.py`).",
+        "",
+        "| target | model | regularizer | seeds | acc MC (%) | acc mean (%) | acc mean, uncalibrated (%) "
+        "| ECE MC (%) | ECE mean (%) | NLL MC |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    keys = ("accuracy_mc", "accuracy_mean", "accuracy_mean_uncalibrated", "ece_mc", "ece_mean")
+    for e in table:
+        nll = f"{e['nll_mc'][0]:.3f} ± {e['nll_mc'][1]:.3f}" if "nll_mc" in e else "—"
+        cells = " | ".join(_percent(e, key) for key in keys) + f" | {nll}"
+        lines.append(f"| {e['target']} | {e['model']} | {e['regularizer']} | {e['seeds']} | {cells} |")
+    return "\n".join(lines)
+
+
+def _percent(entry: dict, key: str) -> str:
+    """(mean, std) fractions as "mean ± std" percentages; — where the run had no such figure."""
+    return f"{entry[key][0] * 100:.2f} ± {entry[key][1] * 100:.2f}" if key in entry else "—"
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -219,6 +246,16 @@ def summarize(rows: list[dict]) -> list[dict]:
                 entry[key] = (values.mean().item(), values.std().item() if len(values) > 1 else 0.0)
         table.append(entry)
     return table
+
+
+def results_file_name(args) -> str:
+    """transfer_gain-<targets>-steps<N>-mc<k>[-<regularizers>][-novit][-seeds<...>].json (the last three only
+    where they are not the defaults): one file per configuration of the table."""
+    return results_name(
+        "transfer_gain", "+".join(args.targets), f"steps{args.max_train_steps}", f"mc{args.eval_mc_samples}",
+        list(args.regularizers) != list(REGULARIZERS) and "+".join(args.regularizers), args.no_vit and "novit",
+        args.seeds != [0, 1, 2] and "seeds" + "+".join(map(str, args.seeds)),
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -241,6 +278,7 @@ def main() -> None:
         help="ResNet-20 rows to run (zoo: --zoo_phi; official: the authors' φ)",
     )
     parser.add_argument("--report_only", action="store_true", help="tabulate finished runs; start none")
+    add_results_arguments(parser)
     args = parser.parse_args()
     args.work_dir = args.work_dir.resolve()  # the runs record their commands: the same folder, the same paths
     started = time.time()
@@ -278,10 +316,7 @@ def main() -> None:
         print(f"report only: {len(jobs) - len(rows)} of {len(jobs)} runs have no results yet and are left out")
     table = summarize(rows)
     print(benchmark_markdown(table, vars(args)))
-    commit = git_commit()
     summary = {
-        "benchmark": "transfer_gain",
-        "commit": commit,
         "max_train_steps": args.max_train_steps,
         "batch_size": args.batch_size,
         "eval_mc_samples": args.eval_mc_samples,
@@ -291,8 +326,8 @@ def main() -> None:
         "table": table,
         "runs": rows,
     }
-    (args.work_dir / "transfer_gain.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary))
+    record = publish("transfer_gain", summary, results_path(args, results_file_name(args)))
+    write_json_atomic(args.work_dir / "transfer_gain.json", record)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """Maintainers' tool: turn a meta-training output into a bundled zoo folder (Hub-ready: weights, config, card).
 
-    python -m mp_hub.zoo.bundle runs/glyphs10-seed1 metaperturb-glyphs10-resnet20 \
+    python tools/bundle_zoo.py runs/glyphs10-seed1 metaperturb-glyphs10-resnet20 \
         --selection runs/select_phi.json --benchmark runs/transfer_gain/transfer_gain.json \
-        --reproduction reproduce.sh
+        --reproduction benchmarks/reproduce_zoo.sh
+
+It writes into this checkout's mp_hub/zoo/bundled/ (--out_dir to write elsewhere); the card's tables are made
+from the JSON records of benchmarks/select_phi.py and benchmarks/transfer_gain.py (whose table format,
+`transfer_gain.benchmark_markdown`, the card reuses).
 """
 
 from __future__ import annotations
@@ -10,37 +14,17 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 from pathlib import Path
 
-from ..perturb import MetaPerturb
-from . import BUNDLED_DIR
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # this checkout's mp_hub: the bundled folder is written into it
+sys.path.insert(0, str(ROOT / "benchmarks"))  # transfer_gain's table, as the benchmark prints it
 
+from transfer_gain import benchmark_markdown  # noqa: E402
 
-def benchmark_markdown(table: list[dict], settings: dict) -> str:
-    lines = [
-        "## Benchmark: does it regularize?",
-        "",
-        f"CIFAR ResNet-20 from scratch, 100 training images per class, {settings.get('max_train_steps')} steps of "
-        f"batch {settings.get('batch_size')}, 2,000 test images, mean ± std over seeds; accuracy with "
-        f"MC-{settings.get('eval_mc_samples')} and with one-pass `mean` mode, calibrated (BatchNorm statistics "
-        "of mean-mode activations on the training images, `mp_hub.calibrate_mean_mode`) and not "
-        "(`benchmarks/transfer_gain.py`).",
-        "",
-        "| target | model | regularizer | seeds | acc MC (%) | acc mean (%) | acc mean, uncalibrated (%) "
-        "| ECE MC (%) | ECE mean (%) | NLL MC |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    keys = ("accuracy_mc", "accuracy_mean", "accuracy_mean_uncalibrated", "ece_mc", "ece_mean")
-    for e in table:
-        nll = f"{e['nll_mc'][0]:.3f} ± {e['nll_mc'][1]:.3f}" if "nll_mc" in e else "—"
-        cells = " | ".join(_percent(e, key) for key in keys) + f" | {nll}"
-        lines.append(f"| {e['target']} | {e['model']} | {e['regularizer']} | {e['seeds']} | {cells} |")
-    return "\n".join(lines)
-
-
-def _percent(entry: dict, key: str) -> str:
-    """(mean, std) fractions as "mean ± std" percentages; — where the run had no such figure."""
-    return f"{entry[key][0] * 100:.2f} ± {entry[key][1] * 100:.2f}" if key in entry else "—"
+from mp_hub.perturb import MetaPerturb  # noqa: E402
+from mp_hub.zoo import BUNDLED_DIR  # noqa: E402
 
 
 def selection_markdown(selection: dict) -> str:
@@ -86,7 +70,10 @@ def bundle(
     benchmark: dict | None = None,
     reproduction: str | None = None,
     notes: str | None = None,
+    out_dir: Path = BUNDLED_DIR,
 ) -> Path:
+    """Save φ from `phi_dir` as `out_dir`/`name` (replacing it) with a card holding the selection, the benchmark
+    table, the reproduction commands and `notes`; returns that folder."""
     phi = MetaPerturb.from_pretrained(phi_dir)
     prov = phi.config.provenance
     prov["zoo_name"] = name
@@ -101,7 +88,7 @@ def bundle(
         extra.append(benchmark_markdown(benchmark["table"], benchmark))
     if notes:
         extra.append(notes)
-    out = BUNDLED_DIR / name
+    out = Path(out_dir) / name
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -130,6 +117,7 @@ def main() -> None:
     parser.add_argument("--benchmark", type=Path, help="transfer_gain.json written by benchmarks/transfer_gain.py")
     parser.add_argument("--reproduction", type=Path, help="a file with the exact commands")
     parser.add_argument("--notes", type=Path, help="markdown to add to the card")
+    parser.add_argument("--out_dir", type=Path, default=BUNDLED_DIR, help="where the bundled folder goes")
     args = parser.parse_args()
     out = bundle(
         args.phi_dir,
@@ -138,6 +126,7 @@ def main() -> None:
         benchmark=json.loads(args.benchmark.read_text()) if args.benchmark else None,
         reproduction=args.reproduction.read_text().strip() if args.reproduction else None,
         notes=args.notes.read_text() if args.notes else None,
+        out_dir=args.out_dir,
     )
     print(f"bundled {args.phi_dir} as {out}")
 

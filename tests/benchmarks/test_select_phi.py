@@ -1,5 +1,5 @@
-"""benchmarks/select_phi.py end to end on a tiny MNIST-like train split: the JSON line, one run per candidate
-and settings (never another candidate's or another budget's results), and clear refusals."""
+"""benchmarks/select_phi.py end to end on a tiny MNIST-like train split: the JSON line and the results file, one
+run per candidate and settings (never another candidate's or another budget's results), and clear refusals."""
 
 import json
 import os
@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 
 from mp_hub import MetaPerturb
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "select_phi.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "select_phi.py"
 # the script keeps transfer_gain.py's 100 per class out, then takes 2 x --per_class more
 PER_CLASS = 2
 TINY = ["--per_class", str(PER_CLASS), "--max_train_steps", "1", "--batch_size", "8", "--eval_mc_samples", "1"]
@@ -47,20 +47,21 @@ def candidates(tmp_path_factory) -> list[Path]:
     return out
 
 
-def select(*args) -> subprocess.CompletedProcess:
+def select(*args, results: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env, timeout=600
-    )
+    command = [sys.executable, str(SCRIPT), *map(str, args), "--results_dir", str(results)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
 @pytest.mark.slow
-def test_selects_among_candidates_and_reuses_only_identical_runs(tmp_path, shared, candidates):
-    work = tmp_path / "work"
-    proc = select(*candidates, *TINY, "--shared_dir", shared, "--work_dir", work)
+def test_selects_among_candidates_and_reuses_only_identical_runs(tmp_path, shared, candidates, commit_check):
+    work, results = tmp_path / "work", tmp_path / "results"
+    proc = select(*candidates, *TINY, "--shared_dir", shared, "--work_dir", work, results=results)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["benchmark"] == "select_phi" and report["commit"]
+    assert report["benchmark"] == "select_phi"
+    assert json.loads((results / "select_phi-steps1-mc1-pc2.json").read_text()) == report
+    assert commit_check(report["commit"])
     assert set(report["scores"]) == {str(c) for c in candidates}  # same name, both scored (as given)
     assert report["selected"] in report["scores"]
     assert f"{PER_CLASS}/class train" in report["validation_target"]
@@ -69,20 +70,21 @@ def test_selects_among_candidates_and_reuses_only_identical_runs(tmp_path, share
 
     # another budget: new runs, not the ones above
     proc = select(candidates[0], *TINY[:2], "--max_train_steps", "2", *TINY[4:], "--shared_dir", shared,
-                  "--work_dir", work)  # fmt: skip
+                  "--work_dir", work, results=results)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len([p for p in (work / "runs").iterdir() if p.is_dir()]) == 3
+    assert (results / "select_phi-steps2-mc1-pc2.json").is_file()  # beside the first budget's, not over it
 
     # a candidate whose run fails: nothing is selected, and the message names it and its log
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.json").write_text("{}")
-    proc = select(candidates[0], broken, *TINY, "--shared_dir", shared, "--work_dir", work)
+    proc = select(candidates[0], broken, *TINY, "--shared_dir", shared, "--work_dir", work, results=tmp_path / "r")
     assert proc.returncode != 0
     assert "1 of 2 candidate runs failed, nothing selected" in proc.stderr and str(broken) in proc.stderr
     log = Path(proc.stderr.split("see ")[-1].strip())
     assert log.is_file() and log.read_text()  # the recipe's own error is there
-    assert "selected" not in proc.stdout
+    assert "selected" not in proc.stdout and not (tmp_path / "r").exists()
 
 
 @pytest.mark.parametrize(
@@ -94,6 +96,6 @@ def test_selects_among_candidates_and_reuses_only_identical_runs(tmp_path, share
     ],
 )
 def test_refuses_bad_input_before_any_run(tmp_path, candidates, make, message):
-    proc = select(*make(tmp_path, candidates[0]), "--work_dir", tmp_path / "work")
+    proc = select(*make(tmp_path, candidates[0]), "--work_dir", tmp_path / "work", results=tmp_path / "results")
     assert proc.returncode == 2 and message in proc.stderr
-    assert not (tmp_path / "work").exists()
+    assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()

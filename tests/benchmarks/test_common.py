@@ -1,0 +1,84 @@
+"""benchmarks/_common.py: the paired ratios, the interleaved timing loop (on a scripted clock: no real timing),
+the results file (atomic, with the commit, the command, the host and the time) and its name."""
+
+import json
+import time
+from datetime import datetime
+
+import _common
+import pytest
+import torch
+from _common import paired_ratios, publish, results_name, time_interleaved, write_text_atomic
+
+
+def test_the_paired_ratio_is_the_median_of_per_round_ratios_not_a_ratio_of_medians():
+    times, baseline = [15.0, 22.0, 48.0], [10.0, 20.0, 40.0]  # per-round ratios 1.5, 1.1, 1.2
+    paired = paired_ratios(times, baseline)
+    assert paired["ratio"] == pytest.approx(1.2)  # the medians' ratio would be 22 / 20 = 1.1
+    assert paired["q25"] <= paired["ratio"] <= paired["q75"] and paired["q25"] < paired["q75"]
+    assert paired_ratios([3.0], [2.0]) == {"ratio": 1.5, "q25": 1.5, "q75": 1.5}
+    with pytest.raises(ValueError, match="as many timings as baseline ones"):
+        paired_ratios([1.0, 2.0], [1.0])
+
+
+def test_time_interleaved_pairs_each_round_with_the_first_variants(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    durations = {"bare": iter([5.0, 10.0, 20.0, 40.0]), "fused": iter([5.0, 15.0, 22.0, 48.0])}  # one warm-up round
+
+    def variant(name):
+        def call():  # "takes" its next scripted duration, in ms
+            now[0] += next(durations[name]) / 1e3
+
+        return call
+
+    out = time_interleaved({"bare": variant("bare"), "fused": variant("fused")}, warmup=1, repeats=3)
+    assert out["bare_ms"] == pytest.approx(20.0) and out["fused_ms"] == pytest.approx(22.0)
+    assert out["fused_paired_ratio"] == pytest.approx(1.2)  # from rounds (15/10, 22/20, 48/40), warm-up left out
+    assert out["fused_paired_q25"] < out["fused_paired_ratio"] < out["fused_paired_q75"]
+    assert all(out[f"{name}_cpu_ms"] >= 0 for name in ("bare", "fused"))
+
+
+def test_time_interleaved_settles_each_timed_call_with_untimed_ones_of_its_own_kind():
+    calls = []
+    variants = {name: (lambda name=name: calls.append(name)) for name in ("bare", "fused")}
+    time_interleaved(variants, warmup=1, repeats=2, settle=2)
+    # warm-up rounds alternate; every timed round runs each variant settle + 1 times in a row
+    assert calls == ["bare", "fused"] + (["bare"] * 3 + ["fused"] * 3) * 2
+
+
+def test_publish_writes_the_record_with_commit_command_host_and_time(tmp_path, monkeypatch, capsys, commit_check):
+    monkeypatch.setattr("sys.argv", [str(_common.ROOT / "benchmarks" / "overhead.py"), "--batch", "4"])
+    path = tmp_path / "deep" / "overhead-x.json"
+    path.parent.mkdir()
+    path.write_text("an earlier run")
+    record = publish("overhead", {"results": {"bare_ms": 1.5}}, path)
+    assert json.loads(path.read_text()) == record
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == record  # still the last line printed
+    assert record["benchmark"] == "overhead" and record["results"] == {"bare_ms": 1.5}
+    assert commit_check(record["commit"]) and not commit_check("0" * 40)
+    assert record["command"] == ["benchmarks/overhead.py", "--batch", "4"]  # as run from the repository root
+    host = record["host"]
+    assert host["torch"] == torch.__version__ and host["torch_threads"] == torch.get_num_threads()
+    assert host["cpu_count"] >= host["cpus_usable"] >= 1
+    assert datetime.fromisoformat(record["utc"]).utcoffset().total_seconds() == 0
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    path.write_text("previous")
+
+    def refuse(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(_common.os, "replace", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        write_text_atomic(path, "new")
+    assert path.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_results_names_hold_the_settings_given_and_skip_the_unset_ones():
+    assert results_name("overhead", "frozen", "b128", False, None, "cuda:1") == "overhead-frozen-b128-cuda1.json"
+    assert results_name("fit_expected_softplus") == "fit_expected_softplus.json"
+    assert results_name("x", "a/b") == "x-a_b.json"  # never a subfolder

@@ -1,0 +1,78 @@
+"""benchmarks/overhead.py: runs end to end and writes its record (tiny settings: figures are not checked), names
+its results file by the settings that change the figures, refuses settings it cannot use."""
+
+import subprocess
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+from mp_hub import kernels
+from mp_hub.kernels.fused import PASSES
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def settings(**changes) -> Namespace:
+    defaults = dict(batch=128, threads=2, device="cpu", compile=False, breakdown=False, keep_freed_memory=False,
+                    omp_passive=False)  # fmt: skip
+    return Namespace(**{**defaults, **changes})
+
+
+def test_each_configuration_has_its_own_results_file():
+    import overhead
+
+    both = ["frozen", "trainable"]
+    assert overhead.results_file_name(settings(), both) == "overhead-frozen+trainable-b128-t2.json"
+    configurations = [
+        (settings(), both), (settings(), ["frozen"]), (settings(batch=32), both), (settings(threads=1), both),
+        (settings(device="cuda:0"), both), (settings(compile=True), both), (settings(breakdown=True), both),
+        (settings(keep_freed_memory=True), both), (settings(omp_passive=True), both),
+    ]  # fmt: skip
+    names = [overhead.results_file_name(args, modes) for args, modes in configurations]
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_runs_and_writes_its_record(run_script):
+    args = ("--steps", "2", "--warmup", "0", "--batch", "4", "--no-memory")
+    report, path = run_script("overhead.py", *args, *(("--breakdown",) if kernels.fused_available() else ()))
+    assert path.name.startswith("overhead-frozen+trainable-b4-t2")
+    for result in report["results"].values():
+        for v in result["variants"]:
+            assert result[f"{v}_paired_q25"] <= result[f"{v}_paired_ratio"] <= result[f"{v}_paired_q75"]
+        for variant in result["variants"][1:]:  # each a ratio of its own median to bare's
+            assert result[f"{variant}_ratio"] == pytest.approx(result[f"{variant}_ms"] / result["bare_ms"])
+        if kernels.fused_available():  # every pass ran in the timed steps, frozen and trainable
+            assert list(result["kernel_ms"]) == list(PASSES) and all(ms > 0 for ms in result["kernel_ms"].values())
+            assert result["kernel_total_ms"] == pytest.approx(sum(result["kernel_ms"].values()))
+
+
+@pytest.mark.slow
+def test_overhead_benchmark_compiles_both_models(run_script):
+    """--compile: a bare and a perturbed model under torch.compile (inductor on CPU here: minutes)."""
+    report, path = run_script(
+        "overhead.py", "--steps", "1", "--warmup", "0", "--batch", "2", "--no-memory", "--phi", "frozen", "--compile"
+    )
+    frozen = report["results"]["frozen"]
+    assert path.name == "overhead-frozen-b2-t2-compile.json"
+    assert report["compile"] and frozen["variants"] == ["bare", "eager", "fused", "bare_compiled", "eager_compiled"]
+    assert frozen["bare_compiled_compile_s"] > 0 and frozen["eager_compiled_compile_s"] > 0
+    assert frozen["eager_compiled_vs_bare_compiled"] > 0
+
+
+def test_overhead_benchmark_refuses_settings_it_cannot_use(tmp_path):
+    refused = [
+        (("--settle", "-1"), "--settle must be >= 0"),
+        (("--phi", "frozen,frozn"), "a comma list of frozen, trainable (got frozn)"),
+        (("--device", "cuda", "--breakdown"), "--breakdown times the fused kernels, which run on CPU only"),
+    ]
+    if not torch.cuda.is_available():
+        refused.append((("--device", "cuda"), "sees no CUDA device"))
+    for args, message in refused:
+        command = [sys.executable, str(BENCHMARKS / "overhead.py"), *args, "--results_dir", str(tmp_path)]
+        run = subprocess.run(command, capture_output=True, text=True)
+        assert run.returncode == 2 and message in run.stderr, (args, run.stderr)
+    assert not any(tmp_path.iterdir())  # a refused run writes no results

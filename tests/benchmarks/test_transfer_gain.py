@@ -1,0 +1,75 @@
+"""benchmarks/transfer_gain.py reuses finished work only when it is the work asked for (a run, by its command),
+names its results file by the table's configuration, and (slow) runs end to end on ../shared's data, followed by
+benchmarks/mean_vs_mc.py on its runs."""
+
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import transfer_gain
+
+ARGS = Namespace(max_train_steps=200, eval_mc_samples=100, batch_size=64, work_dir=Path("w"))
+
+
+def command(steps: int = 200) -> list[str]:
+    args = Namespace(**{**vars(ARGS), "max_train_steps": steps})
+    return transfer_gain.transfer_command(args, Path("data/mnist"), "metaperturb", "zoo/phi", 0, "resnet20")
+
+
+def finish(out: Path, steps: int = 200, mc: int = 100, recorded: list[str] | None = None) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "all_results.json").write_text(json.dumps({"train_steps": steps, "eval_mc_samples": mc}))
+    if recorded is not None:
+        (out / transfer_gain.RUN_COMMAND).write_text(json.dumps(recorded))
+    return out
+
+
+def test_the_command_holds_what_makes_a_run_differ():
+    assert command(200) != command(1000)
+    assert "--perturb_model_id" in command() and "zoo/phi" in command()
+    assert "--output_dir" not in command()  # the folder is the run's name, not part of what it is
+
+
+def test_a_run_is_reused_only_if_its_command_was_this_one(tmp_path):
+    assert not transfer_gain.finished(tmp_path / "absent", command(), ARGS)
+    assert transfer_gain.finished(finish(tmp_path / "same", recorded=command()), command(), ARGS)
+    other = finish(tmp_path / "other", steps=1000, recorded=command(1000))
+    with pytest.raises(SystemExit, match=f"{other} holds a finished run made with other settings"):
+        transfer_gain.finished(other, command(), ARGS)
+
+
+def test_a_run_without_a_recorded_command_is_checked_by_its_budget(tmp_path):
+    assert transfer_gain.finished(finish(tmp_path / "old"), command(), ARGS)
+    with pytest.raises(SystemExit, match=r"\(1000 steps, MC-20\); pass another --work_dir"):
+        transfer_gain.finished(finish(tmp_path / "older", steps=1000, mc=20), command(), ARGS)
+
+
+def test_each_table_configuration_has_its_own_results_file():
+    default = dict(targets=["fashion_mnist", "mnist"], max_train_steps=200, eval_mc_samples=100,
+                   regularizers=list(transfer_gain.REGULARIZERS), no_vit=False, seeds=[0, 1, 2])  # fmt: skip
+    name = transfer_gain.results_file_name(Namespace(**default))
+    assert name == "transfer_gain-fashion_mnist+mnist-steps200-mc100.json"
+    longer = {**default, "targets": ["fashion_mnist"], "max_train_steps": 1000, "eval_mc_samples": 20,
+              "regularizers": ["none", "zoo", "official"], "no_vit": True}  # fmt: skip
+    assert transfer_gain.results_file_name(Namespace(**longer)) == (
+        "transfer_gain-fashion_mnist-steps1000-mc20-none+zoo+official-novit.json"
+    )
+    smoke = transfer_gain.results_file_name(Namespace(**{**default, "seeds": [0]}))
+    assert smoke.endswith("-seeds0.json")
+
+
+@pytest.mark.slow
+def test_a_tiny_benchmark_and_its_mean_vs_mc_comparison_write_their_records(run_script, tmp_path, data_dir):
+    work = tmp_path / "work"
+    tiny = ["--shared_dir", data_dir.parent, "--work_dir", work, "--targets", "mnist", "--seeds", "0", "--no_vit",
+            "--regularizers", "none", "zoo", "--max_train_steps", "1", "--eval_mc_samples", "1"]  # fmt: skip
+    if not (data_dir.parent / "reference" / "perturb_750.pth").exists():
+        pytest.skip("the authors' φ (../shared/reference/perturb_750.pth) is absent")
+    report, path = run_script("transfer_gain.py", *tiny, "--jobs", "1")
+    assert path.name == "transfer_gain-mnist-steps1-mc1-none+zoo-novit-seeds0.json"
+    assert report["runs_finished"] == report["runs_planned"] == 2
+    assert json.loads((work / "transfer_gain.json").read_text()) == report  # what the zoo bundler reads
+    path.unlink()
+    report, path = run_script("mean_vs_mc.py", "--work_dirs", work, "--mc_samples", "2")
+    assert path.name == "mean_vs_mc-mc2.json" and len(report["runs"]) == 1
