@@ -46,13 +46,13 @@ TINY_VIT = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4,
             "patch_size": 4}  # fmt: skip
 
 
-def build_target(shared: Path, name: str, out: Path, train_per_class: int, test_per_class: int) -> Path:
+def build_target(source_dir: Path, out: Path, train_per_class: int, test_per_class: int) -> Path:
     """A Hub-layout folder with the fixed s-dataset train subset and a class-balanced test subset."""
     from datasets import load_dataset
 
     if out.is_dir():
         return out
-    source = load_dataset(str(shared / "data" / name))
+    source = load_dataset(str(source_dir))
     tmp = out.with_name(out.name + ".tmp")  # built aside and renamed: a killed build leaves no half dataset
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "data").mkdir(parents=True)
@@ -258,11 +258,37 @@ def results_file_name(args) -> str:
     )  # fmt: skip
 
 
+def target_sources(targets: list[str], target_dirs: list[str], shared: Path) -> dict[str, Path]:
+    """Each target's source folder: from --target_dir NAME=DIR, else SHARED_DIR/data/NAME; refused before any run
+    if it is missing."""
+    given = {}
+    for entry in target_dirs:
+        name, sep, folder = entry.partition("=")
+        if not sep or not name or not folder:
+            raise SystemExit(f"--target_dir takes NAME=DIR, got {entry!r}")
+        given[name] = Path(folder).resolve()
+    unknown = sorted(set(given) - set(targets))
+    if unknown:
+        raise SystemExit(f"--target_dir names {unknown}, which --targets does not list")
+    sources = {name: given.get(name, shared / "data" / name) for name in targets}
+    for name, folder in sources.items():
+        if not (folder / "README.md").is_file():
+            raise SystemExit(f"target {name!r}: no dataset at {folder} (build it, or pass --target_dir {name}=DIR)")
+    return sources
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--shared_dir", type=Path, default=ROOT.parent / "shared")
     parser.add_argument("--work_dir", type=Path, default=ROOT / "runs" / "transfer_gain")
     parser.add_argument("--targets", nargs="+", default=["fashion_mnist", "mnist"])
+    parser.add_argument(
+        "--target_dir",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="where target NAME is if not in SHARED_DIR/data (e.g. animal_mnist=DIR from tools/build_animal_mnist.py)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--zoo_phi", default=DEFAULT_PHI, help="zoo name or folder of the φ to test")
     parser.add_argument("--max_train_steps", type=int, default=200)
@@ -289,9 +315,10 @@ def main() -> None:
     zoo_phi = args.zoo_phi
     MetaPerturb.from_pretrained(zoo_phi)  # fail early, with the loader's own message, if it is missing
 
+    sources = target_sources(args.targets, args.target_dir, args.shared_dir)
     data_dirs = {}
     for target in args.targets:
-        data_dirs[target] = build_target(args.shared_dir, target, args.work_dir / "data" / target, 100, 200)
+        data_dirs[target] = build_target(sources[target], args.work_dir / "data" / target, 100, 200)
         decode_test(data_dirs[target], args.work_dir / "decoded" / f"{target}.pt")
     # Seed-major order: an interrupted benchmark has every row at the same number of seeds (rerun to resume;
     # finished runs are read back from their all_results.json).

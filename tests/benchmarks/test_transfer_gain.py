@@ -45,6 +45,21 @@ def test_a_run_without_a_recorded_command_is_checked_by_its_budget(tmp_path):
         transfer_gain.finished(finish(tmp_path / "older", steps=1000, mc=20), command(), ARGS)
 
 
+def test_targets_come_from_the_shared_data_or_a_named_folder(tmp_path):
+    for folder in (tmp_path / "shared" / "data" / "mnist", tmp_path / "animals"):
+        folder.mkdir(parents=True)
+        (folder / "README.md").write_text("card")
+    shared = tmp_path / "shared"
+    sources = transfer_gain.target_sources(["mnist", "animal_mnist"], [f"animal_mnist={tmp_path / 'animals'}"], shared)
+    assert sources == {"mnist": shared / "data" / "mnist", "animal_mnist": tmp_path / "animals"}
+    with pytest.raises(SystemExit, match="animal_mnist=DIR"):
+        transfer_gain.target_sources(["animal_mnist"], [], shared)
+    with pytest.raises(SystemExit, match="NAME=DIR"):
+        transfer_gain.target_sources(["mnist"], ["mnist"], shared)
+    with pytest.raises(SystemExit, match="does not list"):
+        transfer_gain.target_sources(["mnist"], [f"cifar={tmp_path}"], shared)
+
+
 def test_each_table_configuration_has_its_own_results_file():
     default = dict(targets=["fashion_mnist", "mnist"], max_train_steps=200, eval_mc_samples=100,
                    regularizers=list(transfer_gain.REGULARIZERS), no_vit=False, seeds=[0, 1, 2])  # fmt: skip
