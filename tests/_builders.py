@@ -1,9 +1,20 @@
-"""Tiny models shared by the test modules (`from _builders import ...`: pytest puts tests/ on sys.path)."""
+"""Tiny models and helpers shared by the test modules, in tests/ and its subfolders (`from _builders import ...`:
+pytest puts tests/ on sys.path)."""
 
+import functools
+import importlib.util
+from pathlib import Path
+
+import numpy as np
 import torch
+from datasets import ClassLabel, Dataset, Features, Image, Value
+from PIL import Image as PILImage
 from torch import nn
 
 from mp_hub import MetaPerturb
+from mp_hub.models import model_from_type
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class ConvNet(nn.Module):
@@ -83,3 +94,69 @@ def _trained(model: nn.Module, steps: int = 5) -> nn.Module:
 
 def _images(n=64, seed=2):
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+# --- shared by the site, kernel and prediction tests -----------------------------------------------------------
+
+
+def make_phi(scale=25.0, seed=0):
+    """φ with weights large enough that μ spreads over a few units and every ReLU mask is mixed."""
+    torch.manual_seed(seed)
+    phi = MetaPerturb()
+    with torch.no_grad():
+        for p in phi.parameters():
+            p.mul_(scale)
+    return phi
+
+
+def resnet8(classes: int = 3, size: int = 8):
+    """A seeded CIFAR ResNet-8 of widths 4-4-4 (a `transformers` model: sites found without targets=)."""
+    torch.manual_seed(0)
+    return model_from_type("cifar_resnet", classes, size, depth=8, hidden_sizes=[4, 4, 4])
+
+
+# --- shared by the meta-training recipe's tests and mp_hub.output_dir's ---------------------------------------
+
+META_TRAIN_COMMON = [
+    "--num_tasks", "4", "--split_scheme", "halves", "--image_size", "8", "--per_device_train_batch_size", "8",
+]  # fmt: skip
+
+
+@functools.cache
+def meta_train_recipe():
+    """recipes/meta_train.py as a module, loaded once (the tests that use it share it, and monkeypatch it)."""
+    spec = importlib.util.spec_from_file_location("meta_train_recipe", ROOT / "recipes" / "meta_train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_task_dataset(root: Path, classes: int = 8, per_class: int = 12, tasks=None) -> Path:
+    """A Hub-layout folder (data/train-*.parquet) of tiny coloured 8×8 images, a label and a task column."""
+    rng = np.random.default_rng(0)
+    images, labels = [], []
+    for c in range(classes):
+        for _ in range(per_class):
+            base = np.full((8, 8, 3), 30 * c % 255, np.int64)
+            base[:4, :, c % 3] = 200
+            images.append(PILImage.fromarray(np.clip(base + rng.integers(0, 40, base.shape), 0, 255).astype(np.uint8)))
+            labels.append(c)
+    tasks = tasks if tasks is not None else [label // 2 for label in labels]
+    features = Features(
+        {
+            "image": Image(),
+            "label": ClassLabel(names=[f"c{i}" for i in range(classes)]),
+            "task": ClassLabel(names=[f"t{i}" for i in range(max(tasks) + 1)]),
+            "note": Value("string"),
+        }
+    )
+    data = {"image": images, "label": labels, "task": tasks, "note": ["x"] * len(labels)}
+    (root / "data").mkdir(parents=True)
+    Dataset.from_dict(data, features=features).to_parquet(str(root / "data" / "train-00000-of-00001.parquet"))
+    return root
+
+
+def run_meta_train(dataset: Path, workdir: Path, out: str, *extra: str) -> Path:
+    """recipes/meta_train.py's main in this process, on `dataset`, 4 tasks of 8×8 images, into workdir/out."""
+    argv = ["--dataset_dir", str(dataset), "--cache_dir", str(workdir / "cache"), *META_TRAIN_COMMON]
+    return meta_train_recipe().main([*argv, "--output_dir", str(workdir / out), *extra])

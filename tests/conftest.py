@@ -31,11 +31,11 @@ def require_shared(path: Path) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def reference_dir() -> Path:
     return require_shared(REFERENCE_DIR)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def data_dir() -> Path:
     return require_shared(DATA_DIR)

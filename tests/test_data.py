@@ -1,5 +1,7 @@
 """mp_hub.data: the shipped dataset, the chosen and decoded splits, step-indexed
-batches and calibration batches."""
+batches and calibration batches, meta-training tasks."""
+
+import copy
 
 import numpy as np
 import pytest
@@ -16,8 +18,9 @@ from mp_hub.data import (
     label_map,
     load_splits,
 )
+from mp_hub.data.tasks import InfiniteBatches, class_lists_hash, split_tasks
 from mp_hub.datasets import FASHION_MNIST_TINY
-from mp_hub.errors import DataError
+from mp_hub.errors import ConfigError, DataError
 from mp_hub.zoo import DEFAULT_PHI
 
 # --- the shipped dataset -------------------------------------------------------------------------------------------
@@ -91,3 +94,64 @@ def test_calibration_batches_cover_the_training_images_once_in_a_seeded_order():
     assert [len(b) for b in batches] == [8, 8, 4]
     again = torch.cat(list(calibration_batches(data, 8, seed=3)))
     assert torch.equal(torch.cat(batches), again) and again.abs().max() <= 1.0
+
+
+# --- meta-training tasks (tasks.py) --------------------------------------------------------------------------------
+
+
+def test_disjoint_split_is_deterministic_class_disjoint_and_covers_the_data():
+    labels = np.repeat(np.arange(10), 6)
+    specs = split_tasks(labels, seed=3, num_tasks=3, split_scheme="disjoint")
+    again = split_tasks(labels, seed=3, num_tasks=3, split_scheme="disjoint")
+    assert [s.classes for s in specs] == [(0, 1, 2, 3), (4, 5, 6), (7, 8, 9)]
+    for a, b in zip(specs, again):
+        assert np.array_equal(a.train_rows, b.train_rows) and np.array_equal(a.valid_rows, b.valid_rows)
+    rows = np.concatenate([np.concatenate([s.train_rows, s.valid_rows]) for s in specs])
+    assert sorted(rows.tolist()) == list(range(len(labels)))  # every image in exactly one task and one half
+    for s in specs:
+        assert set(labels[s.train_rows]) <= set(s.classes) and set(labels[s.valid_rows]) <= set(s.classes)
+    other = split_tasks(labels, seed=4, num_tasks=3, split_scheme="disjoint")
+    assert not np.array_equal(other[0].train_rows, specs[0].train_rows)
+    assert class_lists_hash(other) == class_lists_hash(specs)  # the classes do not depend on the seed
+
+
+def test_halves_split_swaps_train_and_valid_within_each_group():
+    labels = np.repeat(np.arange(8), 5)
+    specs = split_tasks(labels, seed=0, num_tasks=4, split_scheme="halves")
+    again = split_tasks(labels, seed=0, num_tasks=4, split_scheme="halves")
+    assert all(np.array_equal(a.train_rows, b.train_rows) for a, b in zip(specs, again))
+    assert [s.index for s in specs] == [0, 1, 2, 3]
+    assert specs[0].classes == specs[1].classes == (0, 1, 2, 3) and specs[2].classes == (4, 5, 6, 7)
+    for a, b in (specs[0:2], specs[2:4]):
+        assert np.array_equal(a.train_rows, b.valid_rows) and np.array_equal(a.valid_rows, b.train_rows)
+        assert len(a.train_rows) == 10 and not set(a.train_rows) & set(a.valid_rows)
+    assert not set(specs[0].classes) & set(specs[2].classes)
+
+
+def test_task_column_split():
+    labels = np.repeat(np.arange(6), 4)
+    task_ids = labels // 3
+    specs = split_tasks(labels, seed=0, task_ids=task_ids, task_names=["greek", "thai"])
+    assert [(s.name, s.classes) for s in specs] == [("greek", (0, 1, 2)), ("thai", (3, 4, 5))]
+    assert all(len(s.train_rows) == 6 and len(s.valid_rows) == 6 for s in specs)
+    with pytest.raises(ConfigError, match="disagrees"):
+        split_tasks(labels, seed=0, task_ids=task_ids, num_tasks=3)
+
+
+def test_split_errors():
+    with pytest.raises(DataError, match="3 classes, fewer than the 4 tasks"):
+        split_tasks(np.repeat(np.arange(3), 4), seed=0, num_tasks=4, split_scheme="disjoint")
+    with pytest.raises(ConfigError, match="even"):
+        split_tasks(np.repeat(np.arange(6), 4), seed=0, num_tasks=3, split_scheme="halves")
+    with pytest.raises(DataError, match="task 1 .* 0 train and 1 valid"):
+        split_tasks(np.array([0, 0, 1]), seed=0, task_ids=np.array([0, 0, 1]))
+
+
+def test_batches_shuffle_per_epoch_and_resume():
+    batches = InfiniteBatches(10, 4, torch.Generator().manual_seed(0))
+    first_epoch = torch.cat([next(batches), next(batches)])
+    assert len(set(first_epoch.tolist())) == 8  # full batches only; the last 2 of the epoch are dropped
+    state = copy.deepcopy(batches.state_dict())
+    ahead = [next(batches) for _ in range(5)]
+    batches.load_state_dict(state)
+    assert all(torch.equal(a, next(batches)) for a in ahead)

@@ -10,18 +10,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_meta_train import _make_dataset, _run, recipe
+from _builders import make_task_dataset, meta_train_recipe, run_meta_train
 
 from mp_hub.errors import OutputDirError, OutputDirInUseError
 from mp_hub.output_dir import claim_output_dir
 
 HOLD = "import sys, time; from mp_hub.output_dir import claim_output_dir\n" \
     "with claim_output_dir(sys.argv[1]):\n    print('held', flush=True); time.sleep(120)"  # fmt: skip
+recipe = meta_train_recipe()
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    return _make_dataset(tmp_path_factory.mktemp("data") / "tiny")
+    return make_task_dataset(tmp_path_factory.mktemp("data") / "tiny")
 
 
 def refusal(call, capsys) -> str:
@@ -90,15 +91,15 @@ def test_a_full_disk_at_the_second_checkpoint_is_typed_and_the_first_resumes(dat
 
     monkeypatch.setattr(torch, "save", full_disk)
     with pytest.raises(OutputDirError) as caught:
-        _run(dataset, tmp_path, "out", "--max_train_steps", "3", "--checkpointing_steps", "1")
+        run_meta_train(dataset, tmp_path, "out", "--max_train_steps", "3", "--checkpointing_steps", "1")
     message = str(caught.value)
     assert str(tmp_path / "out" / "checkpoints" / "step_2") in message
     assert ("No space left on device" if failure == "enospc" else "iostream error") in message
     checkpoints = tmp_path / "out" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_1"]  # the partial folder is gone
     monkeypatch.setattr(torch, "save", save)
-    out = _run(dataset, tmp_path, "out", "--max_train_steps", "2", "--checkpointing_steps", "1",
-               "--resume_from_checkpoint", "latest")  # fmt: skip
+    out = run_meta_train(dataset, tmp_path, "out", "--max_train_steps", "2", "--checkpointing_steps", "1",
+                         "--resume_from_checkpoint", "latest")  # fmt: skip
     assert (out / "model.safetensors").is_file() and (checkpoints / "step_2" / "COMPLETE").is_file()
 
 
@@ -110,7 +111,7 @@ def test_a_full_disk_at_the_final_save_is_typed(dataset, tmp_path, monkeypatch):
 
     monkeypatch.setattr(mp_hub.hub, "save_file", full_disk)
     with pytest.raises(OutputDirError, match=f"{tmp_path / 'out'}.*No space left on device"):
-        _run(dataset, tmp_path, "out", "--max_train_steps", "1")
+        run_meta_train(dataset, tmp_path, "out", "--max_train_steps", "1")
 
 
 def test_a_second_run_of_either_recipe_on_a_held_folder_is_refused_at_start(dataset, tmp_path, monkeypatch, capsys):
@@ -130,6 +131,6 @@ def test_a_second_run_of_either_recipe_on_a_held_folder_is_refused_at_start(data
         return real_load(**kwargs)
 
     monkeypatch.setattr(recipe, "load_image_dataset", load_then_start_others)
-    _run(dataset, tmp_path, "out", "--max_train_steps", "1")
+    run_meta_train(dataset, tmp_path, "out", "--max_train_steps", "1")
     assert len(seen) == 2 and all("OutputDirInUseError" in m and f"pid {os.getpid()}" in m for m in seen)
     assert (out / "model.safetensors").is_file()  # the first run finished

@@ -107,10 +107,8 @@ def test_site_matches_the_authors_perturb(name, backend):
 
 
 @pytest.fixture(scope="module")
-def official():
-    from conftest import REFERENCE_DIR, require_shared
-
-    ref = require_shared(REFERENCE_DIR)
+def official(reference_dir):
+    ref = reference_dir
     cases = {c["name"]: c for c in json.loads((ref / "official_vectors.json").read_text())["cases"]}
     weights = torch.load(ref / "perturb_750.pth", map_location="cpu", weights_only=True)
     return weights, load_file(str(ref / "official_vectors.safetensors")), cases

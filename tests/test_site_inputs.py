@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _builders import ConvNet
+from _builders import ConvNet, make_phi
 
 import mp_hub
 from mp_hub import InvalidInputError, MetaPerturb, PerturbSite, kernels
@@ -21,16 +21,6 @@ TARGETS = dict(targets=r"blocks\.\d+\.2", placement="input", spatial_norm=8)  # 
 def _needs_kernels():
     if not kernels.fused_available():
         pytest.skip(f"fused kernels unavailable here: {fused.build.load_error()}")
-
-
-def make_phi(scale=25.0, seed=0):
-    """φ with weights large enough that μ spreads over a few units and every ReLU mask is mixed."""
-    torch.manual_seed(seed)
-    phi = MetaPerturb()
-    with torch.no_grad():
-        for p in phi.parameters():
-            p.mul_(scale)
-    return phi
 
 
 def make_site(phi, backend, mode, training, channels=SHAPE[1]):

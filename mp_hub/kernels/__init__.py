@@ -13,7 +13,7 @@ first use, ~2 s, and cached under ~/.cache/mp_hub/kernels (`$MP_HUB_KERNEL_CACHE
 2 s once; without a compiler the build fails once, logs a warning and everything runs eager.
 
 Both paths compute the same function: outputs, running statistics and gradients (wrt x and φ) agree to float32
-rounding (tests/test_site_fast.py), and the authors' reference vectors pass through either to 1e-5. One
+rounding (tests/kernels/test_fused.py), and the authors' reference vectors pass through either to 1e-5. One
 documented difference: with `noise=None` in "mc" mode the fused path draws ε from its own counter-based
 generator — Box–Muller on random words from ARS-7 (AES rounds, with VAES) or a 2-round integer hash (without),
 keyed from torch's default generator, so `torch.manual_seed` still makes runs reproducible — not from

@@ -12,7 +12,7 @@ from PIL import Image as PILImage
 
 from mp_hub.errors import ConfigError, DataError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY_VIT = [
     "--model_type", "vit", "--model_config_overrides",
     '{"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32, "patch_size": 8}',

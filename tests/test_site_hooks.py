@@ -10,8 +10,8 @@ from transformers import ResNetConfig, ResNetForImageClassification
 import mp_hub
 from mp_hub import MetaPerturb, kernels
 from mp_hub.attach import find_handle
-from mp_hub.model_edits import edited_forward
 from mp_hub.mean_mode.predict import mc_predict
+from mp_hub.model_edits import edited_forward
 from mp_hub.models import CifarResNetConfig, CifarResNetForImageClassification
 
 BUILDERS = {

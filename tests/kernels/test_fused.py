@@ -1,4 +1,5 @@
-"""The fused site kernels against the eager path: outputs, running statistics, gradients, noise, fallbacks."""
+"""mp_hub.kernels.fused: the fused site kernels against the eager path (outputs, running statistics, gradients,
+noise, fallbacks), their builds, profiler ranges and pass timer, and the backend settings."""
 
 import copy
 import json
@@ -7,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from _builders import make_phi
 from safetensors.torch import load_file
 
 from mp_hub import ConfigError, InvalidInputError, MetaPerturb, MetaPerturbConfig, PerturbSite, kernels
-from mp_hub import functional as MF
 from mp_hub.kernels import fused
 
 
@@ -24,21 +24,11 @@ def _needs_kernels():
 
 
 # the padded-layout forward mp_forward: test-only, built with the shipped kernels into one library
-PADDED_REFERENCE = Path(__file__).parent / "kernels" / "padded_reference.c"
+PADDED_REFERENCE = Path(__file__).parent / "padded_reference.c"
 
 
 def reference_kernels():
     return fused.build.load_extended(PADDED_REFERENCE, {"mp_forward": "mp_forward_stacked"})
-
-
-def make_phi(scale=25.0, seed=0):
-    """φ with weights large enough that μ spreads over a few units and every ReLU mask is mixed."""
-    torch.manual_seed(seed)
-    phi = MetaPerturb()
-    with torch.no_grad():
-        for p in phi.parameters():
-            p.mul_(scale)
-    return phi
 
 
 def site_pair(phi, channels, **kwargs):
@@ -290,31 +280,6 @@ def test_pass_timer_adds_up_each_kernel_pass_and_only_while_open():
     assert seconds == final and fused._pass_seconds is None
 
 
-def test_expected_softplus_closed_form_against_quadrature():
-    mu = torch.linspace(-10, 10, 2001, dtype=torch.float64)
-    e = torch.linspace(-12, 12, 9601, dtype=torch.float64)  # trapezoid on a Gaussian integrand: error << 1e-12
-    pdf = torch.exp(-(e**2) / 2) / (2 * torch.pi) ** 0.5
-    ref = torch.cat([torch.trapezoid(F.softplus(m[:, None] + e) * pdf, e, dim=1) for m in mu.split(250)])
-    slope = torch.cat([torch.trapezoid(torch.sigmoid(m[:, None] + e) * pdf, e, dim=1) for m in mu.split(250)])
-    assert (MF.expected_softplus(mu) - ref).abs().max().item() < 2e-8
-    assert (MF.expected_softplus(mu.float()).double() - ref).abs().max().item() < 2e-6
-    mu_grad = mu.clone().requires_grad_()
-    MF.expected_softplus(mu_grad).sum().backward()
-    assert (mu_grad.grad - slope).abs().max().item() < 1e-6
-
-
-def test_expected_softplus_cached_table_serves_inference_mode_and_autograd_alike():
-    """The coefficient table is built once per dtype and device: first built under inference_mode, it must still
-    serve a differentiable call (and the reverse)."""
-    MF._esp_table.cache_clear()
-    with torch.inference_mode():
-        first = MF.expected_softplus(torch.linspace(-3, 3, 7))
-    mu = torch.linspace(-3, 3, 7, requires_grad=True)
-    MF.expected_softplus(mu).sum().backward()
-    assert torch.equal(first, MF.expected_softplus(mu.detach())) and torch.isfinite(mu.grad).all()
-    assert MF._esp_table.cache_info().misses == 1
-
-
 def test_fused_backend_falls_back_to_eager_with_one_warning(caplog):
     fused._warned.clear()
     phi = make_phi().double()
@@ -366,77 +331,3 @@ def test_official_vectors_through_the_fused_path(reference_dir):
         assert (y - vectors[name + ".output"]).abs().max() <= 1e-5, name
         assert (site.running_mean - vectors[name + ".running_mean_after"]).abs().max() <= 1e-5, name
         assert (site.running_var - vectors[name + ".running_var_after"]).abs().max() <= 1e-5, name
-
-
-def tiny_perturbed_model():
-    from mp_hub import attach
-    from mp_hub.models import model_from_type
-
-    torch.manual_seed(0)
-    model = model_from_type("cifar_resnet20", num_labels=3, image_size=8, hidden_sizes=[4, 4, 6]).eval()
-    handle = attach(model, make_phi(scale=10.0))
-    return model, handle
-
-
-def test_mc_predict_runs_the_prefix_once_and_averages_the_draws():
-    from mp_hub.mean_mode.predict import mc_predict
-
-    model, handle = tiny_perturbed_model()
-    x = torch.randn(5, 3, 8, 8)
-    calls = []
-    model.resnet.stem.register_forward_hook(lambda m, a, o: calls.append(a[0].shape[0]))
-    probs = mc_predict(model, x, k=7, chunk=3)  # passes of 3, 3 and 1 draws
-    assert calls == [5, 5, 5] and probs.shape == (5, 3)
-    assert torch.allclose(probs.sum(-1), torch.ones(5))
-    handle.set_noise_coeff(0.0)  # every multiplier is 1: each draw is the bare model
-    with torch.no_grad(), handle.disabled():
-        bare = torch.softmax(model(x).logits, -1)
-    assert torch.allclose(mc_predict(model, x, k=4), bare, atol=1e-6)
-    # one draw per pass (the default at large batches): the first site's input is used as it is, not copied
-    from mp_hub.site import InputRepeat
-
-    feature, noise = torch.randn(5, 4, 8, 8), torch.randn(5, 4, 8, 8)
-    assert all(a is b for a, b in zip(InputRepeat(1).apply(feature, noise), (feature, noise)))
-    assert torch.equal(InputRepeat(2).apply(feature, None)[0], torch.cat([feature, feature]))
-
-
-def test_mc_predict_batches_the_draws_of_a_vit_with_a_cls_token():
-    from transformers import ViTConfig, ViTForImageClassification
-
-    from mp_hub import attach
-    from mp_hub.mean_mode.predict import mc_predict
-
-    torch.manual_seed(0)
-    config = ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                       image_size=16, patch_size=4, num_labels=3)  # fmt: skip
-    model = ViTForImageClassification(config).eval()
-    handle = attach(model, make_phi(scale=10.0))
-    x = torch.randn(5, 3, 16, 16)
-    probs = mc_predict(model, x, k=7, chunk=3)  # the first site repeats the patch tokens: the CLS token too
-    assert probs.shape == (5, 3) and torch.allclose(probs.sum(-1), torch.ones(5))
-    handle.set_noise_coeff(0.0)  # each draw is the bare model: image b's CLS token stays with image b's patches
-    with torch.no_grad(), handle.disabled():
-        bare = torch.softmax(model(x).logits, -1)
-    assert torch.allclose(mc_predict(model, x, k=4, chunk=4), bare, atol=1e-6)
-
-
-def test_mc_predict_matches_separate_passes_in_distribution():
-    from mp_hub.mean_mode.predict import mc_predict, mean_predict
-
-    model, handle = tiny_perturbed_model()
-    x = torch.randn(4, 3, 8, 8)
-    torch.manual_seed(3)
-    batched = mc_predict(model, x, k=400)
-    with torch.no_grad():
-        loop = torch.stack([torch.softmax(model(x).logits, -1) for _ in range(400)]).mean(0)
-    assert (batched - loop).abs().max() < 0.03
-    assert (mean_predict(model, x) - loop).abs().max() < 0.03
-    assert handle.inference_mode == "mc"  # mean_predict restored the sites' modes
-
-
-def test_mc_predict_refuses_training_mode():
-    from mp_hub.mean_mode.predict import mc_predict
-
-    model, _ = tiny_perturbed_model()
-    with pytest.raises(ConfigError, match="eval"):
-        mc_predict(model.train(), torch.randn(2, 3, 8, 8), k=2)

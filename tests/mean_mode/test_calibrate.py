@@ -12,9 +12,9 @@ from transformers import ViTConfig, ViTForImageClassification
 import mp_hub
 from mp_hub import AttachError, ConfigError, InvalidInputError, MetaPerturb
 from mp_hub.attach import find_handle
-from mp_hub.model_edits import edited_forward
 from mp_hub.mean_mode import calibratable_norms
 from mp_hub.mean_mode.predict import mean_predict
+from mp_hub.model_edits import edited_forward
 from mp_hub.models import CifarResNetConfig, CifarResNetForImageClassification
 
 

@@ -11,9 +11,9 @@ from _builders import TARGETS, ConvNet, LayerNormNet, _images, _noisy_phi, _trai
 import mp_hub
 from mp_hub import ConfigError
 from mp_hub.evaluation import sites_inference_mode
-from mp_hub.model_edits import edited_forward
 from mp_hub.mean_mode import CalibratedNormForward, calibratable_norms, fittable_layer_norms
 from mp_hub.mean_mode.predict import mc_predict, mean_predict
+from mp_hub.model_edits import edited_forward
 from mp_hub.models import CifarResNetConfig, CifarResNetForImageClassification
 
 FIT = dict(mc_fit_steps=40, mc_samples=8)

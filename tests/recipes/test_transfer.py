@@ -17,7 +17,7 @@ import mp_hub
 from mp_hub import MetaPerturb, zoo
 from mp_hub.errors import AttachError, CheckpointError, ConfigError, DataError, NotCachedError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "transfer.py"
 # Tiny everywhere: 32 train / 20 eval images, batch 8, 2 MC passes, the mean-mode calibration without its fit
 # (the tests that fit say so).

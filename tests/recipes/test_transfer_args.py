@@ -1,0 +1,51 @@
+"""recipes/transfer.py's arguments: the YAML config (defaults, overrides, unknown keys) and bad flag values."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from mp_hub.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("transfer_recipe_parts", ROOT / "recipes" / "transfer.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+parse_args = _recipe().parse_args
+
+
+def test_yaml_config_gives_defaults_and_cli_overrides(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("learning_rate: 0.01\nmax_train_steps: 7\nregularizer: dropblock\nno_flip: true\n")
+    args = parse_args(["--config", str(config), "--max_train_steps", "9"])
+    assert (args.learning_rate, args.max_train_steps, args.regularizer, args.no_flip) == (0.01, 9, "dropblock", True)
+    assert args.model_type == "cifar_resnet20" and args.lr_scheduler_type == "step"
+    # by default mean mode is calibrated and fitted to MC (within 0.3 points of MC-100 on the zoo benchmark)
+    assert (args.mean_mode_calibration_images, args.mean_mode_mc_fit_steps) == (2048, 200)
+    config.write_text("model_config_overrides:\n  depth: 8\n")
+    assert parse_args(["--config", str(config)]).model_config_overrides == {"depth": 8}
+    config.write_text("learning_rat: 0.01\n")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        parse_args(["--config", str(config)])
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--model_type", "vit", "--model_name_or_path", "google/vit-base-patch16-224"], "not both"),
+        (["--model_config_overrides", "{depth: 8}"], "not valid JSON"),
+        (["--checkpointing_steps", "often"], "checkpointing_steps"),
+        (["--noise_anneal_fraction", "2"], "noise_anneal_fraction"),
+        (["--eval_mc_samples", "0"], "eval_mc_samples"),
+        (["--mean_mode_mc_fit_steps", "-1"], "mean_mode_mc_fit_steps"),
+    ],
+)
+def test_bad_arguments(argv, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_args(argv)
