@@ -10,11 +10,9 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from datasets import ClassLabel, Dataset, Features, Image
-from PIL import Image as PILImage
+from _builders import make_task_dataset
 from safetensors.torch import load_file
 
 from mp_hub import MetaPerturb
@@ -132,24 +130,6 @@ def test_transfer_checker_names_a_truncated_file(tmp_path, transfer_runs, name, 
 # --- meta-training -----------------------------------------------------------------------------------------
 
 
-def make_tiny_dataset(root: Path, classes: int = 8, per_class: int = 12) -> Path:
-    """A Hub-layout folder (data/train-*.parquet) of tiny coloured 8×8 images and their label."""
-    rng = np.random.default_rng(0)
-    images, labels = [], []
-    for c in range(classes):
-        for _ in range(per_class):
-            base = np.full((8, 8, 3), 30 * c % 255, np.int64)
-            base[:4, :, c % 3] = 200
-            images.append(PILImage.fromarray(np.clip(base + rng.integers(0, 40, base.shape), 0, 255).astype(np.uint8)))
-            labels.append(c)
-    features = Features({"image": Image(), "label": ClassLabel(names=[f"c{i}" for i in range(classes)])})
-    (root / "data").mkdir(parents=True)
-    Dataset.from_dict({"image": images, "label": labels}, features=features).to_parquet(
-        str(root / "data" / "train-00000-of-00001.parquet")
-    )
-    return root
-
-
 @pytest.fixture(scope="module")
 def meta():
     return load_recipe("meta_train")
@@ -159,7 +139,7 @@ def meta():
 def meta_runs(tmp_path_factory, meta) -> tuple[list[str], Path, Path]:
     """(arguments, an uninterrupted 4-step run, a 2-step run with checkpoints step_1 and step_2)."""
     root = tmp_path_factory.mktemp("meta")
-    data = make_tiny_dataset(root / "tiny")
+    data = make_task_dataset(root / "tiny")  # its task column is not used: tasks by class split
     args = ["--dataset_dir", str(data), "--cache_dir", str(root / "cache"), *META_ARGS]
     meta.main([*args, "--max_train_steps", "4", "--output_dir", str(root / "full")])
     meta.main([*args, "--max_train_steps", "2", "--checkpointing_steps", "1", "--output_dir", str(root / "split")])
