@@ -6,11 +6,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
 
+from ..attach import AttachedPerturbation, attach
 from ..errors import ConfigError
 from ..mean_mode import calibration_targets
 from ..perturb import MetaPerturb
@@ -28,7 +28,7 @@ class Regularization:
     """The chosen regularizer on the model, and its schedule over the steps."""
 
     kind: str
-    handle: Any | None = None  # mp_hub.attach handle ("metaperturb")
+    handle: AttachedPerturbation | None = None  # ("metaperturb")
     placement: RegularizerPlacement | None = None  # ("dropblock")
     phi_id: str | None = None
     noise_anneal_fraction: float = 0.4
@@ -117,8 +117,6 @@ def apply_regularizer(
         return Regularization("dropblock", placement=placement, dropblock_prob=dropblock_prob, info=info)
     if phi is None:
         raise ConfigError("regularizer 'metaperturb' needs a φ (phi=MetaPerturb.from_pretrained(...))")
-    from ..attach import attach
-
     handle = attach(model, phi, targets=targets, spatial_norm=image_size, inference_mode="mc")
     return Regularization(
         "metaperturb",

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attach import attach
 from ..data.tasks import TaskData, derive_seed
 from ..models import model_from_type
 from ..perturb import MetaPerturb
@@ -30,8 +31,6 @@ METRICS = ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
 
 
 def _attach(model: nn.Module, phi: MetaPerturb):
-    from ..attach import attach
-
     return attach(model, phi, trainable_phi=True)
 
 
