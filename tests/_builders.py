@@ -122,13 +122,18 @@ META_TRAIN_COMMON = [
 ]  # fmt: skip
 
 
-@functools.cache
-def meta_train_recipe():
-    """recipes/meta_train.py as a module, loaded once (the tests that use it share it, and monkeypatch it)."""
-    spec = importlib.util.spec_from_file_location("meta_train_recipe", ROOT / "recipes" / "meta_train.py")
+def load_script(path: Path, name: str):
+    """A script outside any package (recipes/, tools/, a fixtures generator) as a module named `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@functools.cache
+def meta_train_recipe():
+    """recipes/meta_train.py as a module, loaded once (the tests that use it share it, and monkeypatch it)."""
+    return load_script(ROOT / "recipes" / "meta_train.py", "meta_train_recipe")
 
 
 def make_task_dataset(root: Path, classes: int = 8, per_class: int = 12, tasks=None) -> Path:

@@ -3,7 +3,6 @@ the broken checkpoint and file) and ends bit-equal to an uninterrupted run; none
 explicitly, is a CheckpointError naming the file. Each kind of file is also checked directly, with and without the
 manifest written at save time."""
 
-import importlib.util
 import json
 import logging
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _builders import make_task_dataset
+from _builders import load_script, make_task_dataset
 from safetensors.torch import load_file
 
 from mp_hub import MetaPerturb
@@ -33,10 +32,7 @@ META_FILES += ["phi/config.json"]
 
 
 def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_recipe", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "recipes" / f"{name}.py", f"{name}_recipe")
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _builders import make_task_dataset, meta_train_recipe, run_meta_train
+from _builders import load_script, make_task_dataset, meta_train_recipe, run_meta_train
 
 from mp_hub.errors import OutputDirError, OutputDirInUseError
 from mp_hub.output_dir import claim_output_dir
@@ -115,12 +115,7 @@ def test_a_full_disk_at_the_final_save_is_typed(dataset, tmp_path, monkeypatch):
 
 
 def test_a_second_run_of_either_recipe_on_a_held_folder_is_refused_at_start(dataset, tmp_path, monkeypatch, capsys):
-    spec_transfer = Path(__file__).resolve().parents[1] / "recipes" / "transfer.py"
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("transfer_recipe_lock", spec_transfer)
-    transfer = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(transfer)
+    transfer = load_script(Path(__file__).resolve().parents[1] / "recipes" / "transfer.py", "transfer_recipe_lock")
     out = tmp_path / "out"
     real_load, seen = recipe.load_image_dataset, []
 

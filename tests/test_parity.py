@@ -3,12 +3,12 @@ of a transcription of their module (tests/fixtures/make_parity_fixtures.py), and
 vectors of their own run where ../shared exists."""
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from _builders import load_script
 from safetensors.torch import load_file
 
 from mp_hub import MetaPerturb, PerturbSite, kernels
@@ -17,9 +17,7 @@ from mp_hub.kernels.fused import kernels_for
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 # the fixture script lives beside its data, not in an importable package: load it by path
-_spec = importlib.util.spec_from_file_location("make_parity_fixtures", FIXTURES / "make_parity_fixtures.py")
-reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reference)
+reference = load_script(FIXTURES / "make_parity_fixtures.py", "make_parity_fixtures")
 
 VECTORS = load_file(str(reference.VECTORS))
 MANIFEST = json.loads(reference.MANIFEST.read_text())

@@ -1,12 +1,12 @@
 """Bad data and flags of both recipes are a typed error naming the problem, never a silent result."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _builders import load_script
 from datasets import ClassLabel, Dataset, Features, Image, Value
 from PIL import Image as PILImage
 
@@ -20,10 +20,7 @@ TINY_VIT = [
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_recipe_bad_inputs", ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "recipes" / f"{name}.py", f"{name}_recipe_bad_inputs")
 
 
 transfer, meta_train = _load("transfer"), _load("meta_train")

@@ -1,7 +1,6 @@
 """recipes/transfer.py end to end (accelerate launch, offline, 2-3 steps on the shipped Fashion-MNIST tiny),
 exact resume, and a typed error for each bad input."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _builders import load_script
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -41,10 +41,7 @@ def phi_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def recipe():
-    spec = importlib.util.spec_from_file_location("transfer_recipe", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(RECIPE, "transfer_recipe")
 
 
 def launch(args: list[str]) -> subprocess.CompletedProcess:

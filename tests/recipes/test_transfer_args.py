@@ -1,9 +1,9 @@
 """recipes/transfer.py's arguments: the YAML config (defaults, overrides, unknown keys) and bad flag values."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
+from _builders import load_script
 
 from mp_hub.errors import ConfigError
 
@@ -11,10 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("transfer_recipe_parts", ROOT / "recipes" / "transfer.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "recipes" / "transfer.py", "transfer_recipe_parts")
 
 
 parse_args = _recipe().parse_args

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import pickle
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _builders import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "build_animal_mnist.py"
 
@@ -18,10 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "build_animal_mnist.py"
 @pytest.fixture(scope="module")
 def tool():
     # tools/ is not a package: load the script by path so its functions and error types can be used directly
-    spec = importlib.util.spec_from_file_location("build_animal_mnist", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "build_animal_mnist")
 
 
 def _require_source(tool) -> None:

@@ -1,10 +1,10 @@
 """tools/build_fashion_mnist_tiny.py rebuilds the shipped Fashion-MNIST tiny byte for byte (needs ../shared)."""
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import pytest
+from _builders import load_script
 
 from mp_hub.datasets import FASHION_MNIST_TINY
 
@@ -14,10 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "build_fashion_mnist_ti
 @pytest.fixture(scope="module")
 def tool():
     # tools/ is not a package: load the script by path
-    spec = importlib.util.spec_from_file_location("build_fashion_mnist_tiny", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "build_fashion_mnist_tiny")
 
 
 def test_default_output_is_the_shipped_folder(tool):
