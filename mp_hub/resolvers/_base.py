@@ -45,7 +45,8 @@ class SiteSpec:
 
 @dataclass
 class Resolution:
-    """Sites plus `probes`: (module, forward hook) pairs that only record shapes (e.g. a ViT's patch grid)."""
+    """Sites plus `probes`: (module, recorder) pairs, `recorder(module, args, output)` noting shapes only (e.g. a
+    ViT's patch grid)."""
 
     sites: list[SiteSpec]
     probes: list[tuple[nn.Module, Callable]] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """transformers `efficientnet`: φ on each `EfficientNetBlock`'s output.
 
 The block ends in `EfficientNetFinalBlockLayer`: project_conv → project_bn, then (stride 1 and not the first
-block of a stage) dropout + the residual input. A forward hook on the block perturbs that (B, C, H, W) output,
+block of a stage) dropout + the residual input. The site on the block perturbs that (B, C, H, W) output,
 after the residual add where there is one; EfficientNet has no activation after it. The stem and the top 1×1
 conv are not sites.
 """

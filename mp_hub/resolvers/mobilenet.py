@@ -1,7 +1,7 @@
 """transformers `mobilenet_v2`: φ on each `MobileNetV2InvertedResidual`'s output.
 
 The block returns `x + reduce_1x1(...)` where it has a residual (stride 1, same width), else the linear
-bottleneck `reduce_1x1(...)` (BN, no activation); a forward hook perturbs that (B, C, H, W) tensor. The stem and
+bottleneck `reduce_1x1(...)` (BN, no activation); the site perturbs that (B, C, H, W) tensor. The stem and
 the final 1×1 conv are not sites.
 """
 
