@@ -99,3 +99,11 @@ def test_refuses_bad_input_before_any_run(tmp_path, candidates, make, message):
     proc = select(*make(tmp_path, candidates[0]), "--work_dir", tmp_path / "work", results=tmp_path / "results")
     assert proc.returncode == 2 and message in proc.stderr
     assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()
+
+
+def test_a_tie_in_accuracy_goes_to_the_lower_nll():
+    from select_phi import best_candidate
+
+    scores = {"a": {"accuracy": 0.981, "nll": 0.078}, "b": {"accuracy": 0.981, "nll": 0.076}}
+    assert best_candidate(scores) == "b"
+    assert best_candidate({**scores, "c": {"accuracy": 0.974, "nll": 0.01}}) == "b"  # accuracy first
