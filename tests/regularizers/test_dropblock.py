@@ -9,6 +9,7 @@ from torch import nn
 
 from mp_hub.errors import ConfigError, InvalidInputError
 from mp_hub.regularizers import DropBlock2d, drop_block, linear_drop_prob, set_drop_prob
+from mp_hub.regularizers.dropblock import grow_blocks
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -111,3 +112,12 @@ def test_errors():
         module.drop_prob = 1.0
     with pytest.raises(ConfigError, match="drop_prob"):
         set_drop_prob(nn.Sequential(module), 2.0)
+
+
+@pytest.mark.parametrize(  # drop_block clips the block to the feature map: k <= min(h, w)
+    "k, h, w", [(k, h, w) for h, w in ((32, 32), (7, 9), (8, 8), (9, 7)) for k in range(1, min(h, w) + 1)]
+)
+def test_grow_blocks_is_the_max_pool_it_replaces(k, h, w):
+    seeds = (torch.rand(3, 4, h, w, generator=torch.Generator().manual_seed(k)) < 0.2).float()
+    expected = F.max_pool2d(seeds, kernel_size=k, stride=1, padding=k // 2)[..., :h, :w]
+    assert torch.equal(grow_blocks(seeds, k), expected)
