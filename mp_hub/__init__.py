@@ -13,8 +13,9 @@ from .errors import (
     NotCachedError,
 )
 from .perturb import MetaPerturb
-from .perturbed_io import load_perturbed, save_perturbed
+from .perturbed_io import attach_pretrained, load_perturbed, save_perturbed
 from .resolvers import register_resolver
+from .robustness import evaluate_adversarial, parse_attack_specs
 from .site import PerturbSite
 from .version import __version__
 
@@ -33,8 +34,11 @@ __all__ = [
     "PerturbSite",
     "__version__",
     "attach",
+    "attach_pretrained",
     "calibrate_mean_mode",
+    "evaluate_adversarial",
     "load_perturbed",
+    "parse_attack_specs",
     "register_resolver",
     "save_perturbed",
 ]

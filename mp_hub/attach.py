@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .errors import AttachError, ConfigError
-from .hub import push_folder
+from .hub import create_hub_repo, hub_client, upload_saved
 from .mean_mode import MeanModeCalibration, build_calibration
 from .model_edits import module_key, replace_forward
 from .perturb import MetaPerturb
@@ -338,16 +338,22 @@ class AttachedPerturbation:
         private: bool | None = None,
         token: str | None = None,
         commit_message: str = "Upload a MetaPerturb-perturbed model with mp_hub",
+        branch: str | None = None,
+        create_pr: bool = False,
         api=None,
     ):
-        """Save into a temporary folder and upload it to `repo_id` in one commit; returns the CommitInfo."""
+        """Save into a temporary folder and upload it to `repo_id` (a bare name: in your namespace) in one
+        commit, on `branch` or as a pull request (`create_pr`); returns the CommitInfo."""
         self._check_attached()
-        return push_folder(
-            lambda folder: self.save_pretrained(folder, repo_id=repo_id),
-            repo_id,
-            private=private,
-            token=token,
+        api = hub_client(token, api)
+        full_id = create_hub_repo(repo_id, private=private, token=token, api=api)
+        return upload_saved(
+            lambda folder: self.save_pretrained(folder, repo_id=full_id),  # the card names the resolved repo
+            full_id,
             commit_message=commit_message,
+            token=token,
+            branch=branch,
+            create_pr=create_pr,
             api=api,
         )
 

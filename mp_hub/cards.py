@@ -13,6 +13,8 @@ from .config import MetaPerturbConfig
 from .version import __version__
 
 TEMPLATES = Path(__file__).parent / "model_cards"
+# The library of every card whose model loads with mp_hub (φ, a model with φ attached): one name on the Hub.
+LIBRARY_NAME = "mp_hub"
 PHI_TAGS = ["metaperturb", "regularization", "image-classification", "mp_hub"]
 PERTURBED_TAGS = ["metaperturb", "mp_hub", "image-classification"]
 _NOT_ROWS = {"results", "license", "license_note", "datasets"}
@@ -66,7 +68,7 @@ def render_phi_card(
     datasets = prov.get("datasets") or ([prov["source_dataset_id"]] if prov.get("source_dataset_id") else None)
     name = title or f"MetaPerturb φ ({prov.get('source_dataset', 'unknown source')})"
     card_data = ModelCardData(
-        library_name="mp_hub",
+        library_name=LIBRARY_NAME,
         tags=list(PHI_TAGS),
         license=prov.get("license", "apache-2.0"),
         datasets=datasets,
@@ -166,10 +168,12 @@ def render_transfer_card(
         for key, name in (("accuracy", "Accuracy"), ("nll", "NLL"), ("ece", "ECE (15 bins)"))
     ]
     card_data = ModelCardData(
-        library_name="transformers" if regularizer != "metaperturb" else "mp_hub",  # as render_perturbed_card
+        # a baseline is a plain transformers model; with φ it is what render_perturbed_card describes
+        library_name="transformers" if regularizer != "metaperturb" else LIBRARY_NAME,
         tags=["image-classification", "mp_hub", regularizer if regularizer != "none" else "baseline"]
         + (["metaperturb"] if regularizer == "metaperturb" else []),
         base_model=hub_model_id(base_model),
+        base_model_relation="finetune" if hub_model_id(base_model) else None,
         datasets=[hub_dataset] if hub_dataset else BUNDLED_SOURCES.get(dataset),
         metrics=["accuracy"],
         pipeline_tag="image-classification",
@@ -244,7 +248,7 @@ def render_perturbed_card(config: dict[str, Any], *, repo_id: str, sites: list[A
     base_model = hub_model_id(config["base_model_id"])
     model_class = config["model_class"]
     card_data = ModelCardData(
-        library_name="mp_hub",  # the φ and sites load with mp_hub.load_perturbed (transformers alone: the base)
+        library_name=LIBRARY_NAME,  # the φ and sites load with mp_hub.load_perturbed (transformers alone: the base)
         base_model=base_model,
         base_model_relation="finetune" if base_model else None,
         tags=list(PERTURBED_TAGS),

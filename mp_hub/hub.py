@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,10 @@ def resolve_file(
     local_files_only: bool = False,
     token: str | bool | None = None,
     force_download: bool = False,
+    subfolder: str | None = None,
 ) -> Path:
-    """Path of `filename` in a local directory, or downloaded (or found in the HF cache) from a Hub repo."""
+    """Path of `filename` in a local directory, or downloaded (or found in the HF cache) from a Hub repo; in
+    `subfolder` of either when given (several models in one repo or folder)."""
     local = Path(id_or_dir)
     if local.is_file():
         kind = "a pickle" if local.suffix in PICKLE_SUFFIXES else "a file"
@@ -64,9 +67,10 @@ def resolve_file(
             + (" (convert an authors' .pth with `mp-hub convert-official PATH OUT_DIR`)" if kind == "a pickle" else "")
         )
     if local.is_dir():
-        path = local / filename
+        folder = local / subfolder if subfolder else local
+        path = folder / filename
         if not path.is_file():
-            raise CheckpointError(f"{local} has no {filename}" + _pickle_hint(local, filename))
+            raise CheckpointError(f"{folder} has no {filename}" + _pickle_hint(folder, filename))
         return path
     repo_id = str(id_or_dir)
     try:
@@ -74,6 +78,7 @@ def resolve_file(
             hf_hub_download(
                 repo_id,
                 filename,
+                subfolder=subfolder or None,
                 revision=revision,
                 cache_dir=cache_dir,
                 local_files_only=local_files_only,
@@ -85,15 +90,19 @@ def resolve_file(
     except LocalEntryNotFoundError as err:
         why = "HF_HUB_OFFLINE is set" if _offline() else "local_files_only=True or the Hub is unreachable"
         raise NotCachedError(
-            f"{filename} of '{repo_id}' is not in the local Hugging Face cache and {why}; "
+            f"{_in_repo(filename, subfolder)} of '{repo_id}' is not in the local Hugging Face cache and {why}; "
             f"download it once online, or pass a local directory (no such directory: {local.resolve()})"
         ) from err
     except (RepositoryNotFoundError, RevisionNotFoundError, EntryNotFoundError) as err:
-        raise CheckpointError(f"could not get {filename} of Hub repo '{repo_id}': {err}") from err
+        raise CheckpointError(f"could not get {_in_repo(filename, subfolder)} of Hub repo '{repo_id}': {err}") from err
     except ValueError as err:  # HFValidationError: not a valid repo id, and no such directory either
         raise CheckpointError(
             f"'{id_or_dir}' is neither an existing directory nor a valid Hub repo id ({err})"
         ) from err
+
+
+def _in_repo(filename: str, subfolder: str | None) -> str:
+    return f"{subfolder}/{filename}" if subfolder else filename
 
 
 def _pickle_hint(directory: Path, filename: str) -> str:
@@ -149,15 +158,83 @@ def load_state_dict_strict(module: torch.nn.Module, state: dict[str, torch.Tenso
     module.load_state_dict(state, strict=True)
 
 
-def push_folder(
-    save: Any, repo_id: str, *, private: bool | None, token: str | None, commit_message: str, api: HfApi | None = None
+def hub_client(token: str | None = None, api: HfApi | None = None) -> HfApi:
+    """`api`, else an `HfApi` with `token`: one client for a push's calls."""
+    return api or HfApi(token=token)
+
+
+def create_hub_repo(
+    repo_id: str, *, private: bool | None = None, token: str | None = None, api: HfApi | None = None
+) -> str:
+    """Create `repo_id` on the Hub unless it exists, and return its full id: a bare name ("my-model") lands in
+    the namespace of the token's user, as `huggingface_hub` resolves it. `private` applies to a new repo only."""
+    api = hub_client(token, api)
+    return api.create_repo(repo_id, private=private, token=token, exist_ok=True).repo_id
+
+
+def upload_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    *,
+    commit_message: str,
+    token: str | None = None,
+    branch: str | None = None,
+    create_pr: bool = False,
+    ignore_patterns: list[str] | None = None,
+    api: HfApi | None = None,
 ):
-    """Save into a temporary folder with `save(folder)` and upload it to `repo_id` in one commit."""
-    api = api or HfApi(token=token)
-    api.create_repo(repo_id, private=private, token=token, exist_ok=True)
+    """Upload `folder` to the existing repo `repo_id` in one commit, on `branch` (created from the default branch
+    unless it exists; with `create_pr` it must exist already) or as a pull request; returns the CommitInfo."""
+    api = hub_client(token, api)
+    if branch and not create_pr:
+        api.create_branch(repo_id, branch=branch, token=token, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        token=token,
+        revision=branch,
+        create_pr=create_pr,
+        ignore_patterns=ignore_patterns,
+    )
+
+
+def upload_saved(
+    save: Callable[[str], Any],
+    repo_id: str,
+    *,
+    commit_message: str,
+    token: str | None = None,
+    branch: str | None = None,
+    create_pr: bool = False,
+    api: HfApi | None = None,
+):
+    """Save into a temporary folder with `save(folder)` and upload it to the existing repo `repo_id`."""
     with tempfile.TemporaryDirectory() as folder:
         save(folder)
-        return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, token=token)
+        return upload_to_hub(
+            folder, repo_id, commit_message=commit_message, token=token, branch=branch, create_pr=create_pr, api=api
+        )
+
+
+def push_folder(
+    save: Callable[[str], Any],
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str,
+    branch: str | None = None,
+    create_pr: bool = False,
+    api: HfApi | None = None,
+):
+    """Create the repo (a bare name in the user's namespace), save into a temporary folder with `save(folder)`
+    and upload it in one commit; returns the CommitInfo."""
+    api = hub_client(token, api)
+    full_id = create_hub_repo(repo_id, private=private, token=token, api=api)
+    return upload_saved(
+        save, full_id, commit_message=commit_message, token=token, branch=branch, create_pr=create_pr, api=api
+    )
 
 
 def is_explicit_path(value: str | os.PathLike) -> bool:
@@ -240,9 +317,22 @@ class PhiHubMixin:
         private: bool | None = None,
         token: str | None = None,
         commit_message: str = "Upload MetaPerturb φ with mp_hub",
+        branch: str | None = None,
+        create_pr: bool = False,
+        card_extra: dict | None = None,
         api: HfApi | None = None,
     ):
-        """Upload safetensors + config + card to `repo_id` in one commit; returns the CommitInfo."""
-        return push_folder(
-            self.save_pretrained, repo_id, private=private, token=token, commit_message=commit_message, api=api
+        """Upload safetensors + config + card to `repo_id` (a bare name: in your namespace) in one commit, on
+        `branch` or as a pull request (`create_pr`); `private` applies to a new repo; `card_extra` as in
+        `save_pretrained` (the card's repo id is the resolved one). Returns the CommitInfo."""
+        api = hub_client(token, api)
+        full_id = create_hub_repo(repo_id, private=private, token=token, api=api)
+        return upload_saved(
+            lambda folder: self.save_pretrained(folder, card_extra={**(card_extra or {}), "repo_id": full_id}),
+            full_id,
+            commit_message=commit_message,
+            token=token,
+            branch=branch,
+            create_pr=create_pr,
+            api=api,
         )

@@ -1,4 +1,5 @@
-"""φ Hub I/O: save/load strictness, cards, forward compatibility, the HF cache, push, the CLI."""
+"""φ Hub I/O: save/load strictness, cards, forward compatibility, the HF cache, push (φ and a perturbed model),
+the CLI."""
 
 import json
 import logging
@@ -10,10 +11,14 @@ from unittest import mock
 import pytest
 import torch
 import yaml
+from huggingface_hub import RepoUrl
 from safetensors.torch import load_file, save_file
 
+import mp_hub
 from mp_hub import CheckpointError, MetaPerturb, MetaPerturbConfig, NotCachedError
 from mp_hub.cli import main as cli_main
+from mp_hub.hub import upload_to_hub
+from mp_hub.models import model_from_type
 
 
 @pytest.fixture
@@ -138,23 +143,74 @@ def test_offline_uncached_repo_id_says_so(tmp_path):
         MetaPerturb.from_pretrained("org/not-cached", cache_dir=tmp_path)
 
 
-def test_push_is_one_commit_with_the_three_files(phi):
+def fake_hub_api(namespace: str = "me"):
+    """A mocked HfApi whose create_repo resolves a bare name into `namespace`, as the Hub does for the token's user,
+    and whose upload_folder records the files it is given."""
     api = mock.MagicMock()
-    uploaded = {}
+    api.create_repo.side_effect = lambda repo_id, **kwargs: RepoUrl(
+        f"https://huggingface.co/{repo_id if '/' in repo_id else f'{namespace}/{repo_id}'}"
+    )
+    api.uploaded = {}
 
-    def upload_folder(*, repo_id, folder_path, commit_message, token):
-        uploaded.update(repo_id=repo_id, files=sorted(p.name for p in Path(folder_path).iterdir()))
+    def upload_folder(**kwargs):
+        folder = Path(kwargs["folder_path"])
+        api.uploaded.update(files=sorted(p.name for p in folder.iterdir()), card=(folder / "README.md").read_text())
         return "commit-info"
 
     api.upload_folder.side_effect = upload_folder
+    return api
+
+
+def test_push_is_one_commit_with_the_three_files(phi):
+    api = fake_hub_api()
     assert phi.push_to_hub("org/phi", private=True, api=api) == "commit-info"
     api.create_repo.assert_called_once_with("org/phi", private=True, token=None, exist_ok=True)
-    assert api.upload_folder.call_count == 1
-    assert uploaded == {"repo_id": "org/phi", "files": ["README.md", "config.json", "model.safetensors"]}
+    api.upload_folder.assert_called_once()
+    assert api.upload_folder.call_args.kwargs["repo_id"] == "org/phi"
+    assert api.uploaded["files"] == ["README.md", "config.json", "model.safetensors"]
+    api.create_branch.assert_not_called()
+
+
+def test_push_resolves_a_bare_name_and_takes_branch_and_create_pr(phi):
+    api = fake_hub_api("alice")
+    phi.push_to_hub("my-phi", token="hf_tok", branch="v2", commit_message="φ v2", card_extra={"title": "My φ"}, api=api)
+    api.create_repo.assert_called_once_with("my-phi", private=None, token="hf_tok", exist_ok=True)
+    api.create_branch.assert_called_once_with("alice/my-phi", branch="v2", token="hf_tok", exist_ok=True)
+    upload = api.upload_folder.call_args.kwargs
+    assert (upload["repo_id"], upload["revision"], upload["create_pr"]) == ("alice/my-phi", "v2", False)
+    assert (upload["commit_message"], upload["token"]) == ("φ v2", "hf_tok")
+    assert 'from_pretrained("alice/my-phi")' in api.uploaded["card"] and "# My φ" in api.uploaded["card"]
+    api = fake_hub_api("alice")
+    phi.push_to_hub("my-phi", create_pr=True, api=api)  # a pull request against the default branch
+    api.create_branch.assert_not_called()
+    upload = api.upload_folder.call_args.kwargs
+    assert (upload["repo_id"], upload["revision"], upload["create_pr"]) == ("alice/my-phi", None, True)
+
+
+def test_a_perturbed_model_pushes_the_same_way(phi):
+    model = model_from_type("cifar_conv4", 3, 16, hidden_size=4)
+    handle = mp_hub.attach(model, phi)
+    api = fake_hub_api("alice")
+    handle.push_to_hub("net", private=True, token="hf_tok", branch="exp", create_pr=True, api=api)
+    api.create_repo.assert_called_once_with("net", private=True, token="hf_tok", exist_ok=True)
+    upload = api.upload_folder.call_args.kwargs
+    assert (upload["repo_id"], upload["revision"], upload["create_pr"]) == ("alice/net", "exp", True)
+    assert "metaperturb.safetensors" in api.uploaded["files"] and 'load_perturbed("alice/net")' in api.uploaded["card"]
+
+
+def test_upload_to_hub_uploads_a_folder_as_it_is(tmp_path):
+    api = mock.MagicMock()
+    upload_to_hub(tmp_path, "me/run", commit_message="m", ignore_patterns=["checkpoints/*"], branch="b", api=api)
+    api.create_branch.assert_called_once_with("me/run", branch="b", token=None, exist_ok=True)
+    api.upload_folder.assert_called_once_with(
+        repo_id="me/run", folder_path=str(tmp_path), commit_message="m", token=None, revision="b", create_pr=False,
+        ignore_patterns=["checkpoints/*"],
+    )  # fmt: skip
 
 
 def test_push_uses_hfapi_by_default(phi):
     with mock.patch("mp_hub.hub.HfApi") as api_class:
+        api_class.return_value.create_repo.return_value = RepoUrl("https://huggingface.co/org/phi")
         phi.push_to_hub("org/phi", token="tok")
     api_class.assert_called_once_with(token="tok")
     assert api_class.return_value.upload_folder.call_count == 1

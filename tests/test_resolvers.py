@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from _builders import ConvNet
+from huggingface_hub import RepoUrl
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutput
 
@@ -200,6 +201,7 @@ def test_save_perturbed_needs_an_attached_model_and_push_uses_one_commit(tmp_pat
     class FakeApi:
         def create_repo(self, repo_id, **kwargs):
             self.created = repo_id
+            return RepoUrl(f"https://huggingface.co/{repo_id}")
 
         def upload_folder(self, repo_id, folder_path, commit_message, **kwargs):
             from pathlib import Path

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from _builders import META_TRAIN_COMMON, make_task_dataset, meta_train_recipe, run_meta_train
+from huggingface_hub import RepoUrl
 from safetensors.torch import load_file
 
 from mp_hub import MetaPerturb
@@ -143,8 +144,9 @@ def test_push_to_hub_uploads_the_saved_folder_in_one_commit(dataset, workdir, mo
 
         def create_repo(self, repo_id, **kwargs):
             calls.append(("create_repo", repo_id))
+            return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-        def upload_folder(self, *, repo_id, folder_path, commit_message, token=None):
+        def upload_folder(self, *, repo_id, folder_path, commit_message, token=None, **kwargs):
             calls.append(("upload_folder", repo_id, sorted(os.listdir(folder_path)), commit_message))
 
     monkeypatch.setattr(mp_hub.hub, "HfApi", FakeApi)
