@@ -141,7 +141,7 @@ def run_transfer(args, target: str, data_dir: Path, regularizer: str, phi: str |
         "train_runtime_s": results.get("train_runtime_s"),
     }
     if regularizer == "metaperturb":
-        row.update(mean_mode_metrics(out, args.work_dir / "decoded" / f"{target}.pt", data_dir, seed))
+        row["run_dir"] = str(out)  # its mean-mode figures are added in the main thread (see main)
     return row
 
 
@@ -339,6 +339,13 @@ def main() -> None:
         finished(run_dir(args, target, regularizer, phi, seed, model), command, args)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = [row for row in pool.map(lambda job: run_transfer(args, *job), jobs) if row is not None]
+    # Models are loaded here, one at a time: transformers' lazy module is not thread-safe on a first attribute
+    # access (two threads loading at once raised "module 'transformers' has no attribute 'PreTrainedModel'").
+    for row in rows:
+        if "run_dir" in row:
+            target, seed = row["target"], row["seed"]
+            decoded = args.work_dir / "decoded" / f"{target}.pt"
+            row.update(mean_mode_metrics(Path(row.pop("run_dir")), decoded, data_dirs[target], seed))
     if len(rows) < len(jobs):
         print(f"report only: {len(jobs) - len(rows)} of {len(jobs)} runs have no results yet and are left out")
     table = summarize(rows)
