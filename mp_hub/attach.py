@@ -18,7 +18,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from .errors import AttachError, ConfigError
-from .hub import create_hub_repo, hub_client, upload_saved
+from .hub import push_folder
 from .mean_mode import MeanModeCalibration, build_calibration
 from .model_edits import module_key, replace_forward
 from .perturb import MetaPerturb
@@ -345,13 +345,12 @@ class AttachedPerturbation:
         """Save into a temporary folder and upload it to `repo_id` (a bare name: in your namespace) in one
         commit, on `branch` or as a pull request (`create_pr`); returns the CommitInfo."""
         self._check_attached()
-        api = hub_client(token, api)
-        full_id = create_hub_repo(repo_id, private=private, token=token, api=api)
-        return upload_saved(
-            lambda folder: self.save_pretrained(folder, repo_id=full_id),  # the card names the resolved repo
-            full_id,
-            commit_message=commit_message,
+        return push_folder(
+            lambda folder, full_id: self.save_pretrained(folder, repo_id=full_id),
+            repo_id,
+            private=private,
             token=token,
+            commit_message=commit_message,
             branch=branch,
             create_pr=create_pr,
             api=api,

@@ -199,26 +199,8 @@ def upload_to_hub(
     )
 
 
-def upload_saved(
-    save: Callable[[str], Any],
-    repo_id: str,
-    *,
-    commit_message: str,
-    token: str | None = None,
-    branch: str | None = None,
-    create_pr: bool = False,
-    api: HfApi | None = None,
-):
-    """Save into a temporary folder with `save(folder)` and upload it to the existing repo `repo_id`."""
-    with tempfile.TemporaryDirectory() as folder:
-        save(folder)
-        return upload_to_hub(
-            folder, repo_id, commit_message=commit_message, token=token, branch=branch, create_pr=create_pr, api=api
-        )
-
-
 def push_folder(
-    save: Callable[[str], Any],
+    save: Callable[[str, str], Any],
     repo_id: str,
     *,
     private: bool | None = None,
@@ -228,13 +210,16 @@ def push_folder(
     create_pr: bool = False,
     api: HfApi | None = None,
 ):
-    """Create the repo (a bare name in the user's namespace), save into a temporary folder with `save(folder)`
-    and upload it in one commit; returns the CommitInfo."""
+    """Create the repo (a bare name: in the user's namespace), save into a temporary folder with
+    `save(folder, full_repo_id)` (a card names the resolved repo) and upload it in one commit, on `branch` or as a
+    pull request (`create_pr`); returns the CommitInfo."""
     api = hub_client(token, api)
     full_id = create_hub_repo(repo_id, private=private, token=token, api=api)
-    return upload_saved(
-        save, full_id, commit_message=commit_message, token=token, branch=branch, create_pr=create_pr, api=api
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        save(folder, full_id)
+        return upload_to_hub(
+            folder, full_id, commit_message=commit_message, token=token, branch=branch, create_pr=create_pr, api=api
+        )
 
 
 def is_explicit_path(value: str | os.PathLike) -> bool:
@@ -325,13 +310,12 @@ class PhiHubMixin:
         """Upload safetensors + config + card to `repo_id` (a bare name: in your namespace) in one commit, on
         `branch` or as a pull request (`create_pr`); `private` applies to a new repo; `card_extra` as in
         `save_pretrained` (the card's repo id is the resolved one). Returns the CommitInfo."""
-        api = hub_client(token, api)
-        full_id = create_hub_repo(repo_id, private=private, token=token, api=api)
-        return upload_saved(
-            lambda folder: self.save_pretrained(folder, card_extra={**(card_extra or {}), "repo_id": full_id}),
-            full_id,
-            commit_message=commit_message,
+        return push_folder(
+            lambda folder, full_id: self.save_pretrained(folder, card_extra={**(card_extra or {}), "repo_id": full_id}),
+            repo_id,
+            private=private,
             token=token,
+            commit_message=commit_message,
             branch=branch,
             create_pr=create_pr,
             api=api,

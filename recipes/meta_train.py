@@ -270,7 +270,7 @@ def meta_train(args: argparse.Namespace, argv: list[str], accelerator: Accelerat
             repo_id = args.hub_model_id or output_dir.resolve().name
             # One commit of the saved folder (φ, config, card and its curves); checkpoints stay local.
             push_folder(
-                lambda folder: [
+                lambda folder, _full_repo_id: [
                     shutil.copy2(f, folder) for f in output_dir.iterdir() if f.is_file() and not f.name.startswith(".")
                 ],  # hidden files (the run's lock and its holder record) stay local
                 repo_id,
