@@ -1,7 +1,8 @@
 """Inference cost of a perturbed CIFAR ResNet-20: bare eval forward vs "mean" mode vs MC-k, and MC-k vs mean.
 
     python benchmarks/inference.py [--batch 128] [--threads 2] [--k 10] [--repeats 40] [--mc-repeats 10]
-                                   [--backend auto] [--omp-passive] [--keep-freed-memory]
+                                   [--backend auto] [--omp-passive] [--keep-freed-memory] [--device cuda]
+                                   [--compile] [--compile-backend inductor]
 
 Timed (medians of interleaved repeats, wall-clock and process CPU, under torch.inference_mode; "paired": the
 median over rounds of each variant's time over the bare pass's in the same round, with the quartiles of those
@@ -17,6 +18,13 @@ passes and a slow phase of the host falls on its variants alike:
   mc_loop     k separate sampling passes (the authors' test-time MC),
   mc_batched  `mp_hub.mean_mode.mc_predict(model, x, k)` (draws batched per chunk; at batch 128 the default
               chunk is 1, i.e. k passes), plus loop vs batched at --small-batch images, where batching pays.
+With --compile, a third group (--repeats rounds) times bare_compiled, mean_uncalibrated_compiled and
+mc1_compiled: the same passes through torch.compile(model, fullgraph=True) (--compile-backend, default inductor;
+compiled once per pass before the timing, the compile time reported), their ratios to bare_compiled, and
+bare_compiled_vs_bare. Mean mode runs without its calibration there (the calibration's staleness check is not
+traceable in one graph).
+--device cuda runs the model and the timing on the GPU (each pass waits for the device); the page faults and the
+fused kernels' layouts are CPU figures and are left out there.
 Then one site in "mean" mode against a ReLU and a 3×3 conv at ResNet-20's three stage shapes (where the time goes).
 Synthetic agreement check (random weights, φ from ../shared/reference when present, else φ's init scaled up
 so that the noise matters): max |p_mean − p_MC| and argmax agreement between "mean" and MC with --mc-check
@@ -51,6 +59,7 @@ from _common import (  # noqa: E402
     results_path,
     time_interleaved,
 )
+from _device import add_device_arguments, checked_device, compile_suffix, device_name, synchronized  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.kernels import fused  # noqa: E402
@@ -106,12 +115,47 @@ def kernel_layouts(phi: MetaPerturb, feature: torch.Tensor, threads: int) -> dic
     return calls
 
 
+def compiled_passes(model, handle, x: torch.Tensor, args) -> dict:
+    """{"passes": {name: fn}} for bare_compiled, mean_uncalibrated_compiled and mc1_compiled (one torch.compile'd
+    model, a graph per pass, each compiled here by its first call), and the seconds each first call took."""
+    compiled = torch.compile(model, fullgraph=True, backend=args.compile_backend)
+
+    def bare_compiled():
+        handle.enabled = False
+        try:
+            compiled(x)
+        finally:
+            handle.enabled = True
+
+    def mean_uncalibrated_compiled():
+        handle.set_inference_mode("mean")
+        compiled(x)
+
+    def mc1_compiled():
+        handle.set_inference_mode("mc")
+        compiled(x)
+
+    passes = {
+        "bare_compiled": bare_compiled,
+        "mean_uncalibrated_compiled": mean_uncalibrated_compiled,
+        "mc1_compiled": mc1_compiled,
+    }
+    seconds = {}
+    with torch.inference_mode():
+        for name, fn in passes.items():
+            t0 = time.perf_counter()
+            fn()
+            seconds[name] = time.perf_counter() - t0
+    return {"passes": passes, **seconds}
+
+
 def results_file_name(args) -> str:
-    """inference-b<batch>-k<k>-t<threads>[-<backend>][-keepmem][-passive].json: the settings that change the
-    figures (not the number of rounds, which only changes their precision)."""
+    """inference-b<batch>-k<k>-t<threads>[-<backend>][-<device>][-compile[-<backend>]][-keepmem][-passive].json:
+    the settings that change the figures (not the number of rounds, which only changes their precision)."""
     return results_name(
         "inference", f"b{args.batch}", f"k{args.k}", f"t{args.threads}", args.backend != "auto" and args.backend,
-        args.keep_freed_memory and "keepmem", args.omp_passive and "passive",
+        args.device != "cpu" and args.device, compile_suffix(args), args.keep_freed_memory and "keepmem",
+        args.omp_passive and "passive",
     )  # fmt: skip
 
 
@@ -126,21 +170,23 @@ def main() -> None:
     parser.add_argument("--backend", default="auto", choices=kernels.BACKENDS)
     parser.add_argument("--small-batch", type=int, default=16, help="batch for the batched-vs-loop MC comparison")
     parser.add_argument("--mc-check", type=int, default=100, help="MC draws for the agreement check (0: skip)")
+    add_device_arguments(parser, compile_help="also time the bare, mean and mc1 passes of a torch.compile'd model")
     add_results_arguments(parser)
     args = parser.parse_args()
     # batch >= 2: the mean-mode calibration needs batch statistics
     require_at_least(parser, args, batch=2, threads=1, k=1, repeats=1, mc_repeats=1, warmup=0, small_batch=1,
                      mc_check=0)  # fmt: skip
+    device = checked_device(parser, args.device)
     torch.set_num_threads(args.threads)
     kernels.set_default_backend(args.backend)
 
     torch.manual_seed(0)
-    model = model_from_type("cifar_resnet20", num_labels=10, image_size=32).eval()
+    model = model_from_type("cifar_resnet20", num_labels=10, image_size=32).eval().to(device)
     phi, phi_source = load_phi()
-    handle = attach(model, phi, inference_mode="mc")
-    x = torch.randn(args.batch, 3, 32, 32)
+    handle = attach(model, phi, inference_mode="mc")  # φ and the sites follow the model's device
+    x = torch.randn(args.batch, 3, 32, 32).to(device)
     t0 = time.perf_counter()  # once after training, on training images (here: random ones)
-    handle.calibrate_mean_mode(torch.randn(512, 3, 32, 32).split(args.batch))
+    handle.calibrate_mean_mode(torch.randn(512, 3, 32, 32).to(device).split(args.batch))
     calibration_ms = 1e3 * (time.perf_counter() - t0)
 
     def bare():
@@ -180,25 +226,42 @@ def main() -> None:
 
     one_pass = {"bare": bare, "off": off, "mean": mean, "mean_uncalibrated": mean_uncalibrated, "mc1": mc1}
     k_pass = {"bare": bare, "mc_loop": mc_loop, "mc_batched": mc_batched}
+    one_pass = {name: synchronized(fn, device) for name, fn in one_pass.items()}
+    k_pass = {name: synchronized(fn, device) for name, fn in k_pass.items()}
     with torch.inference_mode():
         res = time_interleaved(one_pass, args.warmup, args.repeats)
         mc = time_interleaved(k_pass, 1, args.mc_repeats)
     res.update({key.replace("bare_", "bare_in_mc_group_", 1) if key.startswith("bare_") else key: value
                 for key, value in mc.items()})  # fmt: skip
-    print(f"ResNet-20, batch {args.batch}, {args.threads} threads, backend {args.backend}, k = {args.k} (medians; "
-          f"paired: median [quartiles] of the per-round ratios)")  # fmt: skip
-    for group, variants, bare_key in ((args.repeats, one_pass, "bare"), (args.mc_repeats, k_pass, "bare_in_mc_group")):
+    groups = [(args.repeats, one_pass, "bare"), (args.mc_repeats, k_pass, "bare_in_mc_group")]
+    if args.compile:  # a group of its own, after the others: mean_uncalibrated re-installs the calibration's
+        # forwards, which would make every compiled pass recompile in a shared group
+        handle.calibration.remove()  # its staleness check reads tensor versions, which a full graph cannot
+        compiled = compiled_passes(model, handle, x, args)
+        compiled_pass = {name: synchronized(fn, device) for name, fn in compiled.pop("passes").items()}
+        with torch.inference_mode():
+            res.update(time_interleaved(compiled_pass, args.warmup, args.repeats))
+        handle.calibration.install()
+        res.update({f"{name}_compile_s": seconds for name, seconds in compiled.items()})
+        res["bare_compiled_vs_bare"] = res["bare_compiled_ms"] / res["bare_ms"]
+        groups.append((args.repeats, compiled_pass, "bare_compiled"))
+    print(f"ResNet-20, batch {args.batch}, {args.threads} threads, backend {args.backend}, k = {args.k}, "
+          f"{args.device} (medians; paired: median [quartiles] of the per-round ratios)")  # fmt: skip
+    for group, variants, bare_key in groups:
         print(f"  {group} rounds of {', '.join(variants)}:")
         for name in variants:
             key = bare_key if name == "bare" else name
             res[f"{key}_ratio"] = res[f"{key}_ms"] / res[f"{bare_key}_ms"]
             res[f"{key}_cpu_ratio"] = res[f"{key}_cpu_ms"] / res[f"{bare_key}_cpu_ms"]
-            print(f"    {name:17s} {res[key + '_ms']:8.1f} ms  ×{res[key + '_ratio']:.3f}  "
+            print(f"    {name:26s} {res[key + '_ms']:8.1f} ms  ×{res[key + '_ratio']:.3f}  "
                   f"| CPU {res[key + '_cpu_ms']:8.1f} ms  ×{res[key + '_cpu_ratio']:.3f}  "
                   f"| paired ×{res[key + '_paired_ratio']:.3f} [{res[key + '_paired_q25']:.3f}, "
                   f"{res[key + '_paired_q75']:.3f}]")  # fmt: skip
+    if args.compile:
+        print(f"  compiled bare / bare: ×{res['bare_compiled_vs_bare']:.3f}; compile time "
+              + ", ".join(f"{name} {res[name + '_compile_s']:.0f} s" for name in compiled_pass))  # fmt: skip
     with torch.inference_mode():  # what the allocator costs: page faults of one pass (see --keep-freed-memory)
-        for name in ("bare", "mean"):
+        for name in ("bare", "mean") if device.type == "cpu" else ():
             faults, system_ms = page_faults(one_pass[name])
             res[f"{name}_page_faults"], res[f"{name}_system_ms"] = faults, system_ms
             print(f"  {name}: {faults} minor page faults and {system_ms:.0f} ms of system time per pass (median of 5)")
@@ -210,14 +273,15 @@ def main() -> None:
     # where batching the draws pays: small batches (the prefix runs once per chunk, passes get fuller)
     small = x[: args.small_batch]
     times = {"loop": [], "batched": []}
+    loop = synchronized(lambda: [torch.softmax(model(small).logits, -1) for _ in range(args.k)], device)
+    batched = synchronized(lambda: mc_predict(model, small, args.k), device)
     with torch.inference_mode():
         handle.set_inference_mode("mc")
         for i in range(args.warmup + args.mc_repeats):
             t0 = time.perf_counter()
-            for _ in range(args.k):
-                torch.softmax(model(small).logits, -1)
+            loop()
             t1 = time.perf_counter()
-            mc_predict(model, small, args.k)
+            batched()
             t2 = time.perf_counter()
             if i >= args.warmup:
                 times["loop"].append(1e3 * (t1 - t0))
@@ -233,15 +297,15 @@ def main() -> None:
     per_shape = {}
     site_variants = {}
     for channels, size in ((16, 32), (32, 16), (64, 8)):
-        feature = torch.randn(args.batch, channels, size, size)
-        site = PerturbSite(phi, channels, spatial_norm=32, inference_mode="mean").eval()
+        feature = torch.randn(args.batch, channels, size, size).to(device)
+        site = PerturbSite(phi, channels, spatial_norm=32, inference_mode="mean").eval().to(device)
         site.fused_relu = True  # as attach places it in a ResNet block: the site also applies the ReLU
-        conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval().to(device)
         tag = f"{channels}x{size}"
-        site_variants[f"relu_{tag}"] = lambda f=feature: torch.relu(f)
-        site_variants[f"site_mean_{tag}"] = lambda s=site, f=feature: s(f)
-        site_variants[f"conv_{tag}"] = lambda c=conv, f=feature: c(f)
-        if kernels.fused_available():
+        site_variants[f"relu_{tag}"] = synchronized(lambda f=feature: torch.relu(f), device)
+        site_variants[f"site_mean_{tag}"] = synchronized(lambda s=site, f=feature: s(f), device)
+        site_variants[f"conv_{tag}"] = synchronized(lambda c=conv, f=feature: c(f), device)
+        if device.type == "cpu" and kernels.fused_available():
             for layout, call in kernel_layouts(phi, feature, args.threads).items():
                 site_variants[f"kernel_{layout}_{tag}"] = call
     with torch.inference_mode():
@@ -278,7 +342,9 @@ def main() -> None:
     publish("inference", {
         "model": "cifar_resnet20", "batch": args.batch,
         "threads": args.threads, "backend": args.backend, "k": args.k, "repeats": args.repeats,
-        "fused_available": kernels.fused_available(), "torch": torch.__version__,
+        "fused_available": kernels.fused_available(), "torch": torch.__version__, "device": args.device,
+        "device_name": device_name(device), "compile": args.compile,
+        "compile_backend": args.compile_backend if args.compile else None,
         **environment(), "results": res,
         "agreement_check": check,
     }, results_path(args, results_file_name(args)))  # fmt: skip

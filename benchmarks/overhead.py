@@ -2,7 +2,7 @@
 
     python benchmarks/overhead.py [--steps 10] [--warmup 3] [--settle 0] [--batch 128] [--threads 2] [--phi ...]
                                   [--no-memory] [--omp-passive] [--keep-freed-memory] [--device cuda] [--compile]
-                                  [--breakdown]
+                                  [--compile-backend inductor] [--breakdown]
 
 Variants, interleaved in one process (on a shared machine load drifts; interleaving spreads it over all
 variants alike), each step = forward + cross-entropy + backward + Adam step, batch of 32×32 images. By default
@@ -12,16 +12,18 @@ variant's (whose caches and heap it inherits: the eager variant's 600 MiB above 
   bare   φ attached with `mp_hub.attach` but disabled (the hooks return at once: the bare model's graph),
   eager  every site on the straightforward `functional` path (the authors' op-by-op formulation),
   fused  every site on the fused kernels (`mp_hub.kernels`).
-With --compile, two more, each its own model instance compiled once before the timing (the compile time is
-reported):
-  bare_compiled   torch.compile of the bare model,
-  eager_compiled  torch.compile of the model with its sites (the fused kernels step aside under torch.compile;
-                  inductor compiles the sites' `functional` path with the rest).
---device cuda runs everything on the GPU (synchronised after every step); "fused" is CPU-only and is left out
-there. "frozen" φ (transfer: only grad wrt x flows through the sites) and "trainable" φ (meta-training: also
-grads wrt φ) are measured separately. Reported: median wall-clock ms/step and median process CPU ms/step
-(less sensitive to other processes), and ratios to bare: of the medians, and "paired" (the median of each
-step's ratio to the bare step of the same round, which cancels slow phases of a shared host).
+With --compile, more variants, each its own model instance compiled once (torch.compile(model, fullgraph=True),
+--compile-backend, default inductor) before the timing (the compile time is reported):
+  bare_compiled   the bare model,
+  eager_compiled  the model with its sites on the `functional` path, compiled with the rest,
+  fused_compiled  the model with its sites on the fused kernels, which stay in the graph as the custom ops
+                  `mp_hub::site_forward` / `mp_hub::site_backward` (`mp_hub.kernels.ops`).
+The ratios of the compiled variants to bare_compiled are the sites' cost when both sides are compiled.
+--device cuda runs everything on the GPU (synchronised after every step); "fused" and "fused_compiled" are
+CPU-only and are left out there. "frozen" φ (transfer: only grad wrt x flows through the sites) and "trainable"
+φ (meta-training: also grads wrt φ) are measured separately. Reported: median wall-clock ms/step and median
+process CPU ms/step (less sensitive to other processes), and ratios to bare: of the medians, and "paired" (the
+median of each step's ratio to the bare step of the same round, which cancels slow phases of a shared host).
 
 Peak memory: one extra step per variant under torch.profiler(profile_memory=True); the allocation and free
 events of torch's CPU allocator, replayed in time order, give the peak of live bytes during the step above
@@ -60,7 +62,6 @@ import torch.nn.functional as F  # noqa: E402
 from _common import (  # noqa: E402
     add_results_arguments,
     add_thread_arguments,
-    cpu_name,
     environment,
     publish,
     require_at_least,
@@ -68,18 +69,20 @@ from _common import (  # noqa: E402
     results_path,
     time_interleaved,
 )
+from _device import add_device_arguments, checked_device, compile_suffix, device_name, parsed_device  # noqa: E402
 
 from mp_hub import MetaPerturb, attach, kernels  # noqa: E402
 from mp_hub.kernels.fused import PASSES, pass_timer  # noqa: E402
 from mp_hub.models import model_from_type  # noqa: E402
 
 VARIANTS = ("bare", "eager", "fused")
-COMPILED = ("bare_compiled", "eager_compiled")
+COMPILED = ("bare_compiled", "eager_compiled", "fused_compiled")
+CPU_ONLY = ("fused", "fused_compiled")  # the fused kernels run on CPU only
 
 
-def build(trainable_phi: bool, batch: int, device: torch.device, compiled: bool = False):
-    """step(variant) for one model (the same weights and batch every time: seed 0); `compiled`: the model runs
-    under torch.compile."""
+def build(trainable_phi: bool, batch: int, device: torch.device, compile_backend: str | None = None):
+    """step(variant) for one model (the same weights and batch every time: seed 0); `compile_backend`: the model
+    runs under torch.compile(fullgraph=True) with that backend."""
     torch.manual_seed(0)
     model = model_from_type("cifar_resnet20", num_labels=10, image_size=32).train().to(device)
     phi = MetaPerturb()
@@ -90,11 +93,11 @@ def build(trainable_phi: bool, batch: int, device: torch.device, compiled: bool 
     optimizer = torch.optim.Adam(params, lr=1e-3)
     x = torch.randn(batch, 3, 32, 32).to(device)
     labels = torch.randint(0, 10, (batch,)).to(device)
-    forward = torch.compile(model) if compiled else model
+    forward = torch.compile(model, fullgraph=True, backend=compile_backend) if compile_backend else model
 
     def step(variant: str) -> None:
         for site in sites:
-            site.set_backend("fused" if variant == "fused" else "eager")
+            site.set_backend("fused" if variant.startswith("fused") else "eager")
         handle.enabled = not variant.startswith("bare")
         logits = forward(pixel_values=x).logits
         loss = F.cross_entropy(logits, labels)
@@ -143,23 +146,25 @@ def measure(trainable_phi: bool, args) -> dict:
     device = torch.device(args.device)
     step = build(trainable_phi, args.batch, device)
     # the fused kernels are CPU-only: on a GPU the variant would only time the eager path again
-    variants = [v for v in VARIANTS if device.type == "cpu" or v != "fused"]
+    variants = [v for v in VARIANTS if device.type == "cpu" or v not in CPU_ONLY]
     steps = {v: step for v in variants}
     compile_s = {}
     if args.compile:
-        for variant in COMPILED:  # one model each: no recompilation when the timing alternates them
-            steps[variant] = build(trainable_phi, args.batch, device, compiled=True)
+        compiled = [v for v in COMPILED if device.type == "cpu" or v not in CPU_ONLY]
+        for variant in compiled:  # one model each: no recompilation when the timing alternates them
+            steps[variant] = build(trainable_phi, args.batch, device, compile_backend=args.compile_backend)
             t0 = time.perf_counter()
             steps[variant](variant)  # compiles forward and backward
             compile_s[variant] = time.perf_counter() - t0
-        variants += COMPILED
+        variants += compiled
     out = time_interleaved({v: (lambda v=v: steps[v](v)) for v in variants}, args.warmup, args.steps, args.settle)
     out["variants"] = variants
     for variant in variants[1:]:
         out[f"{variant}_ratio"] = out[f"{variant}_ms"] / out["bare_ms"]
         out[f"{variant}_cpu_ratio"] = out[f"{variant}_cpu_ms"] / out["bare_cpu_ms"]
     if args.compile:  # the sites' cost when both sides are compiled
-        out["eager_compiled_vs_bare_compiled"] = out["eager_compiled_ms"] / out["bare_compiled_ms"]
+        for variant in compiled[1:]:
+            out[f"{variant}_vs_bare_compiled"] = out[f"{variant}_ms"] / out["bare_compiled_ms"]
         out.update({f"{variant}_compile_s": seconds for variant, seconds in compile_s.items()})
     if args.breakdown and "fused" in variants:
         out["kernel_ms"] = kernel_breakdown(step, args.steps)
@@ -188,11 +193,11 @@ def row(r: dict, variant: str) -> str:
 
 
 def results_file_name(args, modes: list[str]) -> str:
-    """overhead-<φ modes>-b<batch>-t<threads>[-<device>][-compile][-breakdown][-keepmem][-passive].json: the
-    settings that change the figures (not the number of steps, which only changes their precision)."""
+    """overhead-<φ modes>-b<batch>-t<threads>[-<device>][-compile[-<backend>]][-breakdown][-keepmem][-passive].json:
+    the settings that change the figures (not the number of steps, which only changes their precision)."""
     return results_name(
         "overhead", "+".join(modes), f"b{args.batch}", f"t{args.threads}", args.device != "cpu" and args.device,
-        args.compile and "compile", args.breakdown and "breakdown", args.keep_freed_memory and "keepmem",
+        compile_suffix(args), args.breakdown and "breakdown", args.keep_freed_memory and "keepmem",
         args.omp_passive and "passive",
     )  # fmt: skip
 
@@ -208,8 +213,7 @@ def main() -> None:
     add_thread_arguments(parser)
     parser.add_argument("--phi", default="frozen,trainable", help="comma list of: frozen, trainable")
     parser.add_argument("--no-memory", action="store_true")
-    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N]: the model, data and steps on that GPU")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile'd bare and eager models")
+    add_device_arguments(parser, compile_help="also time torch.compile'd bare, eager and fused (CPU) models")
     parser.add_argument(
         "--breakdown", action="store_true", help="time more fused steps: ms per step of each fused-kernel pass"
     )
@@ -220,16 +224,10 @@ def main() -> None:
     unknown = [m for m in modes if m not in ("frozen", "trainable")]
     if unknown or not modes:  # a typo would otherwise be timed as frozen φ under its own name
         parser.error(f"--phi {args.phi!r}: a comma list of frozen, trainable (got {', '.join(unknown) or 'nothing'})")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError as err:
-        parser.error(f"--device {args.device!r}: {err}")
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"--device {args.device!r}: this benchmark runs on cpu or cuda")
+    device = parsed_device(parser, args.device)
     if args.breakdown and device.type != "cpu":
         parser.error("--breakdown times the fused kernels, which run on CPU only: drop it or use --device cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {args.device!r}: torch {torch.__version__} sees no CUDA device here")
+    device = checked_device(parser, args.device)
     torch.set_num_threads(args.threads)
     fused = kernels.fused_available()
     if not fused and device.type == "cpu":
@@ -249,8 +247,10 @@ def main() -> None:
                   + (f" = {100 * share:.0f}% of the {r['fused_ms'] - r['bare_ms']:.1f} ms fused adds to bare"
                      if share is not None else ""))  # fmt: skip
         if args.compile:
-            print(f"  compiled, sites vs bare: ×{r['eager_compiled_vs_bare_compiled']:.3f}; compile time "
-                  + ", ".join(f"{v} {r[v + '_compile_s']:.0f} s" for v in COMPILED))  # fmt: skip
+            compiled = [v for v in COMPILED if v + "_compile_s" in r]
+            print("  compiled, sites vs bare: " + ", ".join(f"{v} ×{r[v + '_vs_bare_compiled']:.3f}"
+                  for v in compiled[1:]) + "; compile time " + ", ".join(f"{v} {r[v + '_compile_s']:.0f} s"
+                  for v in compiled))  # fmt: skip
     for mode, r in results.items():
         if "fused_ms" in r:
             print(f"speed-up of fused over eager (φ {mode}): ×{r['eager_ms'] / r['fused_ms']:.2f}")
@@ -258,7 +258,8 @@ def main() -> None:
         "model": "cifar_resnet20", "batch": args.batch,
         "image_size": 32, "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "settle": args.settle,
         "fused_available": fused, "torch": torch.__version__, "device": args.device, "compile": args.compile,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "compile_backend": args.compile_backend if args.compile else None,
+        "device_name": device_name(device),
         **environment(), "results": results,
     }, results_path(args, results_file_name(args, modes)))  # fmt: skip
 

@@ -5,12 +5,14 @@ shared checks of flag values, `launch_command` (the command that reproduces a ru
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -61,6 +63,22 @@ def check_finite(args: argparse.Namespace, *names: str, positive: bool = False) 
         if value is not None and (not math.isfinite(value) or value < 0 or (positive and value == 0)):
             bound = "> 0" if positive else ">= 0"
             raise ConfigError(f"--{name} must be a finite number {bound}, got {value}")
+
+
+def json_object(value: str | Mapping[str, Any] | None, flag: str) -> dict[str, Any] | None:
+    """A flag's JSON object: a string is parsed, a mapping (from a YAML --config) taken as is, None or "" is None;
+    anything else is a `ConfigError` naming `flag`."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, Mapping):
+        return dict(value)
+    try:
+        parsed = json.loads(value)
+    except (TypeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{flag} is not valid JSON: {err}") from err
+    if not isinstance(parsed, dict):
+        raise ConfigError(f"{flag} must be a JSON object")
+    return parsed
 
 
 def launch_command(

@@ -58,8 +58,10 @@ def scale_inputs(
 ) -> Tensor:
     """The (C, 2h + 2) rows [mean, var, C/C₀, H/H₀] that the scale's linear layer reads."""
     channels = feature_mean.shape[0]
-    size_terms = feature_mean.new_tensor([channels / channel_norm, height / spatial_norm]).expand(channels, 2)
-    return torch.cat([feature_mean, feature_var, size_terms], dim=-1)
+    # filled on the statistics' device (a scalar fill, not a host-to-device copy of a list)
+    size_c = feature_mean.new_full((channels, 1), channels / channel_norm)
+    size_h = feature_mean.new_full((channels, 1), height / spatial_norm)
+    return torch.cat([feature_mean, feature_var, size_c, size_h], dim=-1)
 
 
 def channel_scale(
@@ -109,14 +111,26 @@ def _esp_table(dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.tensor(ESP_TABLE, dtype=dtype, device=device)
 
 
+def esp_table(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """ESP_TABLE on `device`: the cached tensor eagerly; under torch.compile built at trace time, a constant of the
+    graph (dynamo would skip the cache anyway, with a warning)."""
+    if torch.compiler.is_compiling():
+        return _esp_table.__wrapped__(dtype, device)
+    return _esp_table(dtype, device)
+
+
 def expected_softplus(mu: Tensor) -> Tensor:
-    """E[softplus(μ + ε)] for ε ~ N(0, 1), deterministic and differentiable (piecewise polynomial, see ESP_TABLE)."""
+    """E[softplus(μ + ε)] for ε ~ N(0, 1), deterministic and differentiable (piecewise polynomial, see ESP_TABLE).
+    A float16 / bfloat16 μ is evaluated in float32 (the degree-6 polynomial loses digits in half precision) and the
+    result given back in μ's dtype."""
+    if mu.dtype in (torch.float16, torch.bfloat16):
+        return expected_softplus(mu.float()).to(mu.dtype)
     t = mu.abs()
     inside = t < ESP_LIMIT  # false for inf and nan too: their segment index would be meaningless
     v = torch.where(inside, t, torch.zeros_like(t)) * ESP_SCALE
     segment = v.detach().floor().clamp_(max=len(ESP_TABLE) - 1)
     u = v - segment
-    coeffs = _esp_table(mu.dtype, mu.device)[segment.long()]
+    coeffs = esp_table(mu.dtype, mu.device)[segment.long()]
     q = coeffs[..., -1]
     for j in range(coeffs.shape[-1] - 2, -1, -1):
         q = q * u + coeffs[..., j]

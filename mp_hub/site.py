@@ -19,6 +19,7 @@ from . import functional as MF
 from . import kernels
 from .errors import ConfigError, InvalidInputError
 from .kernels.fused import kernels_for, site_forward
+from .kernels.passes import NON_FINITE_MESSAGE
 from .perturb import MetaPerturb
 
 INFERENCE_MODES = ("mc", "mean", "off")
@@ -182,8 +183,7 @@ class PerturbSite(nn.Module):
         batch = x.shape[0]
         if not self.training or batch < 2:
             return self.running_mean.to(x.dtype), self.running_var.to(x.dtype)
-        if not torch.isfinite(x).all():
-            raise InvalidInputError("x has non-finite values (inf or nan) at a PerturbSite during training")
+        check_finite(x)
         mean, var = MF.batch_moments(self.phi.channel_scale.features(x))
         MF.update_running_stats(self.running_mean, self.running_var, mean, var, batch, self.momentum)
         return mean, var
@@ -216,8 +216,23 @@ class PerturbSite(nn.Module):
             z = MF.expected_softplus(mu)
         else:
             z = F.softplus(mu + (torch.randn_like(mu) if noise is None else noise))
-        y = MF.apply_perturbation(x, z, scale, self.noise_coeff, self.clip_value)
+        # κ's value now, not the buffer: autograd saves it, and the buffer may be written before the backward
+        kappa = self.noise_coeff.clone()
+        y = MF.apply_perturbation(x, z, scale, kappa, self.clip_value)
         return F.relu(y) if self.fused_relu else y
+
+
+def check_finite(x: Tensor) -> None:
+    """Refuse a training batch with inf or nan (it would poison the running statistics) without a host sync: on
+    CPU, eagerly, an `InvalidInputError` at once (reading a CPU tensor costs no sync); on an accelerator or under
+    torch.compile, an asynchronous assert inside the graph, which fails the step where it runs (a RuntimeError on
+    CPU, a device-side assert on CUDA)."""
+    finite = torch.isfinite(x).all()
+    if x.is_cpu and not torch.compiler.is_compiling():
+        if not finite:
+            raise InvalidInputError(NON_FINITE_MESSAGE)
+        return
+    torch._assert_async(finite, NON_FINITE_MESSAGE)
 
 
 def _autocast_off(device_type: str):

@@ -4,14 +4,16 @@
         --output_dir glyphs10-phi
     python recipes/meta_train.py --config meta_train.yaml          # one process; flags override the YAML
 
-Each process holds a contiguous block of the tasks (one model θ_t each, all sharing this process's φ); φ's
-gradient is averaged over all tasks with one all-reduce per step and every process applies the same φ step.
-The result does not depend on the number of processes. See docs/recipes.md for every flag.
+Each process holds a contiguous block of the tasks, at most one more than any other process (one model θ_t each,
+all sharing this process's φ); φ's gradient is averaged over all tasks with one all-reduce per step and every
+process applies the same φ step. The result does not depend on the number of processes. See docs/recipes.md
+for every flag.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import shutil
@@ -31,7 +33,14 @@ from mp_hub.checkpointing import (
     resolve_checkpoint,
     save_meta_train_checkpoint,
 )
-from mp_hub.cli_args import check_at_least, check_finite, launch_command, parse_args_with_config, run_cli
+from mp_hub.cli_args import (
+    check_at_least,
+    check_finite,
+    json_object,
+    launch_command,
+    parse_args_with_config,
+    run_cli,
+)
 from mp_hub.data import (
     SPLIT_SCHEMES,
     TaskData,
@@ -45,12 +54,15 @@ from mp_hub.data import (
 from mp_hub.errors import ConfigError, DataError
 from mp_hub.hub import push_folder
 from mp_hub.output_dir import claim_output_dir
+from mp_hub.schedules import LR_SCHEDULER_TYPES, METRIC_LR_SCHEDULER_TYPES, build_lr_scheduler
 from mp_hub.training.distributed import assign_tasks, broadcast_parameters, check_in_sync, reduce_min_max
-from mp_hub.training.meta import MetaTrainer, TaskLearner, seeded_phi
+from mp_hub.training.meta import MetaTrainer, TaskLearner, compile_task_models, seeded_phi
 from mp_hub.training.report import plot_curves
 
 logger = get_logger(__name__)
 CURVES = "meta_train_curves.png"
+# φ's schedules: those that are a function of the step alone (a resume rebuilds them from the step).
+STEP_LR_SCHEDULER_TYPES = tuple(t for t in LR_SCHEDULER_TYPES if t not in METRIC_LR_SCHEDULER_TYPES)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,7 +88,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--max_train_steps", type=int, default=750)
     train.add_argument("--learning_rate", type=float, default=1e-3)
     train.add_argument("--weight_decay", type=float, default=5e-4)
+    train.add_argument(
+        "--lr_scheduler_type",
+        default="constant",
+        help="φ's learning-rate schedule over --max_train_steps (the authors': constant; θ's stays constant): "
+        f"one of {', '.join(STEP_LR_SCHEDULER_TYPES)}",
+    )
+    train.add_argument("--lr_scheduler_kwargs", help='JSON for the schedule, e.g. {"min_lr_rate": 0.1}')
+    train.add_argument("--num_warmup_steps", type=int, default=0, help="for the schedules with a warm-up")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--torch_compile", action="store_true", help="torch.compile each task model, φ's sites included")
+    train.add_argument(
+        "--torch_compile_backend", help="torch.compile backend with --torch_compile (default inductor; aot_eager: fast)"
+    )
     out = parser.add_argument_group("output")
     out.add_argument("--output_dir")
     out.add_argument("--checkpointing_steps", type=int, help="save a resumable checkpoint every N steps")
@@ -104,7 +128,55 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     check_finite(args, "learning_rate", positive=True)
     check_finite(args, "weight_decay")
+    check_lr_schedule(args)
+    if args.torch_compile_backend is not None and not args.torch_compile:
+        raise ConfigError(f"--torch_compile_backend {args.torch_compile_backend} needs --torch_compile")
+    known = torch.compiler.list_backends(exclude_tags=())
+    if args.torch_compile_backend is not None and args.torch_compile_backend not in known:
+        raise ConfigError(f"--torch_compile_backend {args.torch_compile_backend!r} is not one of {sorted(known)}")
     return args
+
+
+def check_lr_schedule(args: argparse.Namespace) -> None:
+    """φ's schedule must be a function of the step (a resume rebuilds it from the step): no metric-driven one."""
+    args.lr_scheduler_kwargs = json_object(args.lr_scheduler_kwargs, "--lr_scheduler_kwargs")
+    check_at_least(args, 0, "num_warmup_steps")
+    if args.lr_scheduler_type not in STEP_LR_SCHEDULER_TYPES:
+        raise ConfigError(
+            f"--lr_scheduler_type {args.lr_scheduler_type!r} is not one of {list(STEP_LR_SCHEDULER_TYPES)} "
+            f"({', '.join(METRIC_LR_SCHEDULER_TYPES)} follow a metric, which meta-training has no evaluation for)"
+        )
+    if args.lr_scheduler_type == "constant":
+        if args.num_warmup_steps or args.lr_scheduler_kwargs:
+            raise ConfigError("--num_warmup_steps and --lr_scheduler_kwargs need a schedule, e.g. constant_with_warmup")
+        return
+    try:  # the schedule's arguments, checked on a stand-in optimizer: a wrong key fails now, not after the data loads
+        build_lr_scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), **phi_lr_schedule(args))
+    except ConfigError as err:
+        raise ConfigError(f"--lr_scheduler_type / --lr_scheduler_kwargs: {err}") from err
+
+
+def phi_lr_schedule(args: argparse.Namespace) -> dict | None:
+    """φ's schedule as recorded in a run's signature and provenance; None for the authors' constant rate."""
+    if args.lr_scheduler_type == "constant":
+        return None
+    return dict(
+        scheduler_type=args.lr_scheduler_type,
+        scheduler_kwargs=args.lr_scheduler_kwargs,
+        num_warmup_steps=args.num_warmup_steps,
+        num_training_steps=args.max_train_steps,
+    )
+
+
+def compile_backend(args: argparse.Namespace, accelerator: Accelerator) -> str | None:
+    """The torch.compile backend of the task models: --torch_compile's, else `accelerate launch --dynamo_backend`'s."""
+    launcher = accelerator.state.dynamo_plugin.to_dict()["backend"]  # "no" unless accelerate's config sets one
+    if not args.torch_compile:
+        return None if launcher == "no" else launcher
+    backend = args.torch_compile_backend or "inductor"
+    if launcher not in ("no", backend):
+        raise ConfigError(f"--torch_compile_backend {backend} disagrees with accelerate's --dynamo_backend {launcher}")
+    return backend
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -185,9 +257,21 @@ def meta_train(args: argparse.Namespace, argv: list[str], accelerator: Accelerat
             )
         )
     attach_logger.setLevel(attach_level)
+    backend = compile_backend(args, accelerator)
+    if backend is not None:
+        compile_task_models([learner.model for learner in learners], backend)
+        logger.info(f"task models compiled with torch.compile(backend={backend!r})")
     if learners:
         logger.info(f"task {learners[0].index}: {learners[0].handle.report()}")
-    trainer = MetaTrainer(phi, learners, len(specs), learning_rate=args.learning_rate, weight_decay=args.weight_decay)
+    schedule = phi_lr_schedule(args)
+    trainer = MetaTrainer(
+        phi,
+        learners,
+        len(specs),
+        learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay,
+        lr_scheduler=None if schedule is None else functools.partial(build_lr_scheduler, **schedule),
+    )
 
     # What a checkpoint must agree with to be resumed (the world size may change: one file per task).
     source = args.dataset_name or Path(args.dataset_dir or args.train_dir).resolve().name
@@ -204,12 +288,14 @@ def meta_train(args: argparse.Namespace, argv: list[str], accelerator: Accelerat
         weight_decay=args.weight_decay,
         image_size=args.image_size,
         flip=not args.no_flip,
+        lr_schedule=schedule,  # None when constant, as in a checkpoint from before the flag: those still resume
     )
     start_step, history, previous_wall = 0, [], 0.0
     if args.resume_from_checkpoint:
         path = resolve_checkpoint(output_dir, args.resume_from_checkpoint, META_TRAIN_LAYOUT)
         state = load_meta_train_checkpoint(path, trainer=trainer, run=run)
         start_step, history, previous_wall = state["step"], state["history"], state["wall_time_s"]
+        trainer.skip_lr_schedule(start_step)
 
     if args.with_tracking:
         accelerator.init_trackers(

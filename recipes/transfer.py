@@ -41,18 +41,27 @@ from mp_hub.checkpointing import (  # noqa: E402
     TRANSFER_LAYOUT,
     atomic_write,
     load_transfer_checkpoint,
+    prune_checkpoints,
     resolve_checkpoint,
     save_transfer_checkpoint,
 )
-from mp_hub.cli_args import check_at_least, check_finite, launch_command, parse_args_with_config, run_cli  # noqa: E402
+from mp_hub.cli_args import (  # noqa: E402
+    check_at_least,
+    check_finite,
+    json_object,
+    launch_command,
+    parse_args_with_config,
+    run_cli,
+)
 from mp_hub.data import (  # noqa: E402
     ClassificationData,
     EvalImages,
     TrainBatches,
     calibration_batches,
-    decode_splits,
     derive_seed,
+    lazy_splits,
     load_splits,
+    train_loader,
 )
 from mp_hub.datasets import FASHION_MNIST_TINY  # noqa: E402
 from mp_hub.errors import AttachError, CheckpointError, ConfigError, NotCachedError  # noqa: E402
@@ -63,13 +72,12 @@ from mp_hub.models.classifier import Classifier, build_classifier, check_image_s
 from mp_hub.output_dir import claim_output_dir  # noqa: E402
 from mp_hub.perturb import MetaPerturb  # noqa: E402
 from mp_hub.regularizers import REGULARIZERS, Regularization, apply_regularizer  # noqa: E402
-from mp_hub.schedules import step_lr_lambda  # noqa: E402
+from mp_hub.schedules import LR_SCHEDULER_TYPES, METRIC_LR_SCHEDULER_TYPES, build_lr_scheduler  # noqa: E402
 from mp_hub.training import plot_training_curve  # noqa: E402
 from mp_hub.zoo import DEFAULT_PHI  # noqa: E402
 
 logger = logging.getLogger("transfer")
 
-SCHEDULERS = ("step", "cosine", "linear", "constant")
 DEFAULT_OUTPUT_DIR = "outputs/transfer"
 DEFAULT_STEPS = 150  # with no --max_train_steps / --num_train_epochs: the no-flag run stays a few CPU-minutes
 RESULTS_NAME = "all_results.json"
@@ -82,7 +90,9 @@ SIGNATURE = (
     "per_device_train_batch_size",
     "learning_rate",
     "weight_decay",
+    "gradient_accumulation_steps",
     "lr_scheduler_type",
+    "lr_scheduler_kwargs",
     "num_warmup_steps",
     "regularizer",
     "perturb_model_id",
@@ -100,6 +110,9 @@ SIGNATURE = (
     "image_size",
     "no_flip",
 )
+# What a checkpoint written before a signature key existed implies for it (that release's only behaviour).
+SIGNATURE_DEFAULTS = {"gradient_accumulation_steps": 1, "lr_scheduler_kwargs": None}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 # --- the command line ----------------------------------------------------------------------------------------------
@@ -125,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--label_column_name", default="label")
     data.add_argument("--no_flip", action="store_true", help="no random horizontal flip (crop only)")
     data.add_argument("--cache_dir", default=None)
+    data.add_argument(
+        "--dataloader_num_workers", type=int, default=0, help="processes decoding batches ahead (0: the main one)"
+    )
 
     model = p.add_argument_group("model")
     model.add_argument("--model_name_or_path", default=None, help="a Hub model (or local folder) to fine-tune")
@@ -163,10 +179,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight_decay", type=float, default=0.0)
     train.add_argument("--num_train_epochs", type=float, default=None, help="used when --max_train_steps is unset")
     train.add_argument("--max_train_steps", type=int, default=None, help="default 150 (when no epochs are given)")
-    train.add_argument("--lr_scheduler_type", choices=SCHEDULERS, default="step", help="step: ×0.3 at 40/70/90%%")
-    train.add_argument("--num_warmup_steps", type=int, default=0, help="for cosine / linear")
+    train.add_argument(
+        "--gradient_accumulation_steps", type=int, default=1, help="batches per optimizer step (steps count these)"
+    )
+    train.add_argument(
+        "--lr_scheduler_type",
+        choices=LR_SCHEDULER_TYPES,
+        default="step",
+        help="step: ×0.3 at 40/70/90%%; or any transformers SchedulerType (reduce_lr_on_plateau and greedy are "
+        "stepped with the NLL of each --eval_steps evaluation)",
+    )
+    train.add_argument(
+        "--lr_scheduler_kwargs",
+        default=None,
+        help='JSON for the schedule, e.g. {"min_lr_rate": 0.1} (cosine_with_min_lr), {"gamma": 0.1} (step)',
+    )
+    train.add_argument("--num_warmup_steps", type=int, default=0, help="for the schedules with a warm-up")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--mixed_precision", default=None, choices=("no", "fp16", "bf16"))
+    train.add_argument("--torch_compile", action="store_true", help="torch.compile the model (training and eval)")
+    train.add_argument("--torch_compile_backend", default="inductor", help="a torch.compiler.list_backends() name")
+    train.add_argument("--torch_compile_mode", choices=COMPILE_MODES, default=None, help="inductor's mode")
 
     ev = p.add_argument_group("evaluation")
     ev.add_argument("--eval_mc_samples", type=int, default=100, help="stochastic passes averaged at the end")
@@ -177,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     out = p.add_argument_group("output")
     out.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR)
     out.add_argument("--checkpointing_steps", default=None, help="an integer N (every N steps) or 'epoch'")
+    out.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep only the last N checkpoints")
     out.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     out.add_argument("--stop_after_steps", type=int, default=None, help="checkpoint and stop at this step")
     out.add_argument("--with_tracking", action="store_true")
@@ -201,14 +235,8 @@ def validate(args: argparse.Namespace) -> None:
         raise ConfigError("pass --model_name_or_path (fine-tune) or --model_type (from scratch), not both")
     if not args.model_name_or_path and not args.model_type:
         args.model_type = "cifar_resnet20"
-    if args.model_config_overrides and not isinstance(args.model_config_overrides, dict):  # a dict from YAML is fine
-        try:
-            overrides = json.loads(args.model_config_overrides)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"--model_config_overrides is not valid JSON: {err}") from err
-        if not isinstance(overrides, dict):
-            raise ConfigError("--model_config_overrides must be a JSON object")
-        args.model_config_overrides = overrides
+    args.model_config_overrides = json_object(args.model_config_overrides, "--model_config_overrides")
+    args.lr_scheduler_kwargs = json_object(args.lr_scheduler_kwargs, "--lr_scheduler_kwargs")
     if args.model_config_overrides:
         if args.model_name_or_path:  # a pretrained model keeps its config: the overrides would be ignored
             raise ConfigError(
@@ -218,6 +246,7 @@ def validate(args: argparse.Namespace) -> None:
     for name in (
         "per_device_train_batch_size",
         "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
         "eval_mc_samples",
         "periodic_eval_mc_samples",
         "ece_bins",
@@ -228,8 +257,8 @@ def validate(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name} must be >= 1, got {value}")
-    check_at_least(args, 1, "image_size")  # None: the model's own size
-    check_at_least(args, 0, "num_warmup_steps")
+    check_at_least(args, 1, "image_size", "checkpoints_total_limit")  # None: the model's own size, keep all
+    check_at_least(args, 0, "num_warmup_steps", "dataloader_num_workers")
     check_finite(args, "learning_rate", "num_train_epochs", positive=True)  # 0 epochs would run the default steps
     check_finite(args, "weight_decay")
     if args.mean_mode_calibration_images < 0 or args.mean_mode_calibration_images == 1:
@@ -249,6 +278,20 @@ def validate(args: argparse.Namespace) -> None:
         if not str(cs).isdigit() or int(cs) < 1:
             raise ConfigError(f"--checkpointing_steps must be a positive integer or 'epoch', got {cs!r}")
         args.checkpointing_steps = int(cs)
+    try:  # a schedule's arguments, checked on a stand-in optimizer: a wrong key fails now, not after the data loads
+        stand_in = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        build_lr_scheduler(
+            stand_in, args.lr_scheduler_type, num_training_steps=10**6, scheduler_kwargs=args.lr_scheduler_kwargs
+        )
+    except ConfigError as err:
+        raise ConfigError(f"--lr_scheduler_type / --lr_scheduler_kwargs: {err}") from err
+    if args.torch_compile and args.torch_compile_backend not in torch.compiler.list_backends(exclude_tags=()):
+        raise ConfigError(
+            f"--torch_compile_backend {args.torch_compile_backend!r} is not one of "
+            f"{torch.compiler.list_backends(exclude_tags=())}"
+        )
+    if args.torch_compile_mode is not None and args.torch_compile_backend != "inductor":
+        raise ConfigError(f"--torch_compile_mode goes with the inductor backend, not {args.torch_compile_backend!r}")
 
 
 # --- the recipe's parts ---------------------------------------------------------------------------------------------
@@ -312,26 +355,32 @@ def regularize(args: argparse.Namespace, built: Classifier) -> Regularization:
 
 
 def total_steps(args: argparse.Namespace, batches: TrainBatches) -> int:
+    """Optimizer steps: --max_train_steps, else --num_train_epochs (each step takes --gradient_accumulation_steps
+    batches), else DEFAULT_STEPS."""
     if args.max_train_steps:
         return args.max_train_steps
     if args.num_train_epochs:
-        return max(1, math.ceil(args.num_train_epochs * batches.steps_per_epoch))
+        return max(1, math.ceil(args.num_train_epochs * batches.steps_per_epoch / args.gradient_accumulation_steps))
     return DEFAULT_STEPS
 
 
 def make_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, steps: int, num_processes: int):
     # accelerate steps a prepared scheduler once per process per optimizer step: count steps the same way.
-    total = steps * num_processes
-    if args.lr_scheduler_type == "step":
-        return torch.optim.lr_scheduler.LambdaLR(optimizer, step_lr_lambda(total))
-    from transformers import get_scheduler
-
-    return get_scheduler(
-        args.lr_scheduler_type,
+    return build_lr_scheduler(
         optimizer,
+        args.lr_scheduler_type,
+        num_training_steps=steps * num_processes,
         num_warmup_steps=args.num_warmup_steps * num_processes,
-        num_training_steps=total,
+        scheduler_kwargs=args.lr_scheduler_kwargs,
     )
+
+
+def compiled(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+    """With --torch_compile, the model compiled for its forward passes (training and evaluation); the weights,
+    saving and checkpoints stay the prepared model's. Else the model itself."""
+    if not args.torch_compile:
+        return model
+    return torch.compile(model, backend=args.torch_compile_backend, mode=args.torch_compile_mode)
 
 
 # --- the run --------------------------------------------------------------------------------------------------------
@@ -345,7 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict | None:
     """The whole run, holding `--output_dir`; `argv` (the card's command line) defaults to the process's."""
     tracking = dict(log_with=args.report_to, project_dir=args.output_dir) if args.with_tracking else {}
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, **tracking)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision, gradient_accumulation_steps=args.gradient_accumulation_steps, **tracking
+    )
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
@@ -361,8 +412,8 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
     set_seed(args.seed)  # the model's initialisation (and nothing else: every step reseeds its own streams)
     output_dir = Path(args.output_dir)
 
-    # Data (default: Fashion-MNIST tiny, shipped in mp_hub), the model, its regularizer; then the images decoded
-    # at the model's size and normalisation.
+    # Data (default: Fashion-MNIST tiny, shipped in mp_hub), the model, its regularizer; then the images, decoded
+    # batch by batch as they are needed (any dataset size) at the model's size and normalisation.
     if not (args.dataset_name or args.dataset_dir or args.train_dir):
         args.dataset_dir = str(FASHION_MNIST_TINY)
     splits = load_splits(
@@ -383,7 +434,7 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
     )
     built = build_model(args, splits.labels)
     reg = regularize(args, built)
-    data = decode_splits(splits, built.image_size, built.mean, built.std)
+    data = lazy_splits(splits, built.image_size, built.mean, built.std)
     model = built.model
     batches = TrainBatches(
         data,
@@ -394,15 +445,22 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
         flip=not args.no_flip,
     )
 
-    # Optimizer and schedule: the model's parameters only (φ stays frozen).
+    # Optimizer and schedule, in optimizer steps: the model's parameters only (φ stays frozen).
     steps = total_steps(args, batches)
+    accumulate = args.gradient_accumulation_steps
     optimizer = torch.optim.Adam(reg.trainable_parameters(model), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = make_scheduler(args, optimizer, steps, accelerator.num_processes)
-    eval_loader = torch.utils.data.DataLoader(EvalImages(data), batch_size=args.per_device_eval_batch_size)
-    model, optimizer, scheduler, eval_loader = accelerator.prepare(model, optimizer, scheduler, eval_loader)
+    eval_loader = torch.utils.data.DataLoader(
+        EvalImages(data), batch_size=args.per_device_eval_batch_size, num_workers=args.dataloader_num_workers
+    )
+    model, optimizer, eval_loader = accelerator.prepare(model, optimizer, eval_loader)
+    scheduler = accelerator.prepare_scheduler(scheduler)  # any schedule (GreedyLR is no LRScheduler) is checkpointed
+    steps_on_metric = args.lr_scheduler_type in METRIC_LR_SCHEDULER_TYPES
+    forward_model = compiled(model, args)
     eval_mode = args.inference_mode if reg.kind == "metaperturb" else None
     eval_every = args.eval_steps or max(1, steps // 3)  # two periodic evaluations, then the final one
-    ckpt_every = batches.steps_per_epoch if args.checkpointing_steps == "epoch" else args.checkpointing_steps
+    epoch_steps = max(1, batches.steps_per_epoch // accumulate)
+    ckpt_every = epoch_steps if args.checkpointing_steps == "epoch" else args.checkpointing_steps
     signature = {k: getattr(args, k) for k in SIGNATURE} | {
         "max_train_steps": steps,
         "num_processes": accelerator.num_processes,
@@ -410,7 +468,7 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
 
     def evaluate(step: int, mc_samples: int, inference_mode: str | None = eval_mode):
         probs, labels = predict_proba(
-            model,
+            forward_model,
             eval_loader,
             mc_samples,
             inference_mode=inference_mode,
@@ -425,7 +483,8 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
     if args.resume_from_checkpoint:
         path = resolve_checkpoint(args.output_dir, args.resume_from_checkpoint, TRANSFER_LAYOUT)
         state = load_transfer_checkpoint(accelerator, path)
-        diff = {k: (state["signature"].get(k), v) for k, v in signature.items() if state["signature"].get(k) != v}
+        saved = SIGNATURE_DEFAULTS | state["signature"]
+        diff = {k: (saved.get(k), v) for k, v in signature.items() if saved.get(k) != v}
         if diff:
             raise CheckpointError(f"{path} was written by a different run; differing (saved, now): {diff}")
         start, history, evals = state["step"], state["history"], state["evals"]
@@ -435,25 +494,40 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
             "transfer", {k: v for k, v in public_args(args).items() if isinstance(v, (int, float, str, bool))}
         )
 
-    # Training, with periodic evaluations and checkpoints.
+    # Training, with periodic evaluations and checkpoints. Optimizer step s takes the batches s·A … s·A + A − 1
+    # (A = --gradient_accumulation_steps), decoded ahead by --dataloader_num_workers processes.
     progress = tqdm(total=steps, initial=start, desc="training", disable=not accelerator.is_local_main_process)
+    pin_memory = accelerator.device.type == "cuda"
+    loader = train_loader(
+        batches, start * accumulate, steps * accumulate, num_workers=args.dataloader_num_workers, pin_memory=pin_memory
+    )
+    next_batch, loop_time = iter(loader), 0.0
     for step in range(start, steps):
+        step_start = time.perf_counter()
         # Every random stream of a step derives from (seed, step, rank): a resumed run repeats it bit for bit.
         torch.manual_seed(derive_seed(args.seed, "noise", step, accelerator.process_index))
         sched = reg.set_step(step, steps)
-        pixel_values, labels = batches(step)
         model.train()
-        loss = model(pixel_values=pixel_values.to(accelerator.device), labels=labels.to(accelerator.device)).loss
-        accelerator.backward(loss)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for _ in range(accumulate):
+            pixel_values, labels = next(next_batch)
+            with accelerator.accumulate(model):  # the gradients are averaged; the optimizer steps on the last
+                loss = forward_model(
+                    pixel_values=pixel_values.to(accelerator.device), labels=labels.to(accelerator.device)
+                ).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                if not steps_on_metric:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.detach())
         row = {
             "step": step + 1,
-            "loss": accelerator.gather(loss.detach()).mean().item(),
-            "lr": scheduler.get_last_lr()[0],
+            "loss": accelerator.gather(torch.stack(losses).mean()).mean().item(),
+            "lr": optimizer.param_groups[0]["lr"],
             **sched,
         }
+        loop_time += time.perf_counter() - step_start
         history.append(row)
         progress.update(1)
         progress.set_postfix(loss=f"{row['loss']:.3f}")
@@ -463,6 +537,8 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
             metrics, _, _ = evaluate(step + 1, args.periodic_eval_mc_samples)
             evals.append({"step": step + 1, **metrics})
             logger.info("step %d: %s", step + 1, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if steps_on_metric:  # as the Trainer: the evaluation loss drives reduce_lr_on_plateau and greedy
+                scheduler.scheduler.step(metrics["nll"])
             if args.with_tracking:
                 accelerator.log({f"eval_{k}": v for k, v in metrics.items()}, step=step + 1)
         stop = args.stop_after_steps is not None and step + 1 == args.stop_after_steps and step + 1 < steps
@@ -473,6 +549,9 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
                 step + 1,
                 {"history": history, "evals": evals, "signature": signature, "args": public_args(args)},
             )
+            if accelerator.is_main_process:
+                for removed in prune_checkpoints(output_dir, args.checkpoints_total_limit):
+                    logger.info("removed %s (--checkpoints_total_limit %d)", removed, args.checkpoints_total_limit)
         if stop:
             progress.close()
             print(f"stopped after step {step + 1} of {steps}; continue with --resume_from_checkpoint latest")
@@ -502,9 +581,12 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
         "eval_samples": len(labels),
         "train_samples": len(data.train),
         "train_steps": steps,
+        "train_loss": sum(row["loss"] for row in history) / len(history),
         "regularizer": reg.kind,
         "perturb_model_id": reg.phi_id,
         "train_runtime_s": round(time.time() - start_time, 1),
+        # the training steps of this process's run alone (no evaluation, checkpoint or set-up)
+        "train_steps_per_second": round((steps - start) / loop_time, 4) if loop_time > 0 else None,
         "resumed_from_step": resumed_from,
         "mean_mode_calibration_images": calibrated,
         "mean_mode_mc_fit_steps": args.mean_mode_mc_fit_steps if calibrated else None,

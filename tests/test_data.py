@@ -1,5 +1,5 @@
-"""mp_hub.data: the shipped dataset, the chosen and decoded splits, step-indexed
-batches and calibration batches, meta-training tasks."""
+"""mp_hub.data: the shipped dataset, the chosen and decoded splits (in memory or on demand), step-indexed
+batches and their DataLoader, calibration batches, meta-training tasks."""
 
 import copy
 
@@ -11,12 +11,17 @@ from PIL import Image as PILImage
 
 from mp_hub.data import (
     ClassificationData,
+    EvalImages,
     ImageTensors,
+    LazyImages,
+    Splits,
     TrainBatches,
     calibration_batches,
     decode_splits,
     label_map,
+    lazy_splits,
     load_splits,
+    train_loader,
 )
 from mp_hub.data.tasks import InfiniteBatches, class_lists_hash, split_tasks
 from mp_hub.datasets import FASHION_MNIST_TINY
@@ -65,6 +70,29 @@ def test_label_map_makes_plain_integer_labels_contiguous():
     assert label_map(train, evaluation, "label") == ([str(i) for i in range(8)], None)
 
 
+def test_lazy_splits_decode_on_demand_exactly_what_decode_splits_holds(tmp_path):
+    image = [PILImage.fromarray(np.full((5, 7, 3), v, np.uint8)) for v in (10, 60, 110, 160, 210, 250)]
+    gray = [PILImage.fromarray(np.arange(42, dtype=np.uint8).reshape(6, 7) * v) for v in (1, 2, 3, 4, 5, 6)]
+    train = Dataset.from_dict({"image": image + gray, "label": [3, 7] * 6}).cast_column("image", Image())
+    evaluation = Dataset.from_dict({"image": gray[:4], "label": [5, 3, 7, 5]}).cast_column("image", Image())
+    names, remap = label_map(train, evaluation, "label")
+    splits = Splits(train, evaluation, names, remap, "test", "x")
+    eager, lazy = decode_splits(splits, 8), lazy_splits(splits, 8)
+    assert isinstance(lazy.train, LazyImages) and (len(lazy.train), len(lazy.eval)) == (12, 4)
+    assert torch.equal(lazy.eval.labels, torch.tensor([1, 0, 2, 1]))  # mapped to 0..K-1 as decode_splits does
+    for index in ([0, 11, 5], [3], list(range(12))):
+        a, b = eager.train.subset(index), lazy.train.subset(index)
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    loaders = [torch.utils.data.DataLoader(EvalImages(d), batch_size=3) for d in (eager, lazy)]
+    for (xa, ya), (xb, yb) in zip(*loaders, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert EvalImages(lazy)[2][0].shape == (3, 8, 8)
+    # a grayscale image is resized before it becomes RGB (a third of the work): the same bytes as the other way
+    as_rgb = Dataset.from_dict({"image": [g.convert("RGB") for g in gray], "label": [0] * 6})
+    as_rgb = LazyImages(as_rgb.cast_column("image", Image()), "image", "label", 8).subset(range(6))
+    assert torch.equal(lazy.train.subset(range(6, 12)).images, as_rgb.images)
+
+
 # --- batches -------------------------------------------------------------------------------------------------------
 
 
@@ -86,6 +114,21 @@ def test_train_batches_are_a_function_of_the_step():
     seen = torch.cat([b(s)[1] for s in (0, 1) for b in (one, other)])
     assert sorted(seen.tolist()) == sorted(set(seen.tolist())) and len(seen) == 16  # no image twice in an epoch
     assert not torch.equal(one(0)[1], one(2)[1])  # each epoch reshuffles
+
+
+def test_the_train_loader_gives_each_steps_batch_whatever_its_workers():
+    data = _tiny_data()
+    batches = TrainBatches(data, 4, seed=0, rank=1, world_size=2)
+    expected = [batches(step) for step in range(3, 9)]
+    for workers in (0, 2):
+        got = list(train_loader(batches, 3, 9, num_workers=workers))
+        assert len(got) == 6
+        assert all(torch.equal(x, ex) and torch.equal(y, ey) for (x, y), (ex, ey) in zip(got, expected))
+    rng = torch.get_rng_state()
+    list(train_loader(batches, 0, 2, num_workers=2))
+    assert torch.equal(rng, torch.get_rng_state())  # the workers' seeds are not drawn from torch's global RNG
+    with pytest.raises(ConfigError, match="num_workers"):
+        train_loader(batches, 0, 2, num_workers=-1)
 
 
 def test_calibration_batches_cover_the_training_images_once_in_a_seeded_order():

@@ -1,10 +1,12 @@
-"""mp_hub.site: PerturbSite's parity with the authors' code, state semantics, bad inputs and settings."""
+"""mp_hub.site: PerturbSite's parity with the authors' code, state semantics, bad inputs and settings, κ written
+between a forward and its backward, and a device path with no host sync."""
 
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mp_hub import ConfigError, InvalidInputError, MetaPerturb, PerturbSite
 
@@ -173,3 +175,49 @@ def test_gradients_reach_x_and_phi():
     site(x).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert all(p.grad is not None for p in site.phi.parameters())
+
+
+@pytest.mark.parametrize("backend", ["eager", "fused"])
+def test_writing_noise_coeff_between_forward_and_backward_leaves_the_backward_as_it_was(backend):
+    """κ is not saved for backward as the buffer: `set_noise_coeff` (or DDP's buffer broadcast) between a forward
+    and its backward neither breaks the backward nor changes its gradients."""
+    grads = []
+    for write_between in (False, True):
+        site = make_site(noise_coeff=0.7, backend=backend).train()
+        x = torch.randn(3, 4, 8, 8, requires_grad=True)
+        torch.manual_seed(1)
+        y = site(x)
+        if write_between:
+            site.set_noise_coeff(0.2)
+        y.sum().backward()
+        grads.append((x.grad, [p.grad for p in site.phi.parameters()]))
+    (gx, gphi), (gx_written, gphi_written) = grads
+    assert torch.equal(gx, gx_written) and all(torch.equal(a, b) for a, b in zip(gphi, gphi_written))
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", ["mc", "mean"])
+@pytest.mark.parametrize("training", [True, False])
+def test_the_device_path_reads_nothing_back_to_the_host(mode, training):
+    """Off the CPU (here the meta device, which runs torch's device-generic code without data) a site's forward
+    and backward make no host read of a device value (a sync on a GPU) and no tensor from host data (a host-to-device
+    copy); the non-finite check of a training batch is an asynchronous assert."""
+    phi = MetaPerturb().to("meta")
+    site = PerturbSite(phi, 4, spatial_norm=8, inference_mode=mode).to("meta").train(training)
+    x = torch.randn(3, 4, 6, 6, device="meta", requires_grad=True)
+    site(x)  # the first call builds the cached E[softplus] table on the device
+    with _Ops() as ops:
+        site(x).sum().backward()
+    host = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.item.default",
+            "aten.lift_fresh.default", "aten.lift_fresh_copy.default"}  # fmt: skip
+    assert not ops.names & host, ops.names & host
+    assert ("aten._assert_async.msg" in ops.names) == training

@@ -1,10 +1,11 @@
-"""Data for the recipes: load a Hub / local / imagefolder dataset, pick and decode its splits once to uint8
-tensors, serve step-indexed batches augmented on tensors (no torchvision), and split a source dataset into
-meta-training tasks."""
+"""Data for the recipes: load a Hub / local / imagefolder dataset, pick its splits and decode them to uint8
+tensors (on demand, batch by batch, or once into memory), serve step-indexed batches augmented on tensors (no
+torchvision) through a DataLoader, and split a source dataset into meta-training tasks."""
 
-from .batches import EvalImages, TrainBatches, calibration_batches, renormalize
+from .batches import EvalImages, TrainBatches, calibration_batches, renormalize, train_loader
 from .loading import (
     ImageTensors,
+    LazyImages,
     augment_batch,
     check_columns,
     check_labels,
@@ -13,7 +14,7 @@ from .loading import (
     normalize,
     samples_per_class_subset,
 )
-from .splits import EVAL_SPLITS, ClassificationData, Splits, decode_splits, label_map, load_splits
+from .splits import EVAL_SPLITS, ClassificationData, Splits, decode_splits, label_map, lazy_splits, load_splits
 from .tasks import SPLIT_SCHEMES, TaskData, TaskSpec, class_lists_hash, derive_seed, split_tasks, task_images
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "ClassificationData",
     "EvalImages",
     "ImageTensors",
+    "LazyImages",
     "Splits",
     "TaskData",
     "TaskSpec",
@@ -35,6 +37,7 @@ __all__ = [
     "decode_splits",
     "derive_seed",
     "label_map",
+    "lazy_splits",
     "load_image_dataset",
     "load_splits",
     "normalize",
@@ -42,4 +45,5 @@ __all__ = [
     "samples_per_class_subset",
     "split_tasks",
     "task_images",
+    "train_loader",
 ]

@@ -1,9 +1,10 @@
-"""Batches of a decoded classification dataset (`ClassificationData`): step-indexed training batches,
-calibration batches and the evaluation images.
+"""Batches of a classification dataset (`ClassificationData`, in memory or decoded on demand): step-indexed
+training batches and their DataLoader, calibration batches and the evaluation images.
 
 Every training batch is a pure function of (seed, step, process): the epoch's permutation comes from a generator
 seeded with (seed, epoch), the augmentation from one seeded with (seed, step, rank). A run resumed at step t
-therefore sees exactly the batches an uninterrupted run sees, with no data-loader state to save.
+therefore sees exactly the batches an uninterrupted run sees, with no data-loader state to save, and DataLoader
+workers (`train_loader`), however many, make the same batches as the main process would.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from .loading import augment_batch, normalize
 from .splits import ClassificationData
 from .tasks import derive_seed
@@ -30,8 +31,9 @@ def renormalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]
     return ((x * 0.5 + 0.5) - m) / s
 
 
-class TrainBatches:
-    """Step-indexed training batches for one process of `world_size` (drop-last epochs)."""
+class TrainBatches(torch.utils.data.Dataset):
+    """Step-indexed training batches for one process of `world_size` (drop-last epochs): `batches(step)` (or
+    `batches[step]`, for a DataLoader) decodes and augments only this process's share of the step's images."""
 
     def __init__(
         self,
@@ -73,6 +75,27 @@ class TrainBatches:
         x = augment_batch(batch.images, gen, padding=self.padding, flip=self.flip)
         return renormalize(x, self.data.mean, self.data.std), batch.labels
 
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self(step)
+
+
+def train_loader(
+    batches: TrainBatches, first_step: int, stop_step: int, *, num_workers: int = 0, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
+    """The batches of steps `first_step`, ..., `stop_step` − 1, in order, made ahead by `num_workers` processes
+    (0: by this one, when asked for). A batch depends on its step only, so the number of workers and a resume at
+    `first_step` change no batch."""
+    if num_workers < 0:
+        raise ConfigError(f"num_workers must be >= 0, got {num_workers}")
+    return torch.utils.data.DataLoader(
+        batches,
+        batch_size=None,  # each item is already a batch
+        sampler=range(first_step, stop_step),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator(),  # the workers' base seed: never drawn from (and shifting) torch's global RNG
+    )
+
 
 def calibration_batches(data: ClassificationData, batch_size: int, seed: int) -> Iterator[torch.Tensor]:
     """Training images in a seeded shuffled order (a class-sorted batch would understate the variance),
@@ -85,14 +108,19 @@ def calibration_batches(data: ClassificationData, batch_size: int, seed: int) ->
 
 
 class EvalImages(torch.utils.data.Dataset):
-    """The evaluation split for a DataLoader (that accelerate shards): kept as uint8, normalised per image, so a
-    large split at 224 px does not need 4 bytes per pixel in memory."""
+    """The evaluation split for a DataLoader (that accelerate shards): normalised as a batch is fetched
+    (`__getitems__`: one decode per batch when the split is decoded on demand), never held as floats."""
 
     def __init__(self, data: ClassificationData):
-        self.images, self.labels, self.mean, self.std = data.eval.images, data.eval.labels, data.mean, data.std
+        self.images, self.mean, self.std = data.eval, data.mean, data.std
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return renormalize(normalize(self.images[i : i + 1]), self.mean, self.std)[0], self.labels[i]
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        batch = self.images.subset(indices)
+        x = renormalize(normalize(batch.images), self.mean, self.std)
+        return list(zip(x, batch.labels))

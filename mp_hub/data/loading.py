@@ -1,12 +1,14 @@
 """Loading image-classification datasets the way the transformers examples do, offline-friendly.
 
-Images are decoded once into a uint8 tensor (N, 3, S, S) — grayscale converted to 3 channels, resized to
-S — and augmented per batch on tensors with an explicit `torch.Generator`, so a resumed run reproduces
-the data order and the augmentation exactly.
+Images become uint8 tensors (N, 3, S, S) — grayscale converted to 3 channels, resized to S — either all at once
+(`decode_images`: `ImageTensors`, in memory) or batch by batch as they are asked for (`LazyImages`: a `datasets`
+pipeline with `with_transform`, for data that does not fit in RAM); both are augmented per batch on tensors with
+an explicit `torch.Generator`, so a resumed run reproduces the data order and the augmentation exactly.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,10 +128,23 @@ class ImageTensors:
 
 
 def _to_uint8(image: PILImage.Image, size: int) -> np.ndarray:
+    if image.mode == "L" and image.size != (size, size):  # one band to resize, not three: the same bytes, sooner
+        image = image.resize((size, size), PILImage.BILINEAR)
     image = image.convert("RGB")
     if image.size != (size, size):
         image = image.resize((size, size), PILImage.BILINEAR)
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _decode_rows(images: list, image_column: str, image_size: int, first_row: int | None = None) -> np.ndarray:
+    """PIL images → uint8 (B, 3, image_size, image_size); anything else is a DataError naming the column."""
+    out = np.empty((len(images), 3, image_size, image_size), dtype=np.uint8)
+    for offset, image in enumerate(images):
+        if not isinstance(image, PILImage.Image):
+            where = f" row {first_row + offset}" if first_row is not None else ""
+            raise DataError(f"column '{image_column}'{where} is {type(image).__name__}, not an image")
+        out[offset] = _to_uint8(image, image_size)
+    return out
 
 
 def decode_images(dataset: Dataset, image_column: str, label_column: str, image_size: int) -> ImageTensors:
@@ -139,12 +154,48 @@ def decode_images(dataset: Dataset, image_column: str, label_column: str, image_
     images = np.empty((len(dataset), 3, image_size, image_size), dtype=np.uint8)
     for start in range(0, len(dataset), 1024):
         batch = dataset[start : start + 1024][image_column]
-        for offset, image in enumerate(batch):
-            if not isinstance(image, PILImage.Image):
-                raise DataError(f"column '{image_column}' row {start + offset} is {type(image).__name__}, not an image")
-            images[start + offset] = _to_uint8(image, image_size)
+        images[start : start + len(batch)] = _decode_rows(batch, image_column, image_size, start)
     labels = torch.as_tensor(np.asarray(dataset[label_column]), dtype=torch.long)
     return ImageTensors(torch.from_numpy(images), labels)
+
+
+def _decode_transform(batch: dict, image_column: str, image_size: int) -> dict:
+    return {"images": _decode_rows(batch[image_column], image_column, image_size)}
+
+
+class LazyImages:
+    """A split whose images are decoded only when a batch asks for them: `subset(indices)` reads those rows through
+    a `datasets` transform (`with_transform`) and gives `ImageTensors`, as `ImageTensors.subset` does.
+
+    Only the labels (int64, mapped to 0..K-1 by `remap`) are held in memory; the images stay in the dataset's
+    memory-mapped Arrow files, which DataLoader workers share. Picklable (the transform is a module function).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        image_column: str,
+        label_column: str,
+        image_size: int,
+        remap: dict[int, int] | None = None,
+    ):
+        if len(dataset) == 0:
+            raise DataError("the dataset split is empty")
+        labels = np.asarray(dataset[label_column])
+        if remap is not None:
+            labels = np.asarray([remap[int(v)] for v in labels])
+        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.image_size = image_size
+        transform = functools.partial(_decode_transform, image_column=image_column, image_size=image_size)
+        self.dataset = dataset.select_columns([image_column]).with_transform(transform)
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def subset(self, indices: torch.Tensor | np.ndarray | list[int]) -> ImageTensors:
+        index = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        images = self.dataset[index.tolist()]["images"]
+        return ImageTensors(torch.from_numpy(images), self.labels[index])
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,10 @@
-"""A classification dataset's train and evaluation splits: chosen, subsampled, with one label map, decoded once.
+"""A classification dataset's train and evaluation splits: chosen, subsampled, with one label map, then decoded.
 
 `load_splits` picks `train` and the first of `validation` / `valid` / `test` (else holds out a seeded fraction of
 train, as transformers' image-classification example), applies the subsets, and maps plain integer labels to
-0..K-1; `decode_splits` decodes both to uint8 (N, 3, size, size) tensors (`ClassificationData`).
+0..K-1. Both splits then become uint8 (N, 3, size, size) images (`ClassificationData`): `lazy_splits` decodes a
+batch when it is asked for (what the transfer recipe does: any dataset size), `decode_splits` decodes everything
+at once into memory.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from datasets import ClassLabel, Dataset, DatasetDict
 from ..errors import DataError
 from .loading import (
     ImageTensors,
+    LazyImages,
     check_columns,
     check_labels,
     decode_images,
@@ -44,10 +47,11 @@ class Splits:
 
 @dataclass
 class ClassificationData:
-    """Decoded train and evaluation images, the class names, and the normalisation the model expects."""
+    """Train and evaluation images (in memory or decoded on demand: both have `len` and `subset(indices)`), the
+    class names, and the normalisation the model expects."""
 
-    train: ImageTensors
-    eval: ImageTensors
+    train: ImageTensors | LazyImages
+    eval: ImageTensors | LazyImages
     labels: list[str]
     eval_split: str
     dataset_id: str
@@ -131,9 +135,35 @@ def decode_splits(
             tensors.labels = torch.as_tensor([splits.remap[int(v)] for v in tensors.labels.tolist()])
         return tensors
 
+    return _classification_data(splits, decode(splits.train), decode(splits.eval), image_size, mean, std)
+
+
+def lazy_splits(
+    splits: Splits,
+    image_size: int,
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
+    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+) -> ClassificationData:
+    """Both splits as `LazyImages`: each batch is decoded when asked for, so memory does not grow with the dataset;
+    the images are bit-identical to `decode_splits`'."""
+
+    def open_lazily(split: Dataset) -> LazyImages:
+        return LazyImages(split, splits.image_column, splits.label_column, image_size, splits.remap)
+
+    return _classification_data(splits, open_lazily(splits.train), open_lazily(splits.eval), image_size, mean, std)
+
+
+def _classification_data(
+    splits: Splits,
+    train: ImageTensors | LazyImages,
+    evaluation: ImageTensors | LazyImages,
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> ClassificationData:
     data = ClassificationData(
-        train=decode(splits.train),
-        eval=decode(splits.eval),
+        train=train,
+        eval=evaluation,
         labels=splits.labels,
         eval_split=splits.eval_split,
         dataset_id=splits.dataset_id,

@@ -1,8 +1,8 @@
 """Fast paths of `PerturbSite`: fused C kernels (CPU, float32) with the eager `functional` path as fallback.
 
 Backends:
-  "auto"  (default) the fused kernels where they apply — CPU, float32, 3×3 kernels, not under torch.compile or
-          torch.func — else the eager path, silently.
+  "auto"  (default) the fused kernels where they apply — CPU, float32, 3×3 kernels, not under a torch.func
+          transform — else the eager path, silently. Under torch.compile they run as the custom ops of `ops.py`.
   "fused" the same, but a call the kernels cannot serve logs a warning (once per reason) before falling back.
   "eager" always the straightforward op-by-op path of `mp_hub.functional` (the authors' formulation).
 Choose globally with `set_default_backend(...)` or the environment variable `MP_HUB_SITE_BACKEND`, or per site

@@ -1,37 +1,33 @@
 """The few collective operations of meta-training, over `accelerate.utils` (a no-op in a single process).
 
-Tasks are spread over processes in contiguous blocks; every result that must not depend on the world size
-is computed so that it does not (see `exact_task_sum`).
+Tasks are spread over processes in contiguous blocks whose sizes differ by at most one; every result that must
+not depend on the world size is computed so that it does not (see `exact_task_sum`).
 """
 
 from __future__ import annotations
-
-import logging
-import math
 
 import torch
 from accelerate.utils import broadcast, gather, reduce
 
 from ..errors import DistributedError
 
-logger = logging.getLogger(__name__)
-
 
 def assign_tasks(num_tasks: int, world_size: int, rank: int) -> range:
-    """The tasks of process `rank`: a contiguous block of ceil(num_tasks / world_size) (the last may hold fewer)."""
+    """The tasks of process `rank`: contiguous blocks whose sizes differ by at most one, the larger ones first.
+
+    10 tasks on 8 processes: [0, 1], [2, 3], [4], ..., [9]. No process is idle, and the slowest one (which sets the
+    step time) holds ceil(num_tasks / world_size) tasks, as few as any assignment allows.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DistributedError(f"process {rank} of {world_size}: need world_size >= 1 and 0 <= rank < world_size")
     if world_size > num_tasks:
         raise DistributedError(
             f"{world_size} processes for {num_tasks} tasks: every process needs at least one task; "
             f"launch with --num_processes <= {num_tasks} (or make more tasks)"
         )
-    per_process = math.ceil(num_tasks / world_size)
-    start = min(rank * per_process, num_tasks)
-    tasks = range(start, min(start + per_process, num_tasks))
-    if not tasks:
-        logger.warning(
-            "process %d of %d has no task (ceil(%d / %d) per process)", rank, world_size, num_tasks, world_size
-        )
-    return tasks
+    base, larger = divmod(num_tasks, world_size)  # the first `larger` processes hold one task more
+    start = rank * base + min(rank, larger)
+    return range(start, start + base + (rank < larger))
 
 
 def exact_task_sum(rows: torch.Tensor) -> torch.Tensor:

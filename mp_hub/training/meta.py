@@ -13,6 +13,8 @@ for its step). The result is therefore the same for any number of processes.
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 
 import torch
@@ -21,6 +23,7 @@ from torch import nn
 
 from ..attach import attach
 from ..data.tasks import TaskData, derive_seed
+from ..errors import CheckpointError, ConfigError
 from ..models import model_from_type
 from ..perturb import MetaPerturb
 from .distributed import exact_task_sum
@@ -43,6 +46,26 @@ def default_generator(device: torch.device) -> torch.Generator | None:
     if not generators:
         return None
     return generators[device.index if device.index is not None else backend.current_device()]
+
+
+# Graphs one task model may compile: train, and valid (BatchNorm in eval), with room for a second batch shape each.
+GRAPHS_PER_TASK_MODEL = 4
+
+
+def compile_task_models(models: list[nn.Module], backend: str) -> None:
+    """torch.compile each task model (φ's sites included) with `backend`, in place: `nn.Module.compile` keeps the
+    state_dict keys, so checkpoints are the same as eager ones.
+
+    Dynamo guards on the identity of each model's edited forwards (`mp_hub.model_edits`), so every model compiles
+    graphs of its own: the recompile limit is raised to hold them all, else the models past it would run eager.
+    """
+    known = torch.compiler.list_backends(exclude_tags=())
+    if backend not in known:
+        raise ConfigError(f"unknown torch.compile backend {backend!r}; the backends here are {sorted(known)}")
+    needed = GRAPHS_PER_TASK_MODEL * len(models)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, needed)
+    for model in models:
+        model.compile(backend=backend)
 
 
 def seeded_phi(seed: int, **config_kwargs) -> MetaPerturb:
@@ -161,8 +184,6 @@ class TaskLearner:
         own = {k for k, v in self.model.state_dict(keep_vars=True).items() if id(v) not in shared}
         missing, unexpected = set(own) - set(state["model"]), set(state["model"]) - set(own)
         if missing or unexpected:
-            from ..errors import CheckpointError
-
             raise CheckpointError(
                 f"checkpoint of task {self.index} does not match its model: missing {sorted(missing)}, "
                 f"unexpected {sorted(unexpected)}"
@@ -184,7 +205,10 @@ class MetaTrainer:
         *,
         learning_rate: float,
         weight_decay: float,
+        lr_scheduler: Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler] | None = None,
     ):
+        """`lr_scheduler`: builds φ's learning-rate schedule from φ's optimizer (None: constant); it must be a
+        function of the step alone (a `LambdaLR`), as `skip_lr_schedule` rebuilds it at resume from the step."""
         self.phi = phi
         self.learners = learners
         self.num_tasks = num_tasks
@@ -192,6 +216,7 @@ class MetaTrainer:
         self.num_phi_values = sum(p.numel() for p in self.phi_params)
         self.optimizer = torch.optim.Adam(self.phi_params, lr=learning_rate, weight_decay=weight_decay)
         self.device = self.phi_params[0].device
+        self.lr_scheduler = None if lr_scheduler is None else lr_scheduler(self.optimizer)
 
     def step(self) -> dict[str, float]:
         """One meta-training step on every process; returns the metrics averaged over all tasks."""
@@ -205,4 +230,17 @@ class MetaTrainer:
             offset += p.numel()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         return dict(zip(METRICS, mean[self.num_phi_values :].tolist()))
+
+    def skip_lr_schedule(self, steps: int) -> None:
+        """Bring φ's schedule to where a run resumed after `steps` steps left it (no scheduler state is saved)."""
+        if self.lr_scheduler is None:
+            return
+        with warnings.catch_warnings():  # torch warns when a schedule steps before its optimizer: here, on purpose
+            warnings.filterwarnings(
+                "ignore", message=r"Detected call of `lr_scheduler\.step\(\)`", category=UserWarning
+            )
+            for _ in range(steps):
+                self.lr_scheduler.step()

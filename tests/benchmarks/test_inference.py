@@ -7,6 +7,7 @@ from argparse import Namespace
 from pathlib import Path
 
 import pytest
+import torch
 
 from mp_hub import kernels
 
@@ -16,10 +17,12 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 def test_each_configuration_has_its_own_results_file():
     import inference
 
-    base = dict(batch=128, k=10, threads=2, backend="auto", keep_freed_memory=False, omp_passive=False)
+    base = dict(batch=128, k=10, threads=2, backend="auto", keep_freed_memory=False, omp_passive=False, device="cpu",
+                compile=False, compile_backend="inductor")  # fmt: skip
     assert inference.results_file_name(Namespace(**base)) == "inference-b128-k10-t2.json"
     changes = [{}, {"batch": 16}, {"k": 100}, {"threads": 1}, {"backend": "eager"}, {"keep_freed_memory": True},
-               {"omp_passive": True}]  # fmt: skip
+               {"omp_passive": True}, {"device": "cuda"}, {"compile": True},
+               {"compile": True, "compile_backend": "aot_eager"}]  # fmt: skip
     names = [inference.results_file_name(Namespace(**{**base, **change})) for change in changes]
     assert len(set(names)) == len(names)
 
@@ -48,7 +51,10 @@ def test_inference_benchmark_refuses_counts_it_cannot_use(tmp_path):
         (("--k", "0"), "--k must be >= 1, got 0"),
         (("--batch", "1"), "--batch must be >= 2, got 1"),
         (("--mc-repeats", "0"), "--mc-repeats must be >= 1, got 0"),
+        (("--device", "meta"), "this benchmark runs on cpu or cuda"),
+        *([(("--device", "cuda"), "sees no CUDA device")] if not torch.cuda.is_available() else []),
     ]:
         command = [sys.executable, str(BENCHMARKS / "inference.py"), *args, "--results_dir", str(tmp_path)]
         run = subprocess.run(command, capture_output=True, text=True)
         assert run.returncode == 2 and message in run.stderr, (args, run.stderr)
+    assert not any(tmp_path.iterdir())  # a refused run writes no results

@@ -12,7 +12,7 @@ from _builders import make_phi
 from safetensors.torch import load_file
 
 from mp_hub import ConfigError, InvalidInputError, MetaPerturb, MetaPerturbConfig, PerturbSite, kernels
-from mp_hub.kernels import fused
+from mp_hub.kernels import fused, passes
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -277,7 +277,7 @@ def test_pass_timer_adds_up_each_kernel_pass_and_only_while_open():
     assert all(seconds[name] > after_one[name] for name in fused.PASSES)  # added up, call after call
     final = dict(seconds)
     site(x).sum().backward()  # closed: nothing more is added
-    assert seconds == final and fused._pass_seconds is None
+    assert seconds == final and not passes.pass_timer_open()
 
 
 def test_fused_backend_falls_back_to_eager_with_one_warning(caplog):

@@ -1,17 +1,26 @@
-"""recipes/meta_train.py: world-size independence, bit-exact resume, the saved φ, its --config and the typed
-errors. A tiny generated dataset, ResNet-20 on 8×8 images, CPU."""
+"""recipes/meta_train.py: world-size independence (two processes on one machine, and on two "machines" of
+localhost), bit-exact resume, --torch_compile, φ's schedule flags, the saved φ, its --config and the typed errors.
+A tiny generated dataset, ResNet-20 on 8×8 images, CPU."""
 
+import argparse
+import contextlib
 import json
+import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from _builders import META_TRAIN_COMMON, make_task_dataset, meta_train_recipe, run_meta_train
+from accelerate.utils import TorchDynamoPlugin
 from huggingface_hub import RepoUrl
 from safetensors.torch import load_file
+from torch._dynamo.utils import counters
 
 from mp_hub import MetaPerturb
 from mp_hub.errors import ConfigError, DataError
@@ -20,6 +29,8 @@ from mp_hub.training import seeded_phi
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "meta_train.py"
 STEPS = 4
+LAUNCH_TIMEOUT_S = int(os.environ.get("MP_HUB_TEST_LAUNCH_TIMEOUT", "240"))  # a loaded machine may need more
+COMPILE_ATOL = 1e-6  # compiled graphs may round differently from eager ones; φ's entries are far larger
 recipe = meta_train_recipe()
 
 
@@ -54,6 +65,7 @@ def test_output_loads_and_has_provenance_card_and_curves(full_run):
     assert prov["num_tasks"] == 4 and prov["steps"] == STEPS and prov["world_size"] == 1
     assert prov["split_scheme"] == "halves" and prov["source_dataset"] == "tiny" and prov["architecture"]
     assert prov["site_channels"] == [16, 64] and len(prov["task_classes_sha256"]) == 16
+    assert prov["lr_schedule"] is None  # the authors' constant rate
     assert (full_run / "meta_train_curves.png").stat().st_size > 1000
     card = (full_run / "README.md").read_text()
     assert "meta_train_curves.png" in card and "recipes/meta_train.py" in card and "--num_tasks 4" in card
@@ -80,24 +92,136 @@ def test_stopped_and_resumed_run_is_bit_equal(full_run, dataset, workdir):
     assert [row["step"] for row in history] == [1, 2, 3, 4]
 
 
-def test_two_processes_match_one_process(full_run, dataset, workdir):
-    """`accelerate launch` with 2 CPU processes × 2 tasks ends with the φ of 1 process × 4 tasks."""
-    out = workdir / "two_procs"
+def _launch(launches: list[list[str]], dataset: Path, workdir: Path, out: Path) -> list[tuple[int, str, str]]:
+    """(exit code, stdout, stderr) of `accelerate launch` of the recipe with each list of launch flags, run at once
+    (CPU processes: --multi_gpu with ACCELERATE_USE_CPU=1), 4 tasks."""
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+    recipe_args = [
         str(RECIPE), "--dataset_dir", str(dataset), "--cache_dir", str(workdir / "cache"), *META_TRAIN_COMMON,
         "--max_train_steps", str(STEPS), "--sync_check_steps", "1", "--output_dir", str(out),
     ]  # fmt: skip
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-4000:]
-    summary = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert summary and summary[-1]["world_size"] == 2, result.stdout[-2000:]
-    reference, two = _phi(full_run), _phi(out)
-    diff = max((reference[k] - two[k]).abs().max().item() for k in reference)
-    assert diff <= 1e-6, f"max abs difference {diff}"
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--mixed_precision", "no"]
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    launchers = [
+        subprocess.Popen([*accelerate, "--dynamo_backend", "no", *launch, *recipe_args], env=env, cwd=ROOT, **pipes)
+        for launch in launches
+    ]
+    try:
+        outputs = [launcher.communicate(timeout=LAUNCH_TIMEOUT_S) for launcher in launchers]
+    finally:
+        for launcher in launchers:  # the workers too (a session each): a hung rendezvous must not outlive the test
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(launcher.pid, signal.SIGKILL)
+    return [(launcher.returncode, *output) for launcher, output in zip(launchers, outputs)]
+
+
+def _assert_same_phi(results: list[tuple[int, str, str]], reference: Path, out: Path) -> None:
+    """Every launcher succeeded, the main process reported a world of 2, and φ is `reference`'s, bit for bit."""
+    for rank, (code, _, stderr) in enumerate(results):
+        assert code == 0, f"launcher {rank}: {stderr[-4000:]}"
+    summary = [json.loads(line) for line in results[0][1].splitlines() if line.startswith("{")]
+    assert summary and summary[-1]["world_size"] == 2, results[0][1][-2000:]
+    expected, got = _phi(reference), _phi(out)
+    diff = max((expected[k] - got[k]).abs().max().item() for k in expected)
+    assert all(torch.equal(expected[k], got[k]) for k in expected), f"max abs difference {diff}"
     assert MetaPerturb.from_pretrained(out).config.provenance["world_size"] == 2
+
+
+def test_two_processes_match_one_process(full_run, dataset, workdir):
+    """`accelerate launch` with 2 CPU processes × 2 tasks ends with the φ of 1 process × 4 tasks."""
+    out = workdir / "two_procs"
+    launch = ["--num_processes", "2", "--num_machines", "1", "--main_process_port", "0"]
+    _assert_same_phi(_launch([launch], dataset, workdir, out), full_run, out)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_machines_on_localhost_match_one_process(full_run, dataset, workdir):
+    """The multi-node launch, one `accelerate launch` per machine (--machine_rank 0 and 1, one CPU process each,
+    the main machine at 127.0.0.1), ends with the φ of 1 process × 4 tasks."""
+    out, port = workdir / "two_machines", _free_port()
+    launches = [
+        ["--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+         "--main_process_port", str(port), "--num_processes", "2"]
+        for rank in (0, 1)
+    ]  # fmt: skip
+    results = _launch(launches, dataset, workdir, out)
+    _assert_same_phi(results, full_run, out)
+    assert not any(line.startswith("{") for line in results[1][1].splitlines())  # only the main process reports
+
+
+def test_torch_compile_gives_the_eager_phi(dataset, workdir, caplog):
+    """--torch_compile (the aot_eager backend: no C++ build) ends a 2-task, 2-step run with the eager run's φ, to
+    float32 rounding; every task model runs compiled (a recompile limit of 2 graphs would otherwise stop the second
+    model: each model has graphs of its own, and the recipe raises the limit to hold them)."""
+    small = ["--num_tasks", "2", "--max_train_steps", "2"]
+    eager = run_meta_train(dataset, workdir, "eager_small", *small)
+    torch._dynamo.reset()  # graphs that earlier tests compiled for the same code objects count toward the limit
+    counters.clear()
+    # torch's own patch: monkeypatch's undo deletes the attribute, which hides the option from every later test
+    limit = torch._dynamo.config.patch(recompile_limit=2, fail_on_recompile_limit_hit=True)
+    with limit, caplog.at_level(logging.INFO, logger="meta_train_recipe"):
+        compiled = run_meta_train(
+            dataset, workdir, "compiled_small", *small, "--torch_compile", "--torch_compile_backend", "aot_eager"
+        )
+    assert "torch.compile(backend='aot_eager')" in caplog.text
+    assert counters["stats"]["unique_graphs"] >= 1  # the models did run compiled
+    expected, got = _phi(eager), _phi(compiled)
+    assert not torch.equal(expected["channel_scale.fc.weight"], seeded_phi(0).state_dict()["channel_scale.fc.weight"])
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=COMPILE_ATOL, msg=name)
+
+
+@pytest.mark.parametrize(
+    ("torch_compile", "flag_backend", "launcher_backend", "expected"),
+    [
+        (False, None, "no", None),
+        (True, None, "no", "inductor"),
+        (True, "aot_eager", "no", "aot_eager"),
+        (False, None, "aot_eager", "aot_eager"),  # `accelerate launch --dynamo_backend` is honoured, not dropped
+        (True, "aot_eager", "aot_eager", "aot_eager"),
+    ],
+)
+def test_compile_backend_comes_from_the_flags_or_the_launcher(torch_compile, flag_backend, launcher_backend, expected):
+    args = argparse.Namespace(torch_compile=torch_compile, torch_compile_backend=flag_backend)
+    accelerator = SimpleNamespace(state=SimpleNamespace(dynamo_plugin=TorchDynamoPlugin(backend=launcher_backend)))
+    assert recipe.compile_backend(args, accelerator) == expected
+
+
+def test_compile_backend_disagreeing_with_the_launcher_is_a_config_error():
+    args = argparse.Namespace(torch_compile=True, torch_compile_backend="aot_eager")
+    accelerator = SimpleNamespace(state=SimpleNamespace(dynamo_plugin=TorchDynamoPlugin(backend="inductor")))
+    with pytest.raises(ConfigError, match="aot_eager disagrees with accelerate's --dynamo_backend inductor"):
+        recipe.compile_backend(args, accelerator)
+
+
+@pytest.mark.parametrize(
+    ("flags", "match"),
+    [
+        (["--torch_compile_backend", "aot_eager"], "--torch_compile_backend aot_eager needs --torch_compile"),
+        (["--torch_compile", "--torch_compile_backend", "nope"], "--torch_compile_backend 'nope' is not one of"),
+        (["--lr_scheduler_type", "reduce_lr_on_plateau"], "reduce_lr_on_plateau.*follow a metric"),
+        (["--lr_scheduler_type", "cosinus"], "--lr_scheduler_type 'cosinus' is not one of"),
+        (["--num_warmup_steps", "5"], "need a schedule, e.g. constant_with_warmup"),
+        (["--lr_scheduler_type", "linear", "--lr_scheduler_kwargs", '{"gamma": 0.1}'], "linear.*gamma"),
+        (["--num_warmup_steps", "-1", "--lr_scheduler_type", "linear"], "--num_warmup_steps"),
+    ],
+)
+def test_bad_compile_and_schedule_flags_are_config_errors(flags, match):
+    with pytest.raises(ConfigError, match=match):
+        recipe.parse_args(["--output_dir", "out", *flags])
+
+
+def test_a_phi_schedule_is_part_of_the_run_and_its_provenance():
+    args = recipe.parse_args(["--output_dir", "out", "--lr_scheduler_type", "cosine", "--num_warmup_steps", "10"])
+    assert recipe.phi_lr_schedule(args) == dict(
+        scheduler_type="cosine", scheduler_kwargs=None, num_warmup_steps=10, num_training_steps=750
+    )
+    assert recipe.phi_lr_schedule(recipe.parse_args(["--output_dir", "out"])) is None
 
 
 def test_yaml_config_gives_defaults_and_flags_override(tmp_path):
@@ -146,7 +270,7 @@ def test_push_to_hub_uploads_the_saved_folder_in_one_commit(dataset, workdir, mo
             calls.append(("create_repo", repo_id))
             return RepoUrl(f"https://huggingface.co/{repo_id}")
 
-        def upload_folder(self, *, repo_id, folder_path, commit_message, token=None, **kwargs):
+        def upload_folder(self, *, repo_id, folder_path, commit_message, **kwargs):
             calls.append(("upload_folder", repo_id, sorted(os.listdir(folder_path)), commit_message))
 
     monkeypatch.setattr(mp_hub.hub, "HfApi", FakeApi)

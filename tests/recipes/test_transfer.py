@@ -1,5 +1,6 @@
-"""recipes/transfer.py end to end (accelerate launch, offline, 2-3 steps on the shipped Fashion-MNIST tiny),
-exact resume, and a typed error for each bad input."""
+"""recipes/transfer.py end to end (accelerate launch, offline, 2-4 steps on the shipped Fashion-MNIST tiny),
+exact resume (DataLoader workers included), the training flags (gradient accumulation, every learning-rate
+schedule, checkpoints kept, torch.compile), and a typed error for each bad input."""
 
 import json
 import os
@@ -15,6 +16,7 @@ from safetensors.torch import load_file
 
 import mp_hub
 from mp_hub import MetaPerturb, zoo
+from mp_hub.data import normalize
 from mp_hub.errors import AttachError, CheckpointError, ConfigError, DataError, NotCachedError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,27 +135,101 @@ def test_recipe_tiny_vit_mc_fit_calibrates_its_layer_norms(tmp_path, phi_dir, re
     assert handle.calibration.layer_norm_names == handle.calibration.names and len(handle.calibration.names) == 5
 
 
-def test_stopped_and_resumed_equals_uninterrupted(tmp_path, phi_dir, recipe):
-    base = [*SMALL, *RESNET8, "--perturb_model_id", str(phi_dir), "--max_train_steps", "4", "--eval_steps", "1"]
-    full, split = tmp_path / "full", tmp_path / "split"
-    assert recipe.main([*base, "--output_dir", str(full)]) == 0
+def _resume_base(phi_dir: Path) -> list[str]:
+    return [*SMALL, *RESNET8, "--perturb_model_id", str(phi_dir), "--max_train_steps", "4", "--eval_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, phi_dir, recipe) -> Path:
+    """The 4-step run the resumed ones must equal (and the compiled one approach)."""
+    full = tmp_path_factory.mktemp("full") / "out"
+    assert recipe.main([*_resume_base(phi_dir), "--output_dir", str(full)]) == 0
+    return full
+
+
+def _same_run(full: Path, split: Path) -> None:
+    for name in ("model.safetensors", "metaperturb.safetensors"):
+        a, b = load_file(str(full / name)), load_file(str(split / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    drop = {"train_runtime_s", "train_steps_per_second", "resumed_from_step"}
+    ra, rb = (json.loads((d / "all_results.json").read_text()) for d in (full, split))
+    assert ra["resumed_from_step"] is None and rb["resumed_from_step"] == 2
+    assert {k: v for k, v in ra.items() if k not in drop} == {k: v for k, v in rb.items() if k not in drop}
+
+
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path, phi_dir, recipe, uninterrupted):
+    base, split = _resume_base(phi_dir), tmp_path / "split"
     assert recipe.main([*base, "--output_dir", str(split), "--stop_after_steps", "2"]) == 0
     assert not (split / "all_results.json").exists()
     assert sorted(p.name for p in (split / "checkpoints").iterdir()) == ["step_2"]  # no temporary folder left
     assert recipe.main([*base, "--output_dir", str(split), "--resume_from_checkpoint", "latest"]) == 0
-    for name in ("model.safetensors", "metaperturb.safetensors"):
-        a, b = load_file(str(full / name)), load_file(str(split / name))
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    drop = {"train_runtime_s", "resumed_from_step"}
-    ra, rb = (json.loads((d / "all_results.json").read_text()) for d in (full, split))
-    assert ra["resumed_from_step"] is None and rb["resumed_from_step"] == 2
-    assert {k: v for k, v in ra.items() if k not in drop} == {k: v for k, v in rb.items() if k not in drop}
+    _same_run(uninterrupted, split)
     # a checkpoint only resumes the run that wrote it
     step_2 = str(split / "checkpoints" / "step_2")
     argv = [*base, "--output_dir", str(split), "--resume_from_checkpoint", step_2, "--seed", "1"]
     args = recipe.parse_args(argv)
     with pytest.raises(CheckpointError, match="different run"):
         recipe.run(args)
+
+
+def test_dataloader_workers_change_no_batch_and_resume_exactly(tmp_path, phi_dir, recipe, uninterrupted):
+    base, split = [*_resume_base(phi_dir), "--dataloader_num_workers", "2"], tmp_path / "split"
+    assert recipe.main([*base, "--output_dir", str(split), "--stop_after_steps", "2"]) == 0
+    assert recipe.main([*base, "--output_dir", str(split), "--resume_from_checkpoint", "latest"]) == 0
+    _same_run(uninterrupted, split)  # the same bits as the run decoding its batches in the main process
+
+
+def test_torch_compile_trains_and_evaluates_as_the_uncompiled_model(tmp_path, phi_dir, recipe, uninterrupted):
+    out = tmp_path / "out"
+    argv = [*_resume_base(phi_dir), "--torch_compile", "--torch_compile_backend", "aot_eager"]
+    assert recipe.main([*argv, "--output_dir", str(out)]) == 0
+    ra, rb = (json.loads((d / "all_results.json").read_text()) for d in (uninterrupted, out))
+    for key in ("train_loss", "eval_nll", "eval_accuracy", "eval_mean_mode_nll"):
+        assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-5), key
+    a, b = load_file(str(uninterrupted / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert a.keys() == b.keys()  # saved as the plain model, not as the compiled wrapper
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)
+
+
+def test_gradient_accumulation_averages_the_batches_of_one_optimizer_step(tmp_path, recipe, monkeypatch):
+    import mp_hub.data.batches
+
+    # Without augmentation (its draws are per batch), 2 batches of 4 are the images of 1 batch of 8.
+    monkeypatch.setattr(mp_hub.data.batches, "augment_batch", lambda images, gen, **kw: normalize(images))
+    base = [*SMALL, *TINY_VIT, "--regularizer", "none", "--max_train_steps", "3", "--eval_steps", "2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    recipe.run(recipe.parse_args([*base, "--output_dir", str(one)]))
+    accumulated = ["--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2"]
+    results = recipe.run(recipe.parse_args([*base, *accumulated, "--output_dir", str(two)]))
+    assert results["train_steps"] == 3  # optimizer steps; each took 2 batches
+    a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    ra = json.loads((one / "all_results.json").read_text())
+    assert results["train_loss"] == pytest.approx(ra["train_loss"], rel=1e-5)
+    assert results["eval_nll"] == pytest.approx(ra["eval_nll"], rel=1e-4)
+
+
+@pytest.fixture(scope="module")
+def plateau_run(tmp_path_factory, phi_dir, recipe) -> Path:
+    """3 steps, evaluated after steps 1 and 2, checkpointed after each, keeping 2; reduce_lr_on_plateau (patience
+    0, no evaluation but the first counting as better) halves the learning rate after the second evaluation."""
+    out = tmp_path_factory.mktemp("plateau") / "out"
+    kwargs = '{"patience": 0, "factor": 0.5, "threshold": 1e9, "threshold_mode": "abs"}'
+    argv = [*SMALL, *RESNET8, "--perturb_model_id", str(phi_dir), "--max_train_steps", "3", "--eval_steps", "1",
+            "--lr_scheduler_type", "reduce_lr_on_plateau", "--lr_scheduler_kwargs", kwargs,
+            "--checkpointing_steps", "1", "--checkpoints_total_limit", "2", "--output_dir", str(out)]  # fmt: skip
+    assert recipe.main(argv) == 0
+    return out
+
+
+def test_a_metric_schedule_is_stepped_with_the_evaluation_loss(plateau_run):
+    state = json.loads((plateau_run / "checkpoints" / "step_3" / "trainer_state.json").read_text())
+    assert [row["lr"] for row in state["history"]] == pytest.approx([1e-3, 1e-3, 5e-4])
+    assert [e["step"] for e in state["evals"]] == [1, 2]
+
+
+def test_checkpoints_total_limit_keeps_the_newest(plateau_run):
+    assert sorted(p.name for p in (plateau_run / "checkpoints").iterdir()) == ["step_2", "step_3"]
 
 
 def _run(recipe, tmp_path, *extra):

@@ -23,6 +23,9 @@ def test_yaml_config_gives_defaults_and_cli_overrides(tmp_path):
     args = parse_args(["--config", str(config), "--max_train_steps", "9"])
     assert (args.learning_rate, args.max_train_steps, args.regularizer, args.no_flip) == (0.01, 9, "dropblock", True)
     assert args.model_type == "cifar_resnet20" and args.lr_scheduler_type == "step"
+    assert (args.gradient_accumulation_steps, args.dataloader_num_workers, args.torch_compile) == (1, 0, False)
+    config.write_text("lr_scheduler_type: cosine_with_min_lr\nlr_scheduler_kwargs:\n  min_lr_rate: 0.1\n")
+    assert parse_args(["--config", str(config)]).lr_scheduler_kwargs == {"min_lr_rate": 0.1}
     # by default mean mode is calibrated and fitted to MC (within 0.3 points of MC-100 on the zoo benchmark)
     assert (args.mean_mode_calibration_images, args.mean_mode_mc_fit_steps) == (2048, 200)
     config.write_text("model_config_overrides:\n  depth: 8\n")
@@ -41,6 +44,14 @@ def test_yaml_config_gives_defaults_and_cli_overrides(tmp_path):
         (["--noise_anneal_fraction", "2"], "noise_anneal_fraction"),
         (["--eval_mc_samples", "0"], "eval_mc_samples"),
         (["--mean_mode_mc_fit_steps", "-1"], "mean_mode_mc_fit_steps"),
+        (["--gradient_accumulation_steps", "0"], "--gradient_accumulation_steps must be >= 1, got 0"),
+        (["--checkpoints_total_limit", "0"], "--checkpoints_total_limit must be >= 1, got 0"),
+        (["--dataloader_num_workers", "-1"], "--dataloader_num_workers must be >= 0, got -1"),
+        (["--lr_scheduler_kwargs", "[0.1]"], "--lr_scheduler_kwargs must be a JSON object"),
+        (["--lr_scheduler_type", "cosine_with_min_lr"], "min_lr"),  # a required argument is missing
+        (["--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"cycles": 2}'], "cycles"),
+        (["--torch_compile", "--torch_compile_backend", "inductr"], "--torch_compile_backend 'inductr'"),
+        (["--torch_compile_backend", "aot_eager", "--torch_compile_mode", "max-autotune"], "inductor backend"),
     ],
 )
 def test_bad_arguments(argv, match):
