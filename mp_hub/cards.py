@@ -146,6 +146,8 @@ def render_transfer_card(
     eval_mc_samples: int = 100,
     reliability_png: str = "reliability_diagram.png",
     curve_png: str = "training_curve.png",
+    robustness: str | None = None,
+    robustness_png: str = "adversarial_accuracy.png",
 ) -> str:
     """The model card of a classifier trained with `regularizer` (`none`, `dropblock`, `metaperturb`).
 
@@ -225,6 +227,8 @@ def render_transfer_card(
         ece=metrics["ece"],
         reliability_png=reliability_png,
         curve_png=curve_png,
+        robustness=robustness,
+        robustness_png=robustness_png,
         usage=transfer_usage(regularizer, repo_id),
         command=command,
         arguments=json.dumps(arguments, indent=1, default=str),

@@ -72,6 +72,13 @@ from mp_hub.models.classifier import Classifier, build_classifier, check_image_s
 from mp_hub.output_dir import claim_output_dir  # noqa: E402
 from mp_hub.perturb import MetaPerturb  # noqa: E402
 from mp_hub.regularizers import REGULARIZERS, Regularization, apply_regularizer  # noqa: E402
+from mp_hub.robustness import (  # noqa: E402
+    RobustnessReport,
+    evaluate_adversarial,
+    parse_attack_specs,
+    plot_accuracy_vs_epsilon,
+    robustness_markdown,
+)
 from mp_hub.schedules import LR_SCHEDULER_TYPES, METRIC_LR_SCHEDULER_TYPES, build_lr_scheduler  # noqa: E402
 from mp_hub.training import plot_training_curve  # noqa: E402
 from mp_hub.zoo import DEFAULT_PHI  # noqa: E402
@@ -83,6 +90,7 @@ DEFAULT_STEPS = 150  # with no --max_train_steps / --num_train_epochs: the no-fl
 RESULTS_NAME = "all_results.json"
 RELIABILITY_PNG = "reliability_diagram.png"
 CURVE_PNG = "training_curve.png"
+ADVERSARIAL_PNG = "adversarial_accuracy.png"
 ZOO_HINT = "zoo names are listed by `mp-hub zoo`"
 # Arguments a resumed run must share with the run that wrote the checkpoint (else the result is not that run's).
 SIGNATURE = (
@@ -206,6 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--periodic_eval_mc_samples", type=int, default=5, help="passes for --eval_steps evaluations")
     ev.add_argument("--eval_steps", type=int, default=None, help="evaluate every N steps (default: steps / 3)")
     ev.add_argument("--ece_bins", type=int, default=15)
+    ev.add_argument(
+        "--eval_adversarial",
+        default=None,
+        help="also attack the evaluation images with EoT-PGD: a norm:ε list, ε in [0, 1] pixels "
+        "(e.g. linf:2/255,linf:8/255,l2:0.5); docs/robustness.md",
+    )
+    ev.add_argument("--adv_steps", type=int, default=200, help="PGD steps of 0.025·ε each (the paper's 200)")
+    ev.add_argument("--adv_eot_samples", type=int, default=10, help="noise draws averaged per PGD step (EoT)")
+    ev.add_argument("--adv_max_samples", type=int, default=500, help="evaluation images attacked (the first N)")
 
     out = p.add_argument_group("output")
     out.add_argument("--output_dir", default=DEFAULT_OUTPUT_DIR)
@@ -257,6 +274,9 @@ def validate(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name} must be >= 1, got {value}")
+    check_at_least(args, 1, "adv_steps", "adv_eot_samples", "adv_max_samples")
+    if args.eval_adversarial is not None:
+        parse_attack_specs(args.eval_adversarial)  # a bad spec is a ConfigError now, not after training
     check_at_least(args, 1, "image_size", "checkpoints_total_limit")  # None: the model's own size, keep all
     check_at_least(args, 0, "num_warmup_steps", "dataloader_num_workers")
     check_finite(args, "learning_rate", "num_train_epochs", positive=True)  # 0 epochs would run the default steps
@@ -573,6 +593,7 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
     mean_mode = {}
     if eval_mode == "mc":  # the one-pass alternative, side by side (it costs one pass)
         mean_mode = {f"eval_mean_mode_{k}": v for k, v in evaluate(steps, 1, "mean")[0].items()}
+    adversarial = adversarial_evaluation(args, accelerator, model, data, built, eval_mode)
     if args.with_tracking:
         accelerator.log({f"eval_{k}": v for k, v in metrics.items()}, step=steps)
         accelerator.end_training()
@@ -591,14 +612,78 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
         "mean_mode_calibration_images": calibrated,
         "mean_mode_mc_fit_steps": args.mean_mode_mc_fit_steps if calibrated else None,
         **mean_mode,
+        **adversarial_results(args, adversarial, eval_mode),
     }
 
     # Save (and push) the model, its results, plots and card.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_outputs(args, accelerator, data, built, reg, metrics, results, (probs, labels), (history, evals), command)
+        save_outputs(
+            args,
+            accelerator,
+            data,
+            built,
+            reg,
+            metrics,
+            results,
+            (probs, labels),
+            (history, evals),
+            command,
+            adversarial,
+        )
     accelerator.wait_for_everyone()
     return results
+
+
+def adversarial_evaluation(
+    args: argparse.Namespace,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    data: ClassificationData,
+    built: Classifier,
+    eval_mode: str | None,
+) -> dict[str, RobustnessReport]:
+    """With --eval_adversarial: EoT-PGD on the first --adv_max_samples evaluation images (each process attacks its
+    shard), label → report, in the evaluation's mode and, for a run evaluated in MC mode, in one-pass mean mode."""
+    if args.eval_adversarial is None:
+        return {}
+    images = torch.utils.data.Subset(EvalImages(data), range(min(args.adv_max_samples, len(data.eval))))
+    loader = accelerator.prepare_data_loader(
+        torch.utils.data.DataLoader(images, batch_size=args.per_device_eval_batch_size)
+    )
+    modes = {f"MC-{args.eval_mc_samples}": "mc", "mean mode": "mean"} if eval_mode == "mc" else {"one pass": eval_mode}
+    return {
+        label: evaluate_adversarial(
+            accelerator.unwrap_model(model),  # not DDP's wrapper: the attack's backward reaches no parameter
+            loader,
+            parse_attack_specs(args.eval_adversarial),
+            steps=args.adv_steps,
+            eot_samples=args.adv_eot_samples,
+            mc_samples=args.eval_mc_samples,
+            inference_mode=mode,
+            pixel_mean=built.mean,
+            pixel_std=built.std,
+            seed=derive_seed(args.seed, "adversarial"),
+            gather=accelerator.gather_for_metrics,
+            progress=accelerator.is_local_main_process,
+        )
+        for label, mode in modes.items()
+    }
+
+
+def adversarial_results(
+    args: argparse.Namespace, adversarial: dict[str, RobustnessReport], eval_mode: str | None
+) -> dict[str, Any]:
+    """all_results.json's eval_adv_* keys (eval_mean_mode_adv_* for the mean-mode attack of an MC-evaluated run)."""
+    out: dict[str, Any] = {}
+    for report in adversarial.values():
+        mean_beside_mc = eval_mode == "mc" and report.inference_mode == "mean"
+        out |= report.metrics("eval_mean_mode_adv_" if mean_beside_mc else "eval_adv_")
+    if adversarial:
+        first = next(iter(adversarial.values()))
+        out |= {"eval_adversarial": args.eval_adversarial, "eval_adv_steps": first.steps,
+                "eval_adv_eot_samples": first.eot_samples}  # fmt: skip
+    return out
 
 
 def save_outputs(
@@ -612,6 +697,7 @@ def save_outputs(
     predictions: tuple[torch.Tensor, torch.Tensor],
     curves: tuple[list[dict], list[dict]],
     command: str,
+    adversarial: dict[str, RobustnessReport],
 ) -> None:
     output_dir = Path(args.output_dir)
     repo_id = args.hub_model_id or (output_dir.name if args.push_to_hub else str(output_dir))
@@ -627,6 +713,8 @@ def save_outputs(
         built.processor.save_pretrained(output_dir)
     plot_reliability_diagram(*predictions, output_dir / RELIABILITY_PNG, n_bins=args.ece_bins)
     plot_training_curve(*curves, output_dir / CURVE_PNG)
+    if adversarial:
+        plot_accuracy_vs_epsilon(adversarial, output_dir / ADVERSARIAL_PNG)
     # whole or absent: a run killed while writing leaves no truncated file
     text = json.dumps(results, indent=2, sort_keys=True)
     atomic_write(output_dir / RESULTS_NAME, lambda tmp: tmp.write_text(text))
@@ -659,6 +747,8 @@ def save_outputs(
         eval_mc_samples=args.eval_mc_samples,
         reliability_png=RELIABILITY_PNG,
         curve_png=CURVE_PNG,
+        robustness=robustness_markdown(adversarial) if adversarial else None,
+        robustness_png=ADVERSARIAL_PNG,
     )
     (output_dir / "README.md").write_text(card)
     if args.push_to_hub:

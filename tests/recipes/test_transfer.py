@@ -95,6 +95,24 @@ def test_recipe_metaperturb_resnet20(tmp_path, phi_dir):
     assert torch.isfinite(model(pixel_values=torch.zeros(2, 3, 32, 32)).logits).all()
 
 
+def test_recipe_adversarial_evaluation(tmp_path, phi_dir):
+    """--eval_adversarial attacks the first --adv_max_samples evaluation images in MC mode and in mean mode; the
+    accuracies land in all_results.json, the card and a plot."""
+    out = tmp_path / "out"
+    launch([*SMALL, "--perturb_model_id", str(phi_dir), "--max_train_steps", "2", "--output_dir", str(out),
+            "--eval_adversarial", "linf:8/255,l2:0.5", "--adv_steps", "2", "--adv_eot_samples", "2",
+            "--adv_max_samples", "10"])  # fmt: skip
+    results = json.loads((out / "all_results.json").read_text())
+    for prefix in ("eval_adv_", "eval_mean_mode_adv_"):
+        attacked = {k: v for k, v in results.items() if k.startswith(prefix) and k.endswith("_accuracy")}
+        assert set(attacked) == {f"{prefix}{name}_accuracy" for name in ("clean", "linf_8_255", "l2_0.5")}
+        assert all(0.0 <= v <= 1.0 for v in attacked.values()), attacked
+    assert (results["eval_adv_steps"], results["eval_adv_eot_samples"]) == (2, 2)
+    assert (out / "adversarial_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    card = (out / "README.md").read_text()
+    assert "## Adversarial robustness" in card and "adversarial_accuracy.png" in card
+
+
 @pytest.mark.parametrize("regularizer", ["dropblock", "none"])
 def test_recipe_baselines_save_plain_models(tmp_path, regularizer):
     from transformers import AutoModelForImageClassification
