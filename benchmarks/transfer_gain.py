@@ -4,12 +4,13 @@
     python benchmarks/transfer_gain.py --seeds 0 --max_train_steps 20 --eval_mc_samples 2   # a smoke run
 
 Targets: `fashion_mnist` and `mnist` from ../shared/data, 100 training images per class (the same subset for
-every run, seed 0) and 2,000 test images (200 per class). Each run is `recipes/transfer.py` in a subprocess
+every run, seed 0) and 200 test images per class. Each run is `recipes/transfer.py` in a subprocess
 (one torch thread, `--jobs` at a time) with a fixed step budget; MetaPerturb runs are then evaluated again
 in one-pass "mean" mode from their saved folder, calibrated as the recipe does it (`mp_hub.calibrate_mean_mode`
 on the training images) and not. Regularizers: none, DropBlock, MetaPerturb with the zoo
 φ, MetaPerturb with the authors' φ (converted from ../shared/reference/perturb_750.pth). Also a tiny ViT from
-scratch on fashion_mnist, none vs MetaPerturb. Prints a table (mean ± std over seeds) and a final JSON line,
+scratch on fashion_mnist, none vs MetaPerturb. Prints a table (mean ± std over seeds), each φ's check against
+the regularization goal (`regularization_goal.py`; the record's `goal`, by row label) and a final JSON line,
 written to benchmarks/results/ too (`results_file_name`; --results_dir, --results_file) and, for the zoo
 bundler (`tools/bundle_zoo.py --benchmark`), to <work_dir>/transfer_gain.json.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 from _common import add_results_arguments, publish, results_name, results_path, write_json_atomic
+from regularization_goal import evaluate_goal, goal_report, phi_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,6 +46,7 @@ from mp_hub.zoo import DEFAULT_PHI  # noqa: E402
 REGULARIZERS = ("none", "dropblock", "zoo", "official")
 TINY_VIT = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 128,
             "patch_size": 4}  # fmt: skip
+TRAIN_PER_CLASS, TEST_PER_CLASS = 100, 200  # each target's images
 
 
 def build_target(source_dir: Path, out: Path, train_per_class: int, test_per_class: int) -> Path:
@@ -100,7 +103,7 @@ def finished(out: Path, command: list[str], args) -> bool:
         return False
     recorded = out / RUN_COMMAND
     if recorded.exists():
-        if json.loads(recorded.read_text()) == command:
+        if json.loads(recorded.read_text())[1:] == command[1:]:  # the settings; the recipe may be another checkout's
             return True
         differs = f"see {recorded}"
     else:  # a run from before the command was recorded: its budget, at least, must match
@@ -209,8 +212,9 @@ def benchmark_markdown(table: list[dict], settings: dict) -> str:
     lines = [
         "## Benchmark: does it regularize?",
         "",
-        f"CIFAR ResNet-20 from scratch, 100 training images per class, {settings.get('max_train_steps')} steps of "
-        f"batch {settings.get('batch_size')}, 2,000 test images, mean ± std over seeds; accuracy with "
+        f"CIFAR ResNet-20 from scratch, {TRAIN_PER_CLASS} training images per class, "
+        f"{settings.get('max_train_steps')} steps of batch {settings.get('batch_size')}, {TEST_PER_CLASS} test "
+        f"images per class, mean ± std over seeds; accuracy with "
         f"MC-{settings.get('eval_mc_samples')} and with one-pass `mean` mode, calibrated (BatchNorm statistics "
         "of mean-mode activations on the training images, `mp_hub.calibrate_mean_mode`) and not "
         "(`benchmarks/transfer_gain.py`).",
@@ -318,7 +322,9 @@ def main() -> None:
     sources = target_sources(args.targets, args.target_dir, args.shared_dir)
     data_dirs = {}
     for target in args.targets:
-        data_dirs[target] = build_target(sources[target], args.work_dir / "data" / target, 100, 200)
+        data_dirs[target] = build_target(
+            sources[target], args.work_dir / "data" / target, TRAIN_PER_CLASS, TEST_PER_CLASS
+        )
         decode_test(data_dirs[target], args.work_dir / "decoded" / f"{target}.pt")
     # Seed-major order: an interrupted benchmark has every row at the same number of seeds (rerun to resume;
     # finished runs are read back from their all_results.json).
@@ -350,14 +356,21 @@ def main() -> None:
         print(f"report only: {len(jobs) - len(rows)} of {len(jobs)} runs have no results yet and are left out")
     table = summarize(rows)
     print(benchmark_markdown(table, vars(args)))
+    goals = [evaluate_goal(table, label, planned_seeds=len(args.seeds)) for label in phi_labels(table)]
+    for goal in goals:
+        print(goal_report(goal))
     summary = {
         "max_train_steps": args.max_train_steps,
         "batch_size": args.batch_size,
         "eval_mc_samples": args.eval_mc_samples,
+        "seeds": args.seeds,
+        "train_images_per_class": TRAIN_PER_CLASS,
+        "test_images_per_class": TEST_PER_CLASS,
         "runs_planned": len(jobs),
         "runs_finished": len(rows),
         "wall_time_s": round(time.time() - started, 1),
         "table": table,
+        "goal": {goal.phi: goal.to_dict() for goal in goals},
         "runs": rows,
     }
     record = publish("transfer_gain", summary, results_path(args, results_file_name(args)))

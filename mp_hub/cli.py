@@ -52,14 +52,33 @@ def _zoo(args: argparse.Namespace) -> int:
     from . import zoo
 
     for entry in zoo.entries():
-        where = "bundled (offline)" if zoo.bundled_path(entry.name) else (entry.hub_id or "not downloadable")
-        print(f"{entry.name}\n  source: {entry.source_dataset}; {entry.architecture}; {entry.steps} steps")
+        provenance = zoo.bundled_provenance(entry.name)
+        where = "bundled (offline)" if provenance is not None else (entry.hub_id or "not downloadable")
+        steps = provenance.get("steps") if provenance is not None else entry.steps
+        trained = f"; {steps} meta-training steps" if steps is not None else ""
+        print(f"{entry.name}\n  source: {entry.source_dataset}; {entry.architecture}{trained}")
         print(f"  licence: {entry.license}\n  load: {where}")
         if entry.how_to_get:
             print(f"  how to get: {entry.how_to_get}")
-        for key, value in entry.results.items():
-            print(f"  {key}: {value}")
+        if provenance is not None:
+            card = zoo.bundled_path(entry.name) / "README.md"
+            print(f"  card (what it is good for, and where it was not better): {card}")
+            print("  results (its card's, from a benchmarks/transfer_gain.py record):")
+            for line in _results_lines(provenance.get("results", [])):
+                print(f"    {line}")
+        elif entry.results_at:
+            print(f"  results: {entry.results_at}")
     return 0
+
+
+def _results_lines(rows: list[dict]) -> list[str]:
+    """A bundled φ's benchmark rows (its card's model index), one line per dataset."""
+    if not rows:
+        return ["not benchmarked yet"]
+    by_dataset: dict[str, list[str]] = {}
+    for row in rows:
+        by_dataset.setdefault(row["dataset_name"], []).append(f"{row['metric_name']} {row['metric_value']}")
+    return [f"{dataset}: " + ", ".join(metrics) for dataset, metrics in by_dataset.items()]
 
 
 def build_parser() -> argparse.ArgumentParser:

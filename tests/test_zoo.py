@@ -44,8 +44,16 @@ def test_a_zoo_name_wins_over_a_same_named_folder_unless_a_path_is_given(tmp_pat
         assert "selection" not in MetaPerturb.from_pretrained(explicit).config.provenance  # the folder
 
 
-def test_cli_zoo_lists_both_entries(capsys):
+def test_cli_zoo_lists_both_entries_with_figures_from_the_bundled_card(capsys):
     assert cli_main(["zoo"]) == 0
     out = capsys.readouterr().out
     assert f"{zoo.DEFAULT_PHI}\n" in out and "bundled (offline)" in out
     assert "metaperturb-official-tinyimagenet" in out and "not downloadable" in out
+    # no figure is written in mp_hub/zoo: the bundled φ's come from its config.json, the others' are pointed to
+    provenance = zoo.bundled_provenance(zoo.DEFAULT_PHI)
+    assert f"; {provenance['steps']} meta-training steps\n" in out
+    assert str(zoo.bundled_path(zoo.DEFAULT_PHI) / "README.md") in out
+    first = provenance["results"][0]
+    assert f"    {first['dataset_name']}: {first['metric_name']} {first['metric_value']}" in out
+    assert "results: the `metaperturb:official` rows of benchmarks/transfer_gain.py's records" in out
+    assert zoo.bundled_provenance("metaperturb-official-tinyimagenet") is None

@@ -1,12 +1,14 @@
 """Maintainers' tool: turn a meta-training output into a bundled zoo folder (Hub-ready: weights, config, card).
 
-    python tools/bundle_zoo.py runs/glyphs10-seed1 metaperturb-glyphs10-resnet20 \
-        --selection runs/select_phi.json --benchmark runs/transfer_gain/transfer_gain.json \
-        --reproduction benchmarks/reproduce_zoo.sh
+    python tools/bundle_zoo.py benchmarks/results/phi_candidates/glyphs10-resnet20-b128-750-seed1 \
+        metaperturb-glyphs10-resnet20 --selection benchmarks/results/select_phi-steps1000-mc20-pc100.json \
+        --benchmark benchmarks/results/transfer_gain-<configuration>.json --reproduction benchmarks/reproduce_zoo.sh
 
-It writes into this checkout's mp_hub/zoo/bundled/ (--out_dir to write elsewhere); the card's tables are made
-from the JSON records of benchmarks/select_phi.py and benchmarks/transfer_gain.py (whose table format,
-`transfer_gain.benchmark_markdown`, the card reuses).
+It writes into this checkout's mp_hub/zoo/bundled/ (--out_dir to write elsewhere). Every figure on the card comes
+from the JSON records of benchmarks/select_phi.py and benchmarks/transfer_gain.py: the selection table, the
+benchmark table (`transfer_gain.benchmark_markdown`) and "What it is good for / Where it was not better", the
+φ's rows against no regularizer, DropBlock and the authors' φ in plain sentences with the goal check
+(`regularization_goal.py`). A benchmark record with unfinished runs is refused.
 """
 
 from __future__ import annotations
@@ -19,10 +21,20 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's mp_hub: the bundled folder is written into it
-sys.path.insert(0, str(ROOT / "benchmarks"))  # transfer_gain's table, as the benchmark prints it
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark's table and goal check, as it prints them
 
-from transfer_gain import benchmark_markdown  # noqa: E402
+from regularization_goal import (  # noqa: E402
+    AT_LEAST_AS_GOOD,
+    Goal,
+    evaluate_goal,
+    good_for,
+    not_better,
+    not_compared,
+    phi_labels,
+)
+from transfer_gain import TEST_PER_CLASS, TRAIN_PER_CLASS, benchmark_markdown  # noqa: E402
 
+from mp_hub.errors import ConfigError, DataError  # noqa: E402
 from mp_hub.perturb import MetaPerturb  # noqa: E402
 from mp_hub.zoo import BUNDLED_DIR  # noqa: E402
 
@@ -35,31 +47,102 @@ def selection_markdown(selection: dict) -> str:
         f"({selection.get('max_train_steps')} steps, MC-{selection.get('eval_mc_samples')}; "
         "`benchmarks/select_phi.py`).",
         "",
-        "| candidate | validation accuracy (%) | ECE (%) | |",
-        "|---|---|---|---|",
+        "| candidate | validation accuracy (%) | ECE (%) | NLL | |",
+        "|---|---|---|---|---|",
     ]
     for candidate, score in selection["scores"].items():
         mark = "selected" if candidate == selection["selected"] else ""
-        lines.append(f"| {candidate} | {score['accuracy'] * 100:.1f} | {score['ece'] * 100:.1f} | {mark} |")
+        nll = f"{score['nll']:.3f}" if "nll" in score else "—"  # records before the tie-break had none
+        cells = f"{score['accuracy'] * 100:.1f} | {score['ece'] * 100:.1f} | {nll}"
+        lines.append(f"| {Path(candidate).name} | {cells} | {mark} |")
     return "\n".join(lines)
 
 
-def model_index_rows(table: list[dict], phi_label: str) -> list[dict]:
+def model_index_rows(table: list[dict], phi_label: str, mc_samples: int) -> list[dict]:
     rows = []
     for e in table:
         if e["regularizer"] != phi_label or e["model"] != "resnet20":
             continue
-        for metric, key in (("accuracy", "accuracy_mc"), ("ece", "ece_mc")):
+        for metric, key in (("accuracy", "accuracy_mc"), ("ece", "ece_mc"), ("nll", "nll_mc")):
             rows.append(
                 dict(
-                    dataset_name=f"{e['target']} (100/class, ResNet-20 from scratch)",
+                    dataset_name=f"{e['target']} ({TRAIN_PER_CLASS}/class, ResNet-20 from scratch)",
                     dataset_type=e["target"],
                     metric_type=metric,
-                    metric_name=f"{metric} (MC, mean of {e['seeds']} seeds)",
+                    metric_name=f"{metric} (MC-{mc_samples}, mean of {e['seeds']} seed{'s' * (e['seeds'] != 1)})",
                     metric_value=round(e[key][0], 4),
                 )
             )
     return rows
+
+
+def find_phi_label(table: list[dict], name: str, phi_dir: Path, given: str | None = None) -> str:
+    """The regularizer label of this φ's rows: `given`, else `metaperturb:<name>` or `metaperturb:<phi_dir's
+    folder name>` (the benchmark labels a φ by the last part of what its --zoo_phi named)."""
+    labels = phi_labels(table)
+    if given is not None:
+        if given not in labels:
+            raise ConfigError(f"φ label {given!r} has no ResNet rows in the benchmark; its φ rows: {labels}")
+        return given
+    found = [label for label in dict.fromkeys((f"metaperturb:{name}", f"metaperturb:{Path(phi_dir).name}"))
+             if label in labels]  # fmt: skip
+    if len(found) != 1:
+        raise ConfigError(
+            f"the benchmark has {'no' if not found else 'two'} ResNet rows of φ {name!r} / {Path(phi_dir).name!r} "
+            f"({found or 'neither label'}); its φ rows: {labels}: pass --benchmark_label"
+        )
+    return found[0]
+
+
+def budget_sentence(benchmark: dict, goal: Goal) -> str:
+    """What the card's figures were measured at (records before the images-per-class fields used the constants)."""
+    seeds = f"mean ± std over {goal.planned_seeds} seeds" if goal.planned_seeds > 1 else "one seed (no spread measured)"
+    source = f" (record of commit {benchmark['commit'][:12]}, {benchmark['utc'][:10]})" if "commit" in benchmark else ""
+    return (
+        f"Measured by `benchmarks/transfer_gain.py`{source}: CIFAR ResNet-20 trained from scratch with "
+        f"`recipes/transfer.py` on {benchmark.get('train_images_per_class', TRAIN_PER_CLASS)} training images per "
+        f"class of each of {', '.join(goal.targets)}, {benchmark['max_train_steps']:,} steps of batch "
+        f"{benchmark['batch_size']}, evaluated on {benchmark.get('test_images_per_class', TEST_PER_CLASS)} test "
+        f"images per class with MC-{benchmark['eval_mc_samples']} (the softmax averaged over "
+        f"{benchmark['eval_mc_samples']} noisy passes); {seeds}. The figures hold for this budget: at another "
+        "(fewer steps, more images, another architecture) the outcome can differ."
+    )
+
+
+def goal_markdown(goal: Goal, benchmark: dict) -> str:
+    """The card's "What it is good for / Where it was not better" section, every figure from `goal`."""
+    good, worse, absent = good_for(goal), not_better(goal), not_compared(goal)
+    lines = ["## What it is good for, and where it was not better", "", budget_sentence(benchmark, goal), ""]
+    lines += ["### What it is good for", ""] + (
+        [f"- {s}" for s in good] or ["- In none of accuracy, ECE and NLL, against any baseline on any target."]
+    )
+    lines += ["", "### Where it was not better", ""]
+    lines += [f"- {s}" for s in worse] or ["- Nowhere: it did better in accuracy, ECE and NLL on every target."]
+    lines += ["", *absent, ""] if absent else [""]
+    lines += [
+        "### The goal it was held to",
+        "",
+        f"Status: **{goal.status}**. Clause by clause ({AT_LEAST_AS_GOOD}; a comparison flagged for unequal "
+        "seeds decides no clause):",
+        "",
+    ]
+    lines += [f"- {c.status}: {c.statement}. " + "; ".join(c.evidence) + "." for c in goal.clauses]
+    return "\n".join(lines)
+
+
+RECORD_KEYS = ("table", "max_train_steps", "batch_size", "eval_mc_samples", "runs_planned", "runs_finished")
+
+
+def check_record(benchmark: dict) -> None:
+    """A `benchmarks/transfer_gain.py` record of finished runs, or DataError saying what it is not."""
+    absent = [key for key in RECORD_KEYS if key not in benchmark]
+    if absent:
+        raise DataError(f"the benchmark record lacks {absent}: is it one that benchmarks/transfer_gain.py wrote?")
+    if benchmark["runs_finished"] != benchmark["runs_planned"]:
+        raise DataError(
+            f"the benchmark record holds {benchmark['runs_finished']} of {benchmark['runs_planned']} runs: "
+            "a card's figures come from a finished benchmark"
+        )
 
 
 def bundle(
@@ -68,23 +151,38 @@ def bundle(
     *,
     selection: dict | None = None,
     benchmark: dict | None = None,
+    phi_label: str | None = None,
     reproduction: str | None = None,
     notes: str | None = None,
     out_dir: Path = BUNDLED_DIR,
 ) -> Path:
-    """Save φ from `phi_dir` as `out_dir`/`name` (replacing it) with a card holding the selection, the benchmark
-    table, the reproduction commands and `notes`; returns that folder."""
+    """Save φ from `phi_dir` as `out_dir`/`name` (replacing it) with a card holding what it is good for and where
+    it was not better (from `benchmark`'s rows labelled `phi_label`, default: as `find_phi_label` finds them),
+    the selection, the benchmark table, the reproduction commands and `notes`; returns that folder."""
     phi = MetaPerturb.from_pretrained(phi_dir)
     prov = phi.config.provenance
     prov["zoo_name"] = name
     prov["datasets"] = ["glyphs10"]
     prov["license"] = prov.get("license", "apache-2.0")
     extra = []
+    if benchmark:
+        check_record(benchmark)
+        label = find_phi_label(benchmark["table"], name, phi_dir, phi_label)
+        planned = len(benchmark["seeds"]) if "seeds" in benchmark else None  # older records: the rows' most
+        extra.append(goal_markdown(evaluate_goal(benchmark["table"], label, planned_seeds=planned), benchmark))
+        prov["results"] = model_index_rows(benchmark["table"], label, benchmark["eval_mc_samples"])
+    else:
+        prov.pop("results", None)  # a re-bundled folder's rows would outlive the record they came from
+        extra.append(
+            "## What it is good for\n\nNot measured yet: bundle it with a `benchmarks/transfer_gain.py` record."
+        )
     if selection:
-        prov["selection"] = {k: selection[k] for k in ("rule", "validation_target", "scores", "selected")}
+        prov["selection"] = {k: selection[k] for k in ("rule", "validation_target")}
+        # candidates by folder name: the paths are the maintainer's machine's
+        prov["selection"]["scores"] = {Path(c).name: score for c, score in selection["scores"].items()}
+        prov["selection"]["selected"] = Path(selection["selected"]).name
         extra.append(selection_markdown(selection))
     if benchmark:
-        prov["results"] = model_index_rows(benchmark["table"], f"metaperturb:{name}")
         extra.append(benchmark_markdown(benchmark["table"], benchmark))
     if notes:
         extra.append(notes)
@@ -114,9 +212,13 @@ def main() -> None:
     parser.add_argument("phi_dir", type=Path)
     parser.add_argument("name")
     parser.add_argument("--selection", type=Path, help="JSON line printed by benchmarks/select_phi.py")
-    parser.add_argument("--benchmark", type=Path, help="transfer_gain.json written by benchmarks/transfer_gain.py")
+    parser.add_argument("--benchmark", type=Path, help="a record of benchmarks/transfer_gain.py (finished runs only)")
+    parser.add_argument(
+        "--benchmark_label",
+        help="this φ's regularizer label in the benchmark (default: metaperturb:NAME or metaperturb:<PHI_DIR's name>)",
+    )
     parser.add_argument("--reproduction", type=Path, help="a file with the exact commands")
-    parser.add_argument("--notes", type=Path, help="markdown to add to the card")
+    parser.add_argument("--notes", type=Path, help="extra markdown for the card, after the benchmark table")
     parser.add_argument("--out_dir", type=Path, default=BUNDLED_DIR, help="where the bundled folder goes")
     args = parser.parse_args()
     out = bundle(
@@ -124,6 +226,7 @@ def main() -> None:
         args.name,
         selection=json.loads(args.selection.read_text()) if args.selection else None,
         benchmark=json.loads(args.benchmark.read_text()) if args.benchmark else None,
+        phi_label=args.benchmark_label,
         reproduction=args.reproduction.read_text().strip() if args.reproduction else None,
         notes=args.notes.read_text() if args.notes else None,
         out_dir=args.out_dir,

@@ -1,10 +1,17 @@
-"""Named φ checkpoints. Bundled ones load offline: `MetaPerturb.from_pretrained("<name>")`."""
+"""Named φ checkpoints. Bundled ones load offline: `MetaPerturb.from_pretrained("<name>")`.
+
+No figure is written here: a bundled φ's meta-training and benchmark results are in its own config.json and card
+(`bundled_provenance`; `tools/bundle_zoo.py` writes them from the benchmark records), and an entry that ships no
+folder says where its figures are (`results_at`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from ..config import CONFIG_NAME, MetaPerturbConfig
 from ..errors import CheckpointError
 
 BUNDLED_DIR = Path(__file__).parent / "bundled"
@@ -18,11 +25,11 @@ class ZooEntry:
     hub_id: str | None
     source_dataset: str
     architecture: str
-    steps: int
     license: str
+    steps: int | None = None  # meta-training steps of an entry that ships no folder (a bundled φ records its own)
     bundled: str | None = None  # folder name under mp_hub/zoo/bundled
     how_to_get: str = ""
-    results: dict[str, str] = field(default_factory=dict)
+    results_at: str = ""  # where the benchmark figures of an entry that ships no folder are
 
     @property
     def bundled_path(self) -> Path | None:
@@ -53,6 +60,13 @@ def bundled_path(name: str) -> Path | None:
     return entry.bundled_path if entry.bundled_path.is_dir() else None
 
 
+def bundled_provenance(name: str) -> dict[str, Any] | None:
+    """The provenance in bundled entry `name`'s config.json (meta-training settings, selection, and the benchmark
+    rows of its card as `results`); None when `name` is not a bundled zoo entry."""
+    folder = bundled_path(name)
+    return None if folder is None else MetaPerturbConfig.from_json_file(folder / CONFIG_NAME).provenance
+
+
 def resolve(name: str) -> str | Path | None:
     """Where zoo entry `name` loads from (its bundled folder, else its Hub id); None if `name` is no zoo entry."""
     entry = _REGISTRY.get(name)
@@ -76,10 +90,10 @@ register(
             "download checkpoints/src/tiny_imagenet_resnet20_final/perturb_750.pth from the authors' repository "
             "JWoong148/MetaPerturb, then `mp-hub convert-official perturb_750.pth ./metaperturb-official`"
         ),
-        results={  # benchmarks/transfer_gain.py, ResNet-20 from scratch, 100 images/class, mean of 3 seeds (README)
-            "fashion_mnist, 1,000 steps": "acc 83.1 % (none 83.0), ECE 1.6 % (none 8.9), NLL 0.482 (none 0.630)",
-            "200 steps": "acc fashion_mnist 73.6 % (none 76.6), mnist 96.0 % (none 97.2)",
-        },
+        results_at=(
+            "the `metaperturb:official` rows of benchmarks/transfer_gain.py's records in benchmarks/results/ "
+            "(tabled in docs/results.md)"
+        ),
     )
 )
 
@@ -89,16 +103,11 @@ register(
         hub_id=None,
         source_dataset="glyphs10 (10 class-disjoint font-script tasks, ../shared/data/glyphs10)",
         architecture="CIFAR ResNet-20, 32 px",
-        steps=150,
         license="apache-2.0",
         bundled=DEFAULT_PHI,
         how_to_get=(
             "it ships inside mp_hub (reinstall mp_hub if mp_hub/zoo/bundled/ is missing); to make one yourself, "
             "meta-train with recipes/meta_train.py as benchmarks/reproduce_zoo.sh does"
         ),
-        results={  # benchmarks/transfer_gain.py, ResNet-20 from scratch, 100 images/class, mean of 3 seeds (README)
-            "fashion_mnist, 1,000 steps": "acc 82.4 % (none 83.0), ECE 3.2 % (none 8.9), NLL 0.505 (none 0.630)",
-            "200 steps": "acc fashion_mnist 72.4 % (none 76.6), mnist 94.7 % (none 97.2)",
-        },
     )
 )

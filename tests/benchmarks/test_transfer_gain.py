@@ -1,6 +1,6 @@
 """benchmarks/transfer_gain.py reuses finished work only when it is the work asked for (a run, by its command),
-names its results file by the table's configuration, and (slow) runs end to end on ../shared's data, followed by
-benchmarks/mean_vs_mc.py on its runs."""
+names its results file by the table's configuration, and (slow) runs end to end on ../shared's data, recording
+each φ's goal check, followed by benchmarks/mean_vs_mc.py on its runs."""
 
 import json
 from argparse import Namespace
@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import transfer_gain
+
+from mp_hub.zoo import DEFAULT_PHI
 
 ARGS = Namespace(max_train_steps=200, eval_mc_samples=100, batch_size=64, work_dir=Path("w"))
 
@@ -37,6 +39,8 @@ def test_a_run_is_reused_only_if_its_command_was_this_one(tmp_path):
     other = finish(tmp_path / "other", steps=1000, recorded=command(1000))
     with pytest.raises(SystemExit, match=f"{other} holds a finished run made with other settings"):
         transfer_gain.finished(other, command(), ARGS)
+    elsewhere = ["/another/checkout/recipes/transfer.py", *command()[1:]]  # a frozen worktree's run: same settings
+    assert transfer_gain.finished(finish(tmp_path / "frozen", recorded=elsewhere), command(), ARGS)
 
 
 def test_a_run_without_a_recorded_command_is_checked_by_its_budget(tmp_path):
@@ -74,6 +78,20 @@ def test_each_table_configuration_has_its_own_results_file():
     assert smoke.endswith("-seeds0.json")
 
 
+def test_the_summary_table_is_what_the_goal_check_reads():
+    runs = [{"target": "mnist", "model": "resnet20", "regularizer": regularizer, "seed": seed,
+             "accuracy_mc": accuracy + seed / 100, "ece_mc": ece, "nll_mc": ece * 5}
+            for seed in (0, 1) for regularizer, accuracy, ece in
+            (("none", 0.90, 0.05), ("dropblock", 0.90, 0.04), ("metaperturb:official", 0.91, 0.03),
+             ("metaperturb:zoo-phi", 0.92, 0.02))]  # fmt: skip
+    table = transfer_gain.summarize(runs[:-1])  # the zoo φ's seed 1 is missing
+    goal = transfer_gain.evaluate_goal(table, "metaperturb:zoo-phi", planned_seeds=2)
+    assert transfer_gain.phi_labels(table) == ["metaperturb:official", "metaperturb:zoo-phi"]
+    assert goal.status == "unsettled" and {c.flag for c in goal.comparisons} == {"seeds 1 vs 2 of 2 planned"}
+    goal = transfer_gain.evaluate_goal(transfer_gain.summarize(runs), "metaperturb:zoo-phi", planned_seeds=2)
+    assert goal.status == "met" and goal.comparisons[0].phi.accuracy.std == pytest.approx(0.00707, abs=1e-5)
+
+
 @pytest.mark.slow
 def test_a_tiny_benchmark_and_its_mean_vs_mc_comparison_write_their_records(run_script, tmp_path, data_dir):
     work = tmp_path / "work"
@@ -84,6 +102,9 @@ def test_a_tiny_benchmark_and_its_mean_vs_mc_comparison_write_their_records(run_
     report, path = run_script("transfer_gain.py", *tiny, "--jobs", "1")
     assert path.name == "transfer_gain-mnist-steps1-mc1-none+zoo-novit-seeds0.json"
     assert report["runs_finished"] == report["runs_planned"] == 2
+    # the zoo φ's goal check, by its rows' label (no DropBlock or authors' rows here: not met or unsettled)
+    assert list(report["goal"]) == [f"metaperturb:{DEFAULT_PHI}"] and report["seeds"] == [0]
+    assert report["goal"][f"metaperturb:{DEFAULT_PHI}"]["status"] in ("not met", "unsettled")
     assert json.loads((work / "transfer_gain.json").read_text()) == report  # what the zoo bundler reads
     path.unlink()
     report, path = run_script("mean_vs_mc.py", "--work_dirs", work, "--mc_samples", "2")

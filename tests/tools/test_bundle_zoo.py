@@ -1,38 +1,96 @@
 """tools/bundle_zoo.py, the maintainers' zoo bundler: a Hub-ready folder whose card and provenance hold the
-selection and the benchmark records that benchmarks/select_phi.py and transfer_gain.py write."""
+selection and the benchmark records that benchmarks/select_phi.py and transfer_gain.py write, and whose card says
+what the φ is good for and where it was not better, with the numbers of the record."""
 
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools"))
 
 import bundle_zoo  # noqa: E402
 
 from mp_hub import MetaPerturb  # noqa: E402
+from mp_hub.errors import ConfigError, DataError  # noqa: E402
 
 SELECTION = {
     "rule": "highest MC accuracy", "validation_target": "MNIST train split", "max_train_steps": 2,
-    "eval_mc_samples": 1, "scores": {"a": {"accuracy": 0.5, "ece": 0.1}, "b": {"accuracy": 0.75, "ece": 0.2}},
-    "selected": "b",
+    "eval_mc_samples": 1, "scores": {"/home/me/runs/a": {"accuracy": 0.5, "ece": 0.1, "nll": 1.5},
+                                     "/home/me/runs/b": {"accuracy": 0.75, "ece": 0.2, "nll": 0.9}},
+    "selected": "/home/me/runs/b",
 }  # fmt: skip
-ROW = {"target": "mnist", "model": "resnet20", "seeds": 3, "accuracy_mc": (0.9512, 0.01), "ece_mc": (0.05, 0.01)}
+
+
+def row(regularizer: str, accuracy: float, ece: float, nll: float, target: str = "mnist") -> dict:
+    return {"target": target, "model": "resnet20", "regularizer": regularizer, "seeds": 3,
+            "accuracy_mc": (accuracy, 0.01), "ece_mc": (ece, 0.01), "nll_mc": (nll, 0.01)}  # fmt: skip
+
+
 BENCHMARK = {
-    "max_train_steps": 200, "batch_size": 64, "eval_mc_samples": 100,
-    "table": [{**ROW, "regularizer": "none"}, {**ROW, "regularizer": "metaperturb:tiny-phi"}],
+    "max_train_steps": 2000, "batch_size": 64, "eval_mc_samples": 20, "seeds": [0, 1, 2], "runs_planned": 4,
+    "runs_finished": 4, "commit": "0123456789abcdef", "utc": "2026-12-06T06:49:54+00:00",
+    "table": [row("none", 0.95, 0.05, 0.20), row("dropblock", 0.96, 0.055, 0.15),
+              row("metaperturb:official", 0.955, 0.03, 0.14), row("metaperturb:tiny-phi", 0.9612, 0.06, 0.13)],
 }  # fmt: skip
 
 
 def test_bundles_a_phi_with_its_selection_and_benchmark(tmp_path):
     phi_dir = MetaPerturb().save_pretrained(tmp_path / "run" / "phi")
     out = bundle_zoo.bundle(
-        phi_dir, "tiny-phi", selection=SELECTION, benchmark=BENCHMARK, notes="## Findings", out_dir=tmp_path / "zoo"
+        phi_dir, "tiny-phi", selection=SELECTION, benchmark=BENCHMARK, notes="## Notes", out_dir=tmp_path / "zoo"
     )
     assert out == tmp_path / "zoo" / "tiny-phi" and (out / "config.json").is_file()
     provenance = MetaPerturb.from_pretrained(out).config.provenance
-    assert provenance["zoo_name"] == "tiny-phi" and provenance["selection"]["selected"] == "b"
-    # the model index holds this φ's rows only: accuracy and ECE of its one ResNet row
-    assert [(r["metric_type"], r["metric_value"]) for r in provenance["results"]] == [("accuracy", 0.9512),
-                                                                                       ("ece", 0.05)]  # fmt: skip
+    assert provenance["zoo_name"] == "tiny-phi" and provenance["selection"]["selected"] == "b"  # no machine paths
+    # the model index holds this φ's rows only: accuracy, ECE and NLL of its one ResNet row
+    assert [(r["metric_type"], r["metric_value"]) for r in provenance["results"]] == [
+        ("accuracy", 0.9612), ("ece", 0.06), ("nll", 0.13)]  # fmt: skip
+    assert provenance["results"][0]["metric_name"] == "accuracy (MC-20, mean of 3 seeds)"
     card = (out / "README.md").read_text()
-    assert "| b | 75.0 | 20.0 | selected |" in card and "| mnist | resnet20 | none | 3 | 95.12 ± 1.00 |" in card
-    assert "## Findings" in card
+    assert "| b | 75.0 | 20.0 | 0.900 | selected |" in card and "| mnist | resnet20 | none | 3 | 95.00 ± 1.00 |" in card
+    # what it is good for and where not, from the record: its budget, then plain sentences with the numbers
+    section = card.split("## What it is good for, and where it was not better")[1].split("## Selection")[0]
+    assert "(record of commit 0123456789ab, 2026-12-06)" in section
+    assert "100 training images per class of each of mnist, 2,000 steps of batch 64" in section
+    assert "200 test images per class with MC-20" in section and "mean ± std over 3 seeds" in section
+    good, not_better = section.split("### Where it was not better")
+    assert (
+        "- On mnist, compared with training with no regularizer, it was more accurate (accuracy 96.12 ± 1.00 % vs "
+        "95.00 ± 1.00 %) and had a lower NLL (0.130 ± 0.010 vs 0.200 ± 0.010)." in good
+    )
+    assert (
+        "- On mnist, compared with training with no regularizer, it was not better calibrated (ECE 6.00 ± 1.00 % vs "
+        "5.00 ± 1.00 %)." in not_better
+    )
+    assert "Status: **not met**" in not_better and "- fail: ECE and NLL below none's on every target." in not_better
+    assert "- pass: at least as good as DropBlock on every target." in not_better  # ECE worse by half a std
+    assert card.index("## Benchmark: does it regularize?") < card.index("## Notes")  # --notes: extra markdown
+
+
+def test_the_phi_rows_are_found_by_its_folder_name_or_named(tmp_path):
+    phi_dir = MetaPerturb().save_pretrained(tmp_path / "glyphs10-b128-seed1")
+    by_folder = {**BENCHMARK, "table": [{**e, "regularizer": e["regularizer"].replace("tiny-phi", phi_dir.name)}
+                                        for e in BENCHMARK["table"]]}  # fmt: skip
+    out = bundle_zoo.bundle(phi_dir, "zoo-name", benchmark=by_folder, out_dir=tmp_path / "zoo")
+    assert len(MetaPerturb.from_pretrained(out).config.provenance["results"]) == 3
+    with pytest.raises(ConfigError, match=r"no ResNet rows of φ 'zoo-name' / 'glyphs10-b128-seed1'.*--benchmark_label"):
+        bundle_zoo.bundle(phi_dir, "zoo-name", benchmark=BENCHMARK, out_dir=tmp_path / "zoo")
+    out = bundle_zoo.bundle(
+        phi_dir, "zoo-name", benchmark=BENCHMARK, phi_label="metaperturb:tiny-phi", out_dir=tmp_path / "zoo"
+    )
+    assert "it was more accurate (accuracy 96.12" in (out / "README.md").read_text()
+    with pytest.raises(ConfigError, match="'metaperturb:other' has no ResNet rows"):
+        bundle_zoo.bundle(phi_dir, "zoo-name", benchmark=BENCHMARK, phi_label="metaperturb:other", out_dir=tmp_path)
+
+
+def test_a_partial_record_is_refused_and_no_record_says_so(tmp_path):
+    phi_dir = MetaPerturb().save_pretrained(tmp_path / "phi")
+    with pytest.raises(DataError, match="holds 3 of 4 runs"):
+        bundle_zoo.bundle(phi_dir, "tiny-phi", benchmark={**BENCHMARK, "runs_finished": 3}, out_dir=tmp_path)
+    with pytest.raises(DataError, match=r"lacks \['runs_planned', 'runs_finished'\]"):
+        incomplete = {k: v for k, v in BENCHMARK.items() if not k.startswith("runs_")}
+        bundle_zoo.bundle(phi_dir, "tiny-phi", benchmark=incomplete, out_dir=tmp_path)
+    out = bundle_zoo.bundle(phi_dir, "tiny-phi", out_dir=tmp_path / "zoo")
+    assert "## What it is good for\n\nNot measured yet" in (out / "README.md").read_text()
+    assert "results" not in MetaPerturb.from_pretrained(out).config.provenance
