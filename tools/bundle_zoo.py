@@ -187,6 +187,9 @@ def bundle(
     if notes:
         extra.append(notes)
     out = Path(out_dir) / name
+    previous = out / "config.json"  # each bundle is a new revision of the zoo entry (the Hub's would be a commit)
+    revision = json.loads(previous.read_text())["provenance"].get("zoo_revision", 1) if previous.exists() else 0
+    prov["zoo_revision"] = revision + 1
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)

@@ -68,6 +68,17 @@ def test_bundles_a_phi_with_its_selection_and_benchmark(tmp_path):
     assert card.index("## Benchmark: does it regularize?") < card.index("## Notes")  # --notes: extra markdown
 
 
+def test_each_bundle_is_a_new_revision(tmp_path):
+    phi_dir = MetaPerturb().save_pretrained(tmp_path / "run" / "phi")
+    revisions = [
+        MetaPerturb.from_pretrained(bundle_zoo.bundle(phi_dir, "tiny-phi", out_dir=tmp_path / "zoo")).config.provenance[
+            "zoo_revision"
+        ]
+        for _ in range(2)
+    ]
+    assert revisions == [1, 2]
+
+
 def test_the_phi_rows_are_found_by_its_folder_name_or_named(tmp_path):
     phi_dir = MetaPerturb().save_pretrained(tmp_path / "glyphs10-b128-seed1")
     by_folder = {**BENCHMARK, "table": [{**e, "regularizer": e["regularizer"].replace("tiny-phi", phi_dir.name)}
