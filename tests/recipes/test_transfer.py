@@ -378,5 +378,5 @@ def test_the_no_flag_run_trains_with_the_bundled_phi_offline(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "accuracy" in done.stdout and "ECE" in done.stdout
     results = json.loads((tmp_path / "outputs" / "transfer" / "all_results.json").read_text())
-    assert results["perturb_model_id"] == zoo.DEFAULT_PHI and results["eval_mc_samples"] == 100
-    assert results["eval_accuracy"] > 0.5  # 10 classes: far above chance after 150 steps
+    assert results["perturb_model_id"] == zoo.DEFAULT_PHI and results["eval_mc_samples"] == 20
+    assert results["eval_accuracy"] > 0.75 and results["train_steps"] == 2000  # 10 classes; chance is 0.1
