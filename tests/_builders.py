@@ -10,6 +10,7 @@ import torch
 from datasets import ClassLabel, Dataset, Features, Image, Value
 from PIL import Image as PILImage
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mp_hub import MetaPerturb
 from mp_hub.models import model_from_type
@@ -165,3 +166,15 @@ def run_meta_train(dataset: Path, workdir: Path, out: str, *extra: str) -> Path:
     """recipes/meta_train.py's main in this process, on `dataset`, 4 tasks of 8×8 images, into workdir/out."""
     argv = ["--dataset_dir", str(dataset), "--cache_dir", str(workdir / "cache"), *META_TRAIN_COMMON]
     return meta_train_recipe().main([*argv, "--output_dir", str(workdir / out), *extra])
+
+
+class RecordedOps(TorchDispatchMode):
+    """Within `with RecordedOps() as ops:`, `ops.names` collects the name of every aten op that runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func))
+        return func(*args, **(kwargs or {}))

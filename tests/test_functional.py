@@ -4,7 +4,7 @@ inputs; the scale's inputs built on the statistics' device."""
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
+from _builders import RecordedOps
 
 from mp_hub import functional as MF
 
@@ -45,7 +45,7 @@ def test_scale_inputs_builds_no_tensor_from_host_data():
     """The size terms C/C₀ and H/H₀ are filled on the statistics' device: no list turned into a tensor (on a GPU, a
     host-to-device copy on every call), and the rows are those of the former expand of a two-element tensor."""
     mean, var = torch.rand(5, 4), torch.rand(5, 4)
-    with _Ops() as ops:
+    with RecordedOps() as ops:
         rows = MF.scale_inputs(mean, var, height=8, channel_norm=16.0, spatial_norm=32.0)
     assert "aten.lift_fresh.default" not in ops.names
     expected = torch.cat([mean, var, mean.new_tensor([5 / 16.0, 8 / 32.0]).expand(5, 2)], dim=-1)
@@ -57,13 +57,3 @@ def test_expected_softplus_evaluates_half_inputs_in_float32(dtype):
     mu = torch.linspace(-8, 8, 401).to(dtype)
     out = MF.expected_softplus(mu)
     assert out.dtype == dtype and torch.equal(out, MF.expected_softplus(mu.float()).to(dtype))
-
-
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(str(func))
-        return func(*args, **(kwargs or {}))

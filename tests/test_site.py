@@ -5,8 +5,8 @@ import json
 
 import pytest
 import torch
+from _builders import RecordedOps
 from safetensors.torch import load_file
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from mp_hub import ConfigError, InvalidInputError, MetaPerturb, PerturbSite
 
@@ -195,16 +195,6 @@ def test_writing_noise_coeff_between_forward_and_backward_leaves_the_backward_as
     assert torch.equal(gx, gx_written) and all(torch.equal(a, b) for a, b in zip(gphi, gphi_written))
 
 
-class _Ops(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.names = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.names.add(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("mode", ["mc", "mean"])
 @pytest.mark.parametrize("training", [True, False])
 def test_the_device_path_reads_nothing_back_to_the_host(mode, training):
@@ -215,7 +205,7 @@ def test_the_device_path_reads_nothing_back_to_the_host(mode, training):
     site = PerturbSite(phi, 4, spatial_norm=8, inference_mode=mode).to("meta").train(training)
     x = torch.randn(3, 4, 6, 6, device="meta", requires_grad=True)
     site(x)  # the first call builds the cached E[softplus] table on the device
-    with _Ops() as ops:
+    with RecordedOps() as ops:
         site(x).sum().backward()
     host = {"aten._local_scalar_dense.default", "aten.is_nonzero.default", "aten.item.default",
             "aten.lift_fresh.default", "aten.lift_fresh_copy.default"}  # fmt: skip
