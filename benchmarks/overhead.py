@@ -2,13 +2,14 @@
 
     python benchmarks/overhead.py [--steps 10] [--warmup 3] [--settle 0] [--batch 128] [--threads 2] [--phi ...]
                                   [--no-memory] [--omp-passive] [--keep-freed-memory] [--device cuda] [--compile]
-                                  [--compile-backend inductor] [--breakdown]
+                                  [--compile-backend inductor] [--breakdown] [--no-eager]
 
 Variants, interleaved in one process (on a shared machine load drifts; interleaving spreads it over all
 variants alike), each step = forward + cross-entropy + backward + Adam step, batch of 32×32 images. By default
 the variants alternate step by step; --settle N runs N untimed steps of a variant right before each of its
 timed ones, so that a timed step follows a step of its own kind, as in a training loop, instead of another
-variant's (whose caches and heap it inherits: the eager variant's 600 MiB above all). The variants:
+variant's (whose caches and heap it inherits: the eager variant's 600 MiB above all); --no-eager leaves the eager
+variants out altogether. The variants:
   bare   φ attached with `mp_hub.attach` but disabled (the hooks return at once: the bare model's graph),
   eager  every site on the straightforward `functional` path (the authors' op-by-op formulation),
   fused  every site on the fused kernels (`mp_hub.kernels`).
@@ -142,15 +143,20 @@ def kernel_breakdown(step, steps: int) -> dict[str, float]:
     return {name: 1e3 * seconds[name] / steps for name in PASSES}
 
 
+def wanted(variant: str, device: torch.device, args) -> bool:
+    """Whether to time `variant`: the fused kernels run on CPU only; --no-eager drops the op-by-op path."""
+    return (device.type == "cpu" or variant not in CPU_ONLY) and not (args.no_eager and variant.startswith("eager"))
+
+
 def measure(trainable_phi: bool, args) -> dict:
     device = torch.device(args.device)
     step = build(trainable_phi, args.batch, device)
     # the fused kernels are CPU-only: on a GPU the variant would only time the eager path again
-    variants = [v for v in VARIANTS if device.type == "cpu" or v not in CPU_ONLY]
+    variants = [v for v in VARIANTS if wanted(v, device, args)]
     steps = {v: step for v in variants}
     compile_s = {}
     if args.compile:
-        compiled = [v for v in COMPILED if device.type == "cpu" or v not in CPU_ONLY]
+        compiled = [v for v in COMPILED if wanted(v, device, args)]
         for variant in compiled:  # one model each: no recompilation when the timing alternates them
             steps[variant] = build(trainable_phi, args.batch, device, compile_backend=args.compile_backend)
             t0 = time.perf_counter()
@@ -193,12 +199,13 @@ def row(r: dict, variant: str) -> str:
 
 
 def results_file_name(args, modes: list[str]) -> str:
-    """overhead-<φ modes>-b<batch>-t<threads>[-<device>][-compile[-<backend>]][-breakdown][-keepmem][-passive].json:
-    the settings that change the figures (not the number of steps, which only changes their precision)."""
+    """overhead-<φ modes>-b<batch>-t<threads>[-<device>][-compile[-<backend>]][-breakdown][-keepmem][-passive]
+    [-settle<N>][-noeager].json: the settings that change the figures (not the number of steps, which only changes
+    their precision)."""
     return results_name(
         "overhead", "+".join(modes), f"b{args.batch}", f"t{args.threads}", args.device != "cpu" and args.device,
         compile_suffix(args), args.breakdown and "breakdown", args.keep_freed_memory and "keepmem",
-        args.omp_passive and "passive",
+        args.omp_passive and "passive", args.settle and f"settle{args.settle}", args.no_eager and "noeager",
     )  # fmt: skip
 
 
@@ -213,6 +220,9 @@ def main() -> None:
     add_thread_arguments(parser)
     parser.add_argument("--phi", default="frozen,trainable", help="comma list of: frozen, trainable")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument(
+        "--no-eager", action="store_true", help="leave out eager and eager_compiled (slow; their heap follows them)"
+    )
     add_device_arguments(parser, compile_help="also time torch.compile'd bare, eager and fused (CPU) models")
     parser.add_argument(
         "--breakdown", action="store_true", help="time more fused steps: ms per step of each fused-kernel pass"
@@ -252,12 +262,13 @@ def main() -> None:
                   for v in compiled[1:]) + "; compile time " + ", ".join(f"{v} {r[v + '_compile_s']:.0f} s"
                   for v in compiled))  # fmt: skip
     for mode, r in results.items():
-        if "fused_ms" in r:
+        if "fused_ms" in r and "eager_ms" in r:
             print(f"speed-up of fused over eager (φ {mode}): ×{r['eager_ms'] / r['fused_ms']:.2f}")
     publish("overhead", {
         "model": "cifar_resnet20", "batch": args.batch,
         "image_size": 32, "threads": args.threads, "steps": args.steps, "warmup": args.warmup, "settle": args.settle,
-        "fused_available": fused, "torch": torch.__version__, "device": args.device, "compile": args.compile,
+        "no_eager": args.no_eager, "fused_available": fused, "torch": torch.__version__, "device": args.device,
+        "compile": args.compile,
         "compile_backend": args.compile_backend if args.compile else None,
         "device_name": device_name(device),
         **environment(), "results": results,

@@ -17,7 +17,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 def settings(**changes) -> Namespace:
     defaults = dict(batch=128, threads=2, device="cpu", compile=False, compile_backend="inductor", breakdown=False,
-                    keep_freed_memory=False, omp_passive=False)  # fmt: skip
+                    keep_freed_memory=False, omp_passive=False, settle=0, no_eager=False)  # fmt: skip
     return Namespace(**{**defaults, **changes})
 
 
@@ -30,11 +30,23 @@ def test_each_configuration_has_its_own_results_file():
         (settings(), both), (settings(), ["frozen"]), (settings(batch=32), both), (settings(threads=1), both),
         (settings(device="cuda:0"), both), (settings(compile=True), both), (settings(breakdown=True), both),
         (settings(keep_freed_memory=True), both), (settings(omp_passive=True), both),
-        (settings(compile=True, compile_backend="aot_eager"), both),
+        (settings(compile=True, compile_backend="aot_eager"), both), (settings(settle=1), both),
+        (settings(no_eager=True), both),
     ]  # fmt: skip
     names = [overhead.results_file_name(args, modes) for args, modes in configurations]
     assert len(set(names)) == len(names)
     assert overhead.results_file_name(settings(compile_backend="aot_eager"), both) == names[0]  # unused: not named
+
+
+def test_no_eager_leaves_out_the_eager_variants_only():
+    import overhead
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    every = overhead.VARIANTS + overhead.COMPILED
+    assert [v for v in every if overhead.wanted(v, cpu, settings())] == list(every)
+    kept = [v for v in every if overhead.wanted(v, cpu, settings(no_eager=True))]
+    assert kept == ["bare", "fused", "bare_compiled", "fused_compiled"]
+    assert [v for v in every if overhead.wanted(v, cuda, settings(no_eager=True))] == ["bare", "bare_compiled"]
 
 
 @pytest.mark.slow
