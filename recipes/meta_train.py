@@ -58,6 +58,7 @@ from mp_hub.schedules import LR_SCHEDULER_TYPES, METRIC_LR_SCHEDULER_TYPES, buil
 from mp_hub.training.distributed import assign_tasks, broadcast_parameters, check_in_sync, reduce_min_max
 from mp_hub.training.meta import MetaTrainer, TaskLearner, compile_task_models, seeded_phi
 from mp_hub.training.report import plot_curves
+from mp_hub.training.threads import cpu_thread_hint
 
 logger = get_logger(__name__)
 CURVES = "meta_train_curves.png"
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> Path:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     if not accelerator.is_local_main_process:
         logging.getLogger("mp_hub").setLevel(logging.WARNING)
+    if hint := cpu_thread_hint(accelerator.device):
+        logger.info(hint)
     with claim_output_dir(args.output_dir, accelerator):  # before any work: one run per folder, and writable
         return meta_train(args, argv, accelerator)
 

@@ -80,7 +80,7 @@ from mp_hub.robustness import (  # noqa: E402
     robustness_markdown,
 )
 from mp_hub.schedules import LR_SCHEDULER_TYPES, METRIC_LR_SCHEDULER_TYPES, build_lr_scheduler  # noqa: E402
-from mp_hub.training import plot_training_curve  # noqa: E402
+from mp_hub.training import cpu_thread_hint, plot_training_curve  # noqa: E402
 from mp_hub.zoo import DEFAULT_PHI  # noqa: E402
 
 logger = logging.getLogger("transfer")
@@ -427,6 +427,8 @@ def run(args: argparse.Namespace, argv: Sequence[str] | None = None) -> dict | N
         level=logging.INFO if accelerator.is_local_main_process else logging.ERROR,
     )
     command = launch_command("recipes/transfer.py", sys.argv[1:] if argv is None else argv, accelerator.num_processes)
+    if hint := cpu_thread_hint(accelerator.device):
+        logger.info(hint)
     with claim_output_dir(args.output_dir, accelerator):  # before any work: one run per folder, and writable
         return train_and_evaluate(args, accelerator, command)
 

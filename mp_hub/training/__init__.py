@@ -1,9 +1,11 @@
-"""Meta-training machinery of `recipes/meta_train.py`: task learners sharing one φ, the exact multi-process
-gradient average, and the curves a recipe leaves next to its result (checkpoints: `mp_hub.checkpointing`)."""
+"""Training machinery of the recipes: task learners sharing one φ, the exact multi-process gradient average of
+meta-training, the curves a recipe leaves next to its result, and a hint when a CPU run leaves cores idle
+(checkpoints: `mp_hub.checkpointing`)."""
 
 from .distributed import assign_tasks, broadcast_parameters, check_in_sync, exact_task_sum
 from .meta import METRICS, MetaTrainer, TaskLearner, compile_task_models, seeded_phi
 from .report import plot_curves, plot_training_curve
+from .threads import cpu_thread_hint
 
 __all__ = [
     "METRICS",
@@ -13,6 +15,7 @@ __all__ = [
     "broadcast_parameters",
     "check_in_sync",
     "compile_task_models",
+    "cpu_thread_hint",
     "exact_task_sum",
     "plot_curves",
     "plot_training_curve",

@@ -3,6 +3,7 @@ exact resume (DataLoader workers included), the training flags (gradient accumul
 schedule, checkpoints kept, torch.compile), and a typed error for each bad input."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -257,6 +258,21 @@ def _run(recipe, tmp_path, *extra):
 def test_error_phi_not_cached(tmp_path, recipe):
     with pytest.raises(NotCachedError, match="mp-hub zoo"):
         _run(recipe, tmp_path, "--perturb_model_id", "nobody/no-such-phi")
+
+
+def test_a_cpu_run_on_fewer_threads_than_cores_says_how_to_use_them(tmp_path, recipe, monkeypatch, caplog):
+    import mp_hub.training.threads
+
+    monkeypatch.setattr(mp_hub.training.threads, "usable_cores", lambda: 64)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with caplog.at_level(logging.INFO, logger="transfer"), pytest.raises(NotCachedError):
+            _run(recipe, tmp_path, "--perturb_model_id", "nobody/no-such-phi")  # the hint comes before any work
+    finally:
+        torch.set_num_threads(threads)
+    assert "1 CPU thread(s) while 64 cores" in caplog.text and "--num_cpu_threads_per_process 64" in caplog.text
 
 
 def test_error_default_phi_missing_says_how_to_get_one(tmp_path, recipe, monkeypatch):
