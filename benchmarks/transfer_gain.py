@@ -70,9 +70,18 @@ def build_target(source_dir: Path, out: Path, train_per_class: int, test_per_cla
 RUN_COMMAND = "benchmark_command.json"  # in a run's folder, next to its results: the command that made them
 
 
+def kappa_ablation(args, regularizer: str) -> float | None:
+    """The κ anneal fraction a φ run is ablated with (None: the recipe's default, as in the main table)."""
+    fraction = getattr(args, "noise_anneal_fraction", None)
+    return fraction if regularizer == "metaperturb" else None
+
+
 def run_dir(args, target: str, regularizer: str, phi: str | None, seed: int, model: str) -> Path:
     # (mean_vs_mc.py reads target, model, φ and seed back from this name)
-    return args.work_dir / "runs" / f"{target}-{model}-{regularizer}-{Path(phi).name if phi else 'none'}-s{seed}"
+    fraction = kappa_ablation(args, regularizer)
+    phi_name = Path(phi).name if phi else "none"
+    ablation = f"-kappa{fraction:g}" if fraction is not None else ""
+    return args.work_dir / "runs" / f"{target}-{model}-{regularizer}-{phi_name}{ablation}-s{seed}"
 
 
 def transfer_command(args, data_dir: Path, regularizer: str, phi: str | None, seed: int, model: str) -> list[str]:
@@ -91,6 +100,8 @@ def transfer_command(args, data_dir: Path, regularizer: str, phi: str | None, se
         command += ["--model_type", "vit", "--model_config_overrides", json.dumps(TINY_VIT)]
     if phi:
         command += ["--perturb_model_id", phi]
+    if (fraction := kappa_ablation(args, regularizer)) is not None:
+        command += ["--noise_anneal_fraction", f"{fraction:g}"]
     return command
 
 
@@ -253,12 +264,13 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def results_file_name(args) -> str:
-    """transfer_gain-<targets>-steps<N>-mc<k>[-<regularizers>][-novit][-seeds<...>].json (the last three only
-    where they are not the defaults): one file per configuration of the table."""
+    """transfer_gain-<targets>-steps<N>-mc<k>[-<regularizers>][-novit][-seeds<...>][-kappa<f>].json (the last four
+    only where they are not the defaults): one file per configuration of the table."""
     return results_name(
         "transfer_gain", "+".join(args.targets), f"steps{args.max_train_steps}", f"mc{args.eval_mc_samples}",
         list(args.regularizers) != list(REGULARIZERS) and "+".join(args.regularizers), args.no_vit and "novit",
         args.seeds != [0, 1, 2] and "seeds" + "+".join(map(str, args.seeds)),
+        args.noise_anneal_fraction is not None and f"kappa{args.noise_anneal_fraction:g}",
     )  # fmt: skip
 
 
@@ -306,6 +318,13 @@ def main() -> None:
         choices=REGULARIZERS,
         default=list(REGULARIZERS),
         help="ResNet-20 rows to run (zoo: --zoo_phi; official: the authors' φ)",
+    )
+    parser.add_argument(
+        "--noise_anneal_fraction",
+        type=float,
+        default=None,
+        help="an ablation: the φ runs anneal κ over this fraction of the steps (default: the recipe's); their "
+        "folders and the record are named for it, the other rows are the main table's runs",
     )
     parser.add_argument("--report_only", action="store_true", help="tabulate finished runs; start none")
     add_results_arguments(parser)
@@ -364,6 +383,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "eval_mc_samples": args.eval_mc_samples,
         "seeds": args.seeds,
+        "noise_anneal_fraction": args.noise_anneal_fraction,
         "train_images_per_class": TRAIN_PER_CLASS,
         "test_images_per_class": TEST_PER_CLASS,
         "runs_planned": len(jobs),

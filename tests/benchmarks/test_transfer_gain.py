@@ -66,7 +66,8 @@ def test_targets_come_from_the_shared_data_or_a_named_folder(tmp_path):
 
 def test_each_table_configuration_has_its_own_results_file():
     default = dict(targets=["fashion_mnist", "mnist"], max_train_steps=200, eval_mc_samples=100,
-                   regularizers=list(transfer_gain.REGULARIZERS), no_vit=False, seeds=[0, 1, 2])  # fmt: skip
+                   regularizers=list(transfer_gain.REGULARIZERS), no_vit=False, seeds=[0, 1, 2],
+                   noise_anneal_fraction=None)  # fmt: skip
     name = transfer_gain.results_file_name(Namespace(**default))
     assert name == "transfer_gain-fashion_mnist+mnist-steps200-mc100.json"
     longer = {**default, "targets": ["fashion_mnist"], "max_train_steps": 1000, "eval_mc_samples": 20,
@@ -76,6 +77,24 @@ def test_each_table_configuration_has_its_own_results_file():
     )
     smoke = transfer_gain.results_file_name(Namespace(**{**default, "seeds": [0]}))
     assert smoke.endswith("-seeds0.json")
+    ablation = transfer_gain.results_file_name(Namespace(**{**default, "noise_anneal_fraction": 0.2}))
+    assert ablation == "transfer_gain-fashion_mnist+mnist-steps200-mc100-kappa0.2.json"
+
+
+def test_a_kappa_ablation_changes_the_phi_runs_only():
+    """--noise_anneal_fraction: the φ runs get the flag and folders of their own; the baselines' runs are the main
+    table's (same command, same folder), so the ablation reuses them."""
+    ablated = Namespace(**{**vars(ARGS), "noise_anneal_fraction": 0.2})
+    for regularizer, phi in (("none", None), ("dropblock", None)):
+        main = transfer_gain.transfer_command(ARGS, Path("data/mnist"), regularizer, phi, 0, "resnet20")
+        assert transfer_gain.transfer_command(ablated, Path("data/mnist"), regularizer, phi, 0, "resnet20") == main
+        assert transfer_gain.run_dir(ablated, "mnist", regularizer, phi, 0, "resnet20") == transfer_gain.run_dir(
+            ARGS, "mnist", regularizer, phi, 0, "resnet20"
+        )
+    phi_command = transfer_gain.transfer_command(ablated, Path("data/mnist"), "metaperturb", "zoo/phi", 0, "resnet20")
+    assert phi_command == [*command(), "--noise_anneal_fraction", "0.2"]
+    folder = transfer_gain.run_dir(ablated, "mnist", "metaperturb", "zoo/phi", 0, "resnet20")
+    assert folder.name == "mnist-resnet20-metaperturb-phi-kappa0.2-s0"
 
 
 def test_the_summary_table_is_what_the_goal_check_reads():
