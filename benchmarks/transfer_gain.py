@@ -135,7 +135,7 @@ def run_transfer(args, target: str, data_dir: Path, regularizer: str, phi: str |
         if args.report_only:
             return None
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
-        log = out.with_suffix(".log")
+        log = out.parent / f"{out.name}.log"  # (not with_suffix: a folder name may hold a dot, as -kappa0.1)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "w") as handle:
             done = subprocess.run([sys.executable, *command, "--output_dir", str(out)], stdout=handle,
