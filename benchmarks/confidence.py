@@ -1,0 +1,115 @@
+"""Over- or under-confident? Mean confidence against accuracy of `transfer_gain.py`'s saved ResNet-20 runs on one
+target, and the ECE of several independent MC draws: how much of an ECE difference the noise draws alone make.
+
+    python benchmarks/confidence.py --work_dir runs/transfer_gain_2000 --target mnist [--seeds 0 1 2]
+                                    [--mc_samples 20] [--draws 3]
+
+Each run folder `<target>-resnet20-<regularizer>-<φ>-s<seed>` of --work_dir (the main table's runs, not the
+ablations') is evaluated on the test images `transfer_gain.py` decoded (<work_dir>/decoded/<target>.pt): models
+with φ by MC (--mc_samples passes, each of --draws with its own noise seed), the others in one pass. Per run:
+accuracy, mean confidence (the top probability), their gap (positive: over-confident), the mean confidence of
+the wrong predictions, and the ECE (15 bins) of every draw. Prints a table and writes
+benchmarks/results/confidence-<target>-mc<k>-draws<d>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+from _common import add_results_arguments, publish, results_name, results_path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mp_hub import load_perturbed  # noqa: E402
+from mp_hub.evaluation import compute_metrics, predict_proba  # noqa: E402
+
+RUN_NAME = re.compile(r"(?P<target>[a-z_]+)-resnet20-(?P<regularizer>[a-z]+)-(?P<phi>.+)-s(?P<seed>\d+)")
+
+
+def confidence_summary(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Accuracy, mean top probability, their gap (> 0: over-confident) and the wrong predictions' mean confidence."""
+    confidence, predicted = probs.max(dim=1)
+    correct = predicted == labels
+    wrong = confidence[~correct]
+    return {
+        "accuracy": correct.float().mean().item(),
+        "mean_confidence": confidence.mean().item(),
+        "confidence_gap": (confidence.mean() - correct.float().mean()).item(),
+        "wrong_mean_confidence": wrong.mean().item() if len(wrong) else None,
+    }
+
+
+def run_folders(work_dir: Path, target: str, seeds: list[int]) -> list[tuple[Path, dict[str, str]]]:
+    """The main table's ResNet-20 runs of `target` with those seeds, finished, with what their names say."""
+    found = []
+    for folder in sorted((work_dir / "runs").iterdir()):
+        match = RUN_NAME.fullmatch(folder.name)
+        if not match or match["target"] != target or int(match["seed"]) not in seeds or "-kappa" in match["phi"]:
+            continue
+        if (folder / "all_results.json").exists():
+            found.append((folder, match.groupdict()))
+    return found
+
+
+def load_model(folder: Path, regularizer: str) -> torch.nn.Module:
+    if regularizer == "metaperturb":
+        return load_perturbed(folder)[0]
+    from transformers import AutoModelForImageClassification
+
+    import mp_hub.models  # noqa: F401  (registers the CIFAR ResNet with the Auto classes)
+
+    return AutoModelForImageClassification.from_pretrained(folder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--work_dir", type=Path, required=True, help="transfer_gain.py's --work_dir")
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--mc_samples", type=int, default=20)
+    parser.add_argument("--draws", type=int, default=3, help="independent MC predictions per run (noise seeds)")
+    add_results_arguments(parser)
+    args = parser.parse_args()
+    if args.mc_samples < 1 or args.draws < 1:
+        parser.error("--mc_samples and --draws must be >= 1")
+    decoded = args.work_dir / "decoded" / f"{args.target}.pt"
+    if not decoded.exists():
+        parser.error(f"{decoded} is missing: run transfer_gain.py on --work_dir with this target first")
+    folders = run_folders(args.work_dir, args.target, args.seeds)
+    if not folders:
+        parser.error(f"no finished {args.target} ResNet-20 runs with seeds {args.seeds} in {args.work_dir / 'runs'}")
+    torch.set_num_threads(1)
+    images, labels = torch.load(decoded, weights_only=True)
+    batches = [(images[i : i + 200], labels[i : i + 200]) for i in range(0, len(labels), 200)]
+    rows = []
+    for folder, named in folders:
+        model = load_model(folder, named["regularizer"])
+        stochastic = named["regularizer"] == "metaperturb"
+        draws = []
+        for draw in range(args.draws if stochastic else 1):
+            probs, _ = predict_proba(model, batches, args.mc_samples if stochastic else 1, seed=draw)
+            draws.append({**confidence_summary(probs, labels), "ece": compute_metrics(probs, labels)["ece"]})
+        label = named["regularizer"] if not stochastic else f"metaperturb:{named['phi']}"
+        row = {"run": folder.name, "regularizer": label, "seed": int(named["seed"]), "draws": draws}
+        eces = [d["ece"] for d in draws]
+        row["ece_mean"], row["ece_min"], row["ece_max"] = statistics.mean(eces), min(eces), max(eces)
+        row["confidence_gap_mean"] = statistics.mean(d["confidence_gap"] for d in draws)
+        rows.append(row)
+        print(f"{label:48s} s{row['seed']}  acc {100 * draws[0]['accuracy']:.2f} %  "
+              f"conf − acc {100 * row['confidence_gap_mean']:+.2f} points  "
+              f"wrong ones' conf {draws[0]['wrong_mean_confidence']:.3f}  "
+              f"ECE {100 * row['ece_min']:.2f}–{100 * row['ece_max']:.2f} % over {len(draws)} draw(s)")  # fmt: skip
+    figures = {"target": args.target, "seeds": args.seeds, "mc_samples": args.mc_samples, "draws": args.draws,
+               "test_images": len(labels), "runs": rows}  # fmt: skip
+    name = results_name("confidence", args.target, f"mc{args.mc_samples}", f"draws{args.draws}")
+    publish("confidence", figures, results_path(args, name))
+
+
+if __name__ == "__main__":
+    main()

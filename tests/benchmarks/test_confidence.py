@@ -1,0 +1,35 @@
+"""benchmarks/confidence.py: the confidence gap's sign says over- or under-confidence, and the run folders read
+are the main table's finished runs of the target and seeds asked for."""
+
+import json
+
+import confidence
+import pytest
+import torch
+
+
+def test_the_gap_is_positive_when_over_confident_and_negative_when_under():
+    labels = torch.tensor([0, 1, 1, 0])
+    sure = torch.tensor([[0.99, 0.01], [0.01, 0.99], [0.99, 0.01], [0.99, 0.01]])  # 3 of 4 right at 0.99
+    over = confidence.confidence_summary(sure, labels)
+    assert over["accuracy"] == 0.75 and over["mean_confidence"] == pytest.approx(0.99)
+    assert over["confidence_gap"] == pytest.approx(0.24) and over["wrong_mean_confidence"] == pytest.approx(0.99)
+    unsure = torch.tensor([[0.6, 0.4], [0.4, 0.6], [0.4, 0.6], [0.6, 0.4]])  # all right at 0.6
+    under = confidence.confidence_summary(unsure, labels)
+    assert under["confidence_gap"] == pytest.approx(-0.4) and under["wrong_mean_confidence"] is None
+
+
+def test_only_finished_main_table_runs_of_the_target_and_seeds_are_read(tmp_path):
+    names = [
+        "mnist-resnet20-none-none-s0", "mnist-resnet20-metaperturb-official-s1", "mnist-resnet20-none-none-s2",
+        "fashion_mnist-resnet20-none-none-s0", "mnist-resnet20-metaperturb-phi-kappa0.1-s0",
+        "mnist-resnet20-dropblock-none-s0",
+    ]  # fmt: skip
+    for name in names:
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        if name != "mnist-resnet20-dropblock-none-s0":  # unfinished
+            (tmp_path / "runs" / name / "all_results.json").write_text(json.dumps({}))
+    found = confidence.run_folders(tmp_path, "mnist", [0, 1])
+    expected = ["mnist-resnet20-metaperturb-official-s1", "mnist-resnet20-none-none-s0"]
+    assert [folder.name for folder, _ in found] == expected
+    assert found[0][1] == {"target": "mnist", "regularizer": "metaperturb", "phi": "official", "seed": "1"}
