@@ -15,21 +15,19 @@ benchmarks/results/confidence-<target>-mc<k>-draws<d>.json.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 from pathlib import Path
 
 import torch
 from _common import add_results_arguments, publish, results_name, results_path
+from robustness import load_model
+from transfer_gain import parse_run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mp_hub import load_perturbed  # noqa: E402
 from mp_hub.evaluation import compute_metrics, predict_proba  # noqa: E402
-
-RUN_NAME = re.compile(r"(?P<target>[a-z_]+)-resnet20-(?P<regularizer>[a-z]+)-(?P<phi>.+)-s(?P<seed>\d+)")
 
 
 def confidence_summary(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -45,26 +43,17 @@ def confidence_summary(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, f
     }
 
 
-def run_folders(work_dir: Path, target: str, seeds: list[int]) -> list[tuple[Path, dict[str, str]]]:
-    """The main table's ResNet-20 runs of `target` with those seeds, finished, with what their names say."""
+def run_folders(work_dir: Path, target: str, seeds: list[int]) -> list[tuple[Path, dict]]:
+    """The main table's ResNet-20 runs of `target` with those seeds (no κ ablation), finished, with what their
+    names say (`transfer_gain.parse_run_name`)."""
     found = []
     for folder in sorted((work_dir / "runs").iterdir()):
-        match = RUN_NAME.fullmatch(folder.name)
-        if not match or match["target"] != target or int(match["seed"]) not in seeds or "-kappa" in match["phi"]:
+        named = parse_run_name(folder.name)
+        if not named or (named["target"], named["model"], named["kappa"]) != (target, "resnet20", None):
             continue
-        if (folder / "all_results.json").exists():
-            found.append((folder, match.groupdict()))
+        if named["seed"] in seeds and (folder / "all_results.json").exists():
+            found.append((folder, named))
     return found
-
-
-def load_model(folder: Path, regularizer: str) -> torch.nn.Module:
-    if regularizer == "metaperturb":
-        return load_perturbed(folder)[0]
-    from transformers import AutoModelForImageClassification
-
-    import mp_hub.models  # noqa: F401  (registers the CIFAR ResNet with the Auto classes)
-
-    return AutoModelForImageClassification.from_pretrained(folder)
 
 
 def main() -> None:
@@ -89,14 +78,14 @@ def main() -> None:
     batches = [(images[i : i + 200], labels[i : i + 200]) for i in range(0, len(labels), 200)]
     rows = []
     for folder, named in folders:
-        model = load_model(folder, named["regularizer"])
+        model = load_model(folder, named["regularizer"], args.work_dir / "data" / args.target, named["seed"])
         stochastic = named["regularizer"] == "metaperturb"
         draws = []
         for draw in range(args.draws if stochastic else 1):
             probs, _ = predict_proba(model, batches, args.mc_samples if stochastic else 1, seed=draw)
             draws.append({**confidence_summary(probs, labels), "ece": compute_metrics(probs, labels)["ece"]})
         label = named["regularizer"] if not stochastic else f"metaperturb:{named['phi']}"
-        row = {"run": folder.name, "regularizer": label, "seed": int(named["seed"]), "draws": draws}
+        row = {"run": folder.name, "regularizer": label, "seed": named["seed"], "draws": draws}
         eces = [d["ece"] for d in draws]
         row["ece_mean"], row["ece_min"], row["ece_max"] = statistics.mean(eces), min(eces), max(eces)
         row["confidence_gap_mean"] = statistics.mean(d["confidence_gap"] for d in draws)

@@ -30,18 +30,16 @@ import hashlib
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
 import torch
 from _common import add_results_arguments, publish, results_name, results_path
-from transfer_gain import load_calibrated
+from transfer_gain import load_calibrated, parse_run_name
 
 from mp_hub.mean_mode.predict import mc_predict, mean_predict
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN_NAME = re.compile(r"(?P<target>[a-z_]+)-(?P<model>resnet20|vit)-metaperturb-(?P<phi>.+)-s(?P<seed>\d+)$")
 
 
 def _save(obj: dict, path: Path) -> None:
@@ -124,11 +122,13 @@ def main() -> None:
     runs = []
     for work_dir in args.work_dirs:
         for run_dir in sorted((work_dir / "runs").iterdir()):
-            match = RUN_NAME.match(run_dir.name)
-            if not match or not (run_dir / "all_results.json").exists():
+            match = parse_run_name(run_dir.name)  # the main table's φ runs (not a κ ablation's)
+            if not match or match["regularizer"] != "metaperturb" or match["kappa"] is not None:
+                continue
+            if not (run_dir / "all_results.json").exists():
                 continue
             steps = json.loads((run_dir / "all_results.json").read_text())["train_steps"]
-            seed = int(match["seed"])
+            seed = match["seed"]
             pred = predictions(run_dir, work_dir, match["target"], seed, args.mc_samples, args.mc_fit_steps)
             row = {"run": run_dir.name, "target": match["target"], "model": match["model"], "phi": match["phi"],
                    "steps": steps, "seed": seed}  # fmt: skip

@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,11 +78,27 @@ def kappa_ablation(args, regularizer: str) -> float | None:
 
 
 def run_dir(args, target: str, regularizer: str, phi: str | None, seed: int, model: str) -> Path:
-    # (mean_vs_mc.py reads target, model, φ and seed back from this name)
+    # (`parse_run_name` reads it back, for mean_vs_mc.py and confidence.py)
     fraction = kappa_ablation(args, regularizer)
     phi_name = Path(phi).name if phi else "none"
     ablation = f"-kappa{fraction:g}" if fraction is not None else ""
     return args.work_dir / "runs" / f"{target}-{model}-{regularizer}-{phi_name}{ablation}-s{seed}"
+
+
+RUN_NAME = re.compile(
+    r"(?P<target>[a-z_]+)-(?P<model>resnet20|vit)-(?P<regularizer>none|dropblock|metaperturb)-(?P<phi>.+?)"
+    r"(?:-kappa(?P<kappa>[0-9.e+-]+))?-s(?P<seed>\d+)"
+)
+
+
+def parse_run_name(name: str) -> dict[str, str | int | float | None] | None:
+    """What `run_dir` put in a run folder's name (target, model, regularizer, φ, κ ablation or None, seed), or
+    None for a name it does not make."""
+    match = RUN_NAME.fullmatch(name)
+    if match is None:
+        return None
+    kappa = match["kappa"]
+    return {**match.groupdict(), "kappa": None if kappa is None else float(kappa), "seed": int(match["seed"])}
 
 
 def transfer_command(args, data_dir: Path, regularizer: str, phi: str | None, seed: int, model: str) -> list[str]:

@@ -32,4 +32,5 @@ def test_only_finished_main_table_runs_of_the_target_and_seeds_are_read(tmp_path
     found = confidence.run_folders(tmp_path, "mnist", [0, 1])
     expected = ["mnist-resnet20-metaperturb-official-s1", "mnist-resnet20-none-none-s0"]
     assert [folder.name for folder, _ in found] == expected
-    assert found[0][1] == {"target": "mnist", "regularizer": "metaperturb", "phi": "official", "seed": "1"}
+    named = {"target": "mnist", "model": "resnet20", "regularizer": "metaperturb", "phi": "official", "seed": 1}
+    assert found[0][1] == {**named, "kappa": None}

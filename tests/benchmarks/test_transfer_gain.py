@@ -64,6 +64,21 @@ def test_targets_come_from_the_shared_data_or_a_named_folder(tmp_path):
         transfer_gain.target_sources(["mnist"], [f"cifar={tmp_path}"], shared)
 
 
+def test_a_run_folder_name_reads_back_as_what_made_it():
+    ablated = Namespace(**{**vars(ARGS), "noise_anneal_fraction": 0.1})
+    for args, phi, kappa in ((ARGS, "runs/glyphs10-resnet20-b128-750-seed1", None), (ablated, "zoo/phi", 0.1)):
+        for regularizer, model in (("metaperturb", "resnet20"), ("none", "vit"), ("dropblock", "resnet20")):
+            phi_of_run = phi if regularizer == "metaperturb" else None
+            name = transfer_gain.run_dir(args, "fashion_mnist", regularizer, phi_of_run, 2, model).name
+            assert transfer_gain.parse_run_name(name) == {
+                "target": "fashion_mnist", "model": model, "regularizer": regularizer,
+                "phi": Path(phi_of_run).name if phi_of_run else "none",
+                "kappa": kappa if regularizer == "metaperturb" else None, "seed": 2,
+            }  # fmt: skip
+    for other in ("mnist-resnet20-none-none-s0.log", "mnist-resnet50-none-none-s0", "notes"):
+        assert transfer_gain.parse_run_name(other) is None
+
+
 def test_each_table_configuration_has_its_own_results_file():
     default = dict(targets=["fashion_mnist", "mnist"], max_train_steps=200, eval_mc_samples=100,
                    regularizers=list(transfer_gain.REGULARIZERS), no_vit=False, seeds=[0, 1, 2],
