@@ -77,6 +77,18 @@ def kappa_ablation(args, regularizer: str) -> float | None:
     return fraction if regularizer == "metaperturb" else None
 
 
+def ablation_problem(args) -> str | None:
+    """Why --noise_anneal_fraction cannot be run as given (the recipe's own range, and a φ row to ablate), or None."""
+    fraction = args.noise_anneal_fraction
+    if fraction is None:
+        return None
+    if not 0.0 <= fraction <= 1.0:  # (NaN fails too)
+        return f"--noise_anneal_fraction must be in [0, 1], as the recipe's, got {fraction}"
+    if not {"zoo", "official"} & set(args.regularizers):
+        return "--noise_anneal_fraction ablates the φ runs: --regularizers must include zoo or official"
+    return None
+
+
 def run_dir(args, target: str, regularizer: str, phi: str | None, seed: int, model: str) -> Path:
     # (`parse_run_name` reads it back, for mean_vs_mc.py and confidence.py)
     fraction = kappa_ablation(args, regularizer)
@@ -346,6 +358,8 @@ def main() -> None:
     parser.add_argument("--report_only", action="store_true", help="tabulate finished runs; start none")
     add_results_arguments(parser)
     args = parser.parse_args()
+    if problem := ablation_problem(args):
+        parser.error(problem)
     args.work_dir = args.work_dir.resolve()  # the runs record their commands: the same folder, the same paths
     started = time.time()
 

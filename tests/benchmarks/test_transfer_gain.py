@@ -64,6 +64,18 @@ def test_targets_come_from_the_shared_data_or_a_named_folder(tmp_path):
         transfer_gain.target_sources(["mnist"], [f"cifar={tmp_path}"], shared)
 
 
+def test_a_kappa_ablation_is_refused_out_of_range_or_without_a_phi_row():
+    def problem(fraction, regularizers=("none", "zoo")):
+        args = Namespace(noise_anneal_fraction=fraction, regularizers=list(regularizers))
+        return transfer_gain.ablation_problem(args)
+
+    assert problem(None) is None and problem(0.0) is None and problem(1.0) is None
+    for bad in (-0.1, 1.5, float("nan")):
+        assert "must be in [0, 1], as the recipe's, got" in problem(bad)
+    assert "--regularizers must include zoo or official" in problem(0.2, ("none", "dropblock"))
+    assert problem(0.2, ("official",)) is None
+
+
 def test_a_run_folder_name_reads_back_as_what_made_it():
     ablated = Namespace(**{**vars(ARGS), "noise_anneal_fraction": 0.1})
     for args, phi, kappa in ((ARGS, "runs/glyphs10-resnet20-b128-750-seed1", None), (ablated, "zoo/phi", 0.1)):
