@@ -4,6 +4,7 @@ the cores (`accelerate launch` gives a CPU process one thread unless told otherw
 import pytest
 import torch
 
+from mp_hub.errors import ConfigError
 from mp_hub.training import cpu_thread_hint
 from mp_hub.training.threads import usable_cores
 
@@ -40,6 +41,9 @@ def test_the_local_processes_default_to_torchruns_local_world_size(threads, monk
     assert cpu_thread_hint(CPU, cores=4) is None
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert cpu_thread_hint(CPU, cores=4) is not None
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "two")
+    with pytest.raises(ConfigError, match="LOCAL_WORLD_SIZE must be a whole number of processes, got 'two'"):
+        cpu_thread_hint(CPU, cores=4)
 
 
 def test_no_hint_off_the_cpu(threads):

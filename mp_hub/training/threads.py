@@ -8,6 +8,8 @@ import os
 
 import torch
 
+from ..errors import ConfigError
+
 
 def usable_cores() -> int:
     """The cores this process may run on (its affinity where the platform tells it, else all of them)."""
@@ -27,7 +29,10 @@ def cpu_thread_hint(
     if device.type != "cpu":
         return None
     if local_processes is None:
-        local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        given = os.environ.get("LOCAL_WORLD_SIZE", "1")
+        if not given.strip().isdigit():
+            raise ConfigError(f"LOCAL_WORLD_SIZE must be a whole number of processes, got {given!r}")
+        local_processes = int(given)
     share = (usable_cores() if cores is None else cores) // max(local_processes, 1)
     threads = torch.get_num_threads()
     if threads >= share:
