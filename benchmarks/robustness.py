@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from _common import add_results_arguments, publish, results_name, results_path, write_json_atomic
-from transfer_gain import REGULARIZERS, load_calibrated, run_dir
+from transfer_gain import REGULARIZERS, load_calibrated, run_dir, zoo_phi_setting
 
 from mp_hub.data import samples_per_class_subset
 from mp_hub.robustness import PAPER_RELATIVE_STEP, evaluate_adversarial, parse_attack_specs
@@ -156,12 +156,12 @@ def markdown(table: list[dict], gain_rows: list[dict], columns: list[str], args)
 
 
 def results_file_name(args, train_steps: set[int]) -> str:
-    """robustness-<targets>-train<N>-steps<S>[-step<r>]-eot<k>-n<images>[-<regularizers>][-seeds<...>][-attacks<hash>]
-    (the bracketed parts where they are not the defaults): one file per configuration."""
+    """robustness-<targets>-train<N>-steps<S>[-step<r>]-eot<k>-n<images>[-phi_<name>][-<regularizers>][-seeds<...>]
+    [-attacks<hash>] (the bracketed parts where they are not the defaults): one file per configuration."""
     return results_name(
         "robustness", "+".join(args.targets), "train" + "+".join(map(str, sorted(train_steps))),
         f"steps{args.steps}", args.relative_step != PAPER_RELATIVE_STEP and f"step{args.relative_step:g}",
-        f"eot{args.eot_samples}", f"n{args.images}",
+        f"eot{args.eot_samples}", f"n{args.images}", zoo_phi_setting(args.regularizers, args.zoo_phi),
         list(args.regularizers) != list(REGULARIZERS) and "+".join(args.regularizers),
         args.seeds != [0, 1, 2] and "seeds" + "+".join(map(str, args.seeds)),
         args.attacks != DEFAULT_ATTACKS and "attacks" + hashlib.sha256(args.attacks.encode()).hexdigest()[:8],

@@ -292,11 +292,19 @@ def summarize(rows: list[dict]) -> list[dict]:
     return table
 
 
+def zoo_phi_setting(regularizers: list[str], zoo_phi: str) -> str | None:
+    """The record name's part for the φ under test: `phi_<folder name>`, or None where it is the default zoo φ or
+    no zoo row runs (a record of another φ at the same settings never replaces this one)."""
+    return f"phi_{Path(zoo_phi).name}" if "zoo" in regularizers and zoo_phi != DEFAULT_PHI else None
+
+
 def results_file_name(args) -> str:
-    """transfer_gain-<targets>-steps<N>-mc<k>[-<regularizers>][-novit][-seeds<...>][-kappa<f>].json (the last four
-    only where they are not the defaults): one file per configuration of the table."""
+    """transfer_gain-<targets>-steps<N>-mc<k>[-phi_<name>][-<regularizers>][-novit][-seeds<...>][-kappa<f>].json
+    (the bracketed parts only where they are not the defaults; <name> is the --zoo_phi folder's): one file per
+    configuration of the table, so two φ benchmarked at the same settings never share one."""
     return results_name(
         "transfer_gain", "+".join(args.targets), f"steps{args.max_train_steps}", f"mc{args.eval_mc_samples}",
+        zoo_phi_setting(args.regularizers, args.zoo_phi),
         list(args.regularizers) != list(REGULARIZERS) and "+".join(args.regularizers), args.no_vit and "novit",
         args.seeds != [0, 1, 2] and "seeds" + "+".join(map(str, args.seeds)),
         args.noise_anneal_fraction is not None and f"kappa{args.noise_anneal_fraction:g}",

@@ -81,6 +81,20 @@ def test_a_fabricated_benchmark_writes_its_table_and_reuses_its_runs(monkeypatch
     assert again["rows"] == record["rows"]
 
 
+def test_the_record_names_a_phi_other_than_the_default_zoo_one():
+    settings = dict(targets=["mnist"], steps=10, relative_step=robustness.PAPER_RELATIVE_STEP, eot_samples=2,
+                    images=200, regularizers=list(transfer_gain.REGULARIZERS), seeds=[0, 1, 2],
+                    attacks=robustness.DEFAULT_ATTACKS, zoo_phi=DEFAULT_PHI)  # fmt: skip
+    assert (
+        robustness.results_file_name(Namespace(**settings), {2000})
+        == "robustness-mnist-train2000-steps10-eot2-n200.json"
+    )
+    other = Namespace(**{**settings, "zoo_phi": "candidates/glyphs10-seed1"})
+    assert robustness.results_file_name(other, {2000}) == (
+        "robustness-mnist-train2000-steps10-eot2-n200-phi_glyphs10-seed1.json"
+    )
+
+
 def test_gains_over_none_and_when_they_are_significant():
     table = [
         {"target": "t", "regularizer": "none", "mode": "plain", "seeds": 3, "clean": (0.8, 0.01)},

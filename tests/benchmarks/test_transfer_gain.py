@@ -94,7 +94,7 @@ def test_a_run_folder_name_reads_back_as_what_made_it():
 def test_each_table_configuration_has_its_own_results_file():
     default = dict(targets=["fashion_mnist", "mnist"], max_train_steps=200, eval_mc_samples=100,
                    regularizers=list(transfer_gain.REGULARIZERS), no_vit=False, seeds=[0, 1, 2],
-                   noise_anneal_fraction=None)  # fmt: skip
+                   noise_anneal_fraction=None, zoo_phi=DEFAULT_PHI)  # fmt: skip
     name = transfer_gain.results_file_name(Namespace(**default))
     assert name == "transfer_gain-fashion_mnist+mnist-steps200-mc100.json"
     longer = {**default, "targets": ["fashion_mnist"], "max_train_steps": 1000, "eval_mc_samples": 20,
@@ -106,6 +106,14 @@ def test_each_table_configuration_has_its_own_results_file():
     assert smoke.endswith("-seeds0.json")
     ablation = transfer_gain.results_file_name(Namespace(**{**default, "noise_anneal_fraction": 0.2}))
     assert ablation == "transfer_gain-fashion_mnist+mnist-steps200-mc100-kappa0.2.json"
+    other_phi = {**default, "zoo_phi": "runs/phi_candidates/glyphs10-seed1"}  # two φ never share a record
+    assert transfer_gain.results_file_name(Namespace(**other_phi)) == (
+        "transfer_gain-fashion_mnist+mnist-steps200-mc100-phi_glyphs10-seed1.json"
+    )
+    no_zoo_row = {**other_phi, "regularizers": ["none", "official"]}  # ... and only a zoo row names one
+    assert transfer_gain.results_file_name(Namespace(**no_zoo_row)) == (
+        "transfer_gain-fashion_mnist+mnist-steps200-mc100-none+official.json"
+    )
 
 
 def test_a_kappa_ablation_changes_the_phi_runs_only():
