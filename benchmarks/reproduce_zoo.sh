@@ -20,5 +20,5 @@ python benchmarks/transfer_gain.py --work_dir runs/transfer_gain_2000 --targets 
 # bundle it with its selection and the benchmark's record (the card's "what it is good for" comes from the record)
 python tools/bundle_zoo.py $C/glyphs10-resnet20-b128-750-seed1 metaperturb-glyphs10-resnet20 \
   --selection benchmarks/results/select_phi-steps1000-mc20-pc100.json \
-  --benchmark benchmarks/results/transfer_gain-fashion_mnist+mnist+animal_mnist-steps2000-mc20-novit.json \
+  --benchmark benchmarks/results/transfer_gain-fashion_mnist+mnist+animal_mnist-steps2000-mc20-phi_glyphs10-resnet20-b128-750-seed1-novit.json \
   --reproduction benchmarks/reproduce_zoo.sh
