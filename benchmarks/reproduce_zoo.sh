@@ -19,6 +19,6 @@ python benchmarks/transfer_gain.py --work_dir runs/transfer_gain_2000 --targets 
   --max_train_steps 2000 --eval_mc_samples 20 --no_vit
 # bundle it with its selection and the benchmark's record (the card's "what it is good for" comes from the record)
 python tools/bundle_zoo.py $C/glyphs10-resnet20-b128-750-seed1 metaperturb-glyphs10-resnet20 \
-  --selection benchmarks/results/select_phi-steps1000-mc20-pc100.json \
+  --selection benchmarks/results/select_phi-steps1000-mc20-pc100-phi3_2ba8ee25.json \
   --benchmark benchmarks/results/transfer_gain-fashion_mnist+mnist+animal_mnist-steps2000-mc20-phi_glyphs10-resnet20-b128-750-seed1-novit.json \
   --reproduction benchmarks/reproduce_zoo.sh

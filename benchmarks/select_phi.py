@@ -7,7 +7,7 @@ MNIST train subset is the seed-0 draw of 100 per class from the train split; its
 test split): 100 other train images per class to train on, and 100 more per class to evaluate on. Each φ
 trains CIFAR ResNet-20 from scratch there with `recipes/transfer.py` (seed 0); the φ with the highest
 validation accuracy (MC average) is selected, a tie broken by the lower NLL. Prints the scores and a final JSON line
-(with the git commit), also written to benchmarks/results/select_phi-steps<N>-mc<k>-pc<per_class>.json
+(with the git commit), also written to benchmarks/results/select_phi-steps<N>-mc<k>-pc<per_class>-phi<n>_<hash>.json
 (--results_dir, --results_file).
 
 Each candidate's run lives in `--work_dir`/runs/<name>-<hash of its command>: run again with the same settings,
@@ -72,6 +72,14 @@ def best_candidate(scores: dict[str, dict[str, float]]) -> str:
     return max(scores, key=lambda name: (scores[name]["accuracy"], -scores[name]["nll"]))
 
 
+def candidates_setting(candidates: list[Path]) -> str:
+    """The record name's part for the candidate set: `phi<count>_<hash of their folder names>`, so that a selection
+    among other candidates at the same settings never replaces this one (names, not paths: the same set given
+    from another folder, or with absolute paths, keeps its name)."""
+    names = json.dumps(sorted(Path(c).name for c in candidates))
+    return f"phi{len(candidates)}_{hashlib.sha256(names.encode()).hexdigest()[:8]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("candidates", nargs="+", type=Path, help="φ folders (meta_train.py outputs)")
@@ -132,7 +140,11 @@ def main() -> None:
     selected = best_candidate(scores)
     print(f"selected: {selected}")
     name = results_name(
-        "select_phi", f"steps{args.max_train_steps}", f"mc{args.eval_mc_samples}", f"pc{args.per_class}"
+        "select_phi",
+        f"steps{args.max_train_steps}",
+        f"mc{args.eval_mc_samples}",
+        f"pc{args.per_class}",
+        candidates_setting(args.candidates),
     )
     figures = {
         "rule": "highest MC accuracy on the MNIST-train validation target, a tie broken by the lower NLL",

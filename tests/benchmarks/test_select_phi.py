@@ -12,6 +12,7 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Image
 from PIL import Image as PILImage
+from select_phi import best_candidate, candidates_setting
 
 from mp_hub import MetaPerturb
 
@@ -60,7 +61,8 @@ def test_selects_among_candidates_and_reuses_only_identical_runs(tmp_path, share
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     assert report["benchmark"] == "select_phi"
-    assert json.loads((results / "select_phi-steps1-mc1-pc2.json").read_text()) == report
+    pair = candidates_setting(candidates)
+    assert json.loads((results / f"select_phi-steps1-mc1-pc2-{pair}.json").read_text()) == report
     assert commit_check(report["commit"])
     assert set(report["scores"]) == {str(c) for c in candidates}  # same name, both scored (as given)
     assert report["selected"] in report["scores"]
@@ -73,7 +75,8 @@ def test_selects_among_candidates_and_reuses_only_identical_runs(tmp_path, share
                   "--work_dir", work, results=results)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len([p for p in (work / "runs").iterdir() if p.is_dir()]) == 3
-    assert (results / "select_phi-steps2-mc1-pc2.json").is_file()  # beside the first budget's, not over it
+    assert (results / f"select_phi-steps2-mc1-pc2-{candidates_setting(candidates[:1])}.json").is_file()
+    assert (results / f"select_phi-steps1-mc1-pc2-{pair}.json").is_file()  # beside the first budget's, not over it
 
     # a candidate whose run fails: nothing is selected, and the message names it and its log
     broken = tmp_path / "broken"
@@ -102,8 +105,15 @@ def test_refuses_bad_input_before_any_run(tmp_path, candidates, make, message):
 
 
 def test_a_tie_in_accuracy_goes_to_the_lower_nll():
-    from select_phi import best_candidate
-
     scores = {"a": {"accuracy": 0.981, "nll": 0.078}, "b": {"accuracy": 0.981, "nll": 0.076}}
     assert best_candidate(scores) == "b"
     assert best_candidate({**scores, "c": {"accuracy": 0.974, "nll": 0.01}}) == "b"  # accuracy first
+
+
+def test_each_candidate_set_has_its_own_results_file():
+    three = [Path(f"runs/glyphs10-seed{seed}") for seed in (0, 1, 2)]
+    name = candidates_setting(three)
+    assert name.startswith("phi3_") and len(name) == len("phi3_") + 8
+    assert candidates_setting([Path("/elsewhere") / p.name for p in reversed(three)]) == name  # names, any order
+    assert candidates_setting([*three, Path("runs/glyphs10-1125-seed1")]).startswith("phi4_")
+    assert candidates_setting(three[:2]) != candidates_setting(three[1:])
