@@ -1,7 +1,7 @@
 """Maintainers' tool: turn a meta-training output into a bundled zoo folder (Hub-ready: weights, config, card).
 
     python tools/bundle_zoo.py benchmarks/results/phi_candidates/glyphs10-resnet20-b128-750-seed1 \
-        metaperturb-glyphs10-resnet20 --selection benchmarks/results/select_phi-steps1000-mc20-pc100-phi3_2ba8ee25.json \
+        metaperturb-glyphs10-resnet20 --selection benchmarks/results/select_phi-<configuration>.json \
         --benchmark benchmarks/results/transfer_gain-<configuration>.json --reproduction benchmarks/reproduce_zoo.sh
 
 It writes into this checkout's mp_hub/zoo/bundled/ (--out_dir to write elsewhere). Every figure on the card comes
