@@ -9,7 +9,7 @@ ablations') is evaluated on the test images `transfer_gain.py` decoded (<work_di
 with φ by MC (--mc_samples passes, each of --draws with its own noise seed), the others in one pass. Per run:
 accuracy, mean confidence (the top probability), their gap (positive: over-confident), the mean confidence of
 the wrong predictions, and the ECE (15 bins) of every draw. Prints a table and writes
-benchmarks/results/confidence-<target>-mc<k>-draws<d>.json.
+benchmarks/results/confidence-<target>-mc<k>-draws<d>[-seeds<...>].json.
 """
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ def run_folders(work_dir: Path, target: str, seeds: list[int]) -> list[tuple[Pat
     return found
 
 
+def results_file_name(args) -> str:
+    """confidence-<target>-mc<k>-draws<d>[-seeds<...>].json (the seeds where not the default): one file per
+    configuration."""
+    seeds = args.seeds != [0, 1, 2] and "seeds" + "+".join(map(str, args.seeds))
+    return results_name("confidence", args.target, f"mc{args.mc_samples}", f"draws{args.draws}", seeds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work_dir", type=Path, required=True, help="transfer_gain.py's --work_dir")
@@ -96,8 +103,7 @@ def main() -> None:
               f"ECE {100 * row['ece_min']:.2f}–{100 * row['ece_max']:.2f} % over {len(draws)} draw(s)")  # fmt: skip
     figures = {"target": args.target, "seeds": args.seeds, "mc_samples": args.mc_samples, "draws": args.draws,
                "test_images": len(labels), "runs": rows}  # fmt: skip
-    name = results_name("confidence", args.target, f"mc{args.mc_samples}", f"draws{args.draws}")
-    publish("confidence", figures, results_path(args, name))
+    publish("confidence", figures, results_path(args, results_file_name(args)))
 
 
 if __name__ == "__main__":

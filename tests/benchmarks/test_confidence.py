@@ -2,6 +2,7 @@
 are the main table's finished runs of the target and seeds asked for."""
 
 import json
+from argparse import Namespace
 
 import confidence
 import pytest
@@ -34,3 +35,10 @@ def test_only_finished_main_table_runs_of_the_target_and_seeds_are_read(tmp_path
     assert [folder.name for folder, _ in found] == expected
     named = {"target": "mnist", "model": "resnet20", "regularizer": "metaperturb", "phi": "official", "seed": 1}
     assert found[0][1] == {**named, "kappa": None}
+
+
+def test_each_seed_set_has_its_own_results_file():
+    args = Namespace(target="mnist", mc_samples=20, draws=3, seeds=[0, 1, 2])
+    assert confidence.results_file_name(args) == "confidence-mnist-mc20-draws3.json"
+    args.seeds = [0, 1]
+    assert confidence.results_file_name(args) == "confidence-mnist-mc20-draws3-seeds0+1.json"
