@@ -161,7 +161,7 @@ def results_file_name(args, train_steps: set[int]) -> str:
     return results_name(
         "robustness", "+".join(args.targets), "train" + "+".join(map(str, sorted(train_steps))),
         f"steps{args.steps}", args.relative_step != PAPER_RELATIVE_STEP and f"step{args.relative_step:g}",
-        f"eot{args.eot_samples}", f"n{args.images}", zoo_phi_setting(args.regularizers, args.zoo_phi),
+        f"eot{args.eot_samples}", f"n{args.images}", zoo_phi_setting(args.zoo_phi, used="zoo" in args.regularizers),
         list(args.regularizers) != list(REGULARIZERS) and "+".join(args.regularizers),
         args.seeds != [0, 1, 2] and "seeds" + "+".join(map(str, args.seeds)),
         args.attacks != DEFAULT_ATTACKS and "attacks" + hashlib.sha256(args.attacks.encode()).hexdigest()[:8],

@@ -292,10 +292,10 @@ def summarize(rows: list[dict]) -> list[dict]:
     return table
 
 
-def zoo_phi_setting(regularizers: list[str], zoo_phi: str) -> str | None:
+def zoo_phi_setting(zoo_phi: str, used: bool) -> str | None:
     """The record name's part for the φ under test: `phi_<folder name>`, or None where it is the default zoo φ or
-    no zoo row runs (a record of another φ at the same settings never replaces this one)."""
-    return f"phi_{Path(zoo_phi).name}" if "zoo" in regularizers and zoo_phi != DEFAULT_PHI else None
+    no row uses it (`used`), so that a record of another φ at the same settings never replaces this one."""
+    return f"phi_{Path(zoo_phi).name}" if used and zoo_phi != DEFAULT_PHI else None
 
 
 def results_file_name(args) -> str:
@@ -304,7 +304,7 @@ def results_file_name(args) -> str:
     configuration of the table, so two φ benchmarked at the same settings never share one."""
     return results_name(
         "transfer_gain", "+".join(args.targets), f"steps{args.max_train_steps}", f"mc{args.eval_mc_samples}",
-        zoo_phi_setting(args.regularizers, args.zoo_phi),
+        zoo_phi_setting(args.zoo_phi, used="zoo" in args.regularizers or not args.no_vit),  # the ViT rows use it
         list(args.regularizers) != list(REGULARIZERS) and "+".join(args.regularizers), args.no_vit and "novit",
         args.seeds != [0, 1, 2] and "seeds" + "+".join(map(str, args.seeds)),
         args.noise_anneal_fraction is not None and f"kappa{args.noise_anneal_fraction:g}",

@@ -110,9 +110,12 @@ def test_each_table_configuration_has_its_own_results_file():
     assert transfer_gain.results_file_name(Namespace(**other_phi)) == (
         "transfer_gain-fashion_mnist+mnist-steps200-mc100-phi_glyphs10-seed1.json"
     )
-    no_zoo_row = {**other_phi, "regularizers": ["none", "official"]}  # ... and only a zoo row names one
+    no_zoo_row = {**other_phi, "regularizers": ["none", "official"]}  # ... and only a row that uses it names one
     assert transfer_gain.results_file_name(Namespace(**no_zoo_row)) == (
-        "transfer_gain-fashion_mnist+mnist-steps200-mc100-none+official.json"
+        "transfer_gain-fashion_mnist+mnist-steps200-mc100-phi_glyphs10-seed1-none+official.json"  # the ViT rows
+    )
+    assert transfer_gain.results_file_name(Namespace(**{**no_zoo_row, "no_vit": True})) == (
+        "transfer_gain-fashion_mnist+mnist-steps200-mc100-none+official-novit.json"
     )
 
 
