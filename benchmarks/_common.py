@@ -79,6 +79,11 @@ def results_name(benchmark: str, *settings: object) -> str:
     return "-".join(parts) + ".json"
 
 
+def seeds_setting(seeds: list[int]) -> str | None:
+    """The record name's part for the seeds: `seeds<a>+<b>...`, or None for the benchmarks' default 0, 1, 2."""
+    return None if seeds == [0, 1, 2] else "seeds" + "+".join(map(str, seeds))
+
+
 def results_path(args, name: str) -> Path:
     """Where `publish` writes: --results_file if given, else --results_dir/`name`."""
     return args.results_file if args.results_file is not None else args.results_dir / name

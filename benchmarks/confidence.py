@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 import torch
-from _common import add_results_arguments, publish, results_name, results_path
+from _common import add_results_arguments, publish, results_name, results_path, seeds_setting
 from robustness import load_model
 from transfer_gain import parse_run_name
 
@@ -59,8 +59,9 @@ def run_folders(work_dir: Path, target: str, seeds: list[int]) -> list[tuple[Pat
 def results_file_name(args) -> str:
     """confidence-<target>-mc<k>-draws<d>[-seeds<...>].json (the seeds where not the default): one file per
     configuration."""
-    seeds = args.seeds != [0, 1, 2] and "seeds" + "+".join(map(str, args.seeds))
-    return results_name("confidence", args.target, f"mc{args.mc_samples}", f"draws{args.draws}", seeds)
+    return results_name(
+        "confidence", args.target, f"mc{args.mc_samples}", f"draws{args.draws}", seeds_setting(args.seeds)
+    )
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from _common import add_results_arguments, publish, results_name, results_path, write_json_atomic
+from _common import add_results_arguments, publish, results_name, results_path, seeds_setting, write_json_atomic
 from transfer_gain import REGULARIZERS, load_calibrated, run_dir, zoo_phi_setting
 
 from mp_hub.data import samples_per_class_subset
@@ -163,7 +163,7 @@ def results_file_name(args, train_steps: set[int]) -> str:
         f"steps{args.steps}", args.relative_step != PAPER_RELATIVE_STEP and f"step{args.relative_step:g}",
         f"eot{args.eot_samples}", f"n{args.images}", zoo_phi_setting(args.zoo_phi, used="zoo" in args.regularizers),
         list(args.regularizers) != list(REGULARIZERS) and "+".join(args.regularizers),
-        args.seeds != [0, 1, 2] and "seeds" + "+".join(map(str, args.seeds)),
+        seeds_setting(args.seeds),
         args.attacks != DEFAULT_ATTACKS and "attacks" + hashlib.sha256(args.attacks.encode()).hexdigest()[:8],
     )  # fmt: skip
 

@@ -30,7 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
-from _common import add_results_arguments, publish, results_name, results_path, write_json_atomic
+from _common import add_results_arguments, publish, results_name, results_path, seeds_setting, write_json_atomic
 from regularization_goal import evaluate_goal, goal_report, phi_labels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -306,7 +306,7 @@ def results_file_name(args) -> str:
         "transfer_gain", "+".join(args.targets), f"steps{args.max_train_steps}", f"mc{args.eval_mc_samples}",
         zoo_phi_setting(args.zoo_phi, used="zoo" in args.regularizers or not args.no_vit),  # the ViT rows use it
         list(args.regularizers) != list(REGULARIZERS) and "+".join(args.regularizers), args.no_vit and "novit",
-        args.seeds != [0, 1, 2] and "seeds" + "+".join(map(str, args.seeds)),
+        seeds_setting(args.seeds),
         args.noise_anneal_fraction is not None and f"kappa{args.noise_anneal_fraction:g}",
     )  # fmt: skip
 
