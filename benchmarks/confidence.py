@@ -83,7 +83,7 @@ def main() -> None:
         parser.error(f"no finished {args.target} ResNet-20 runs with seeds {args.seeds} in {args.work_dir / 'runs'}")
     torch.set_num_threads(1)
     images, labels = torch.load(decoded, weights_only=True)
-    batches = [(images[i : i + 200], labels[i : i + 200]) for i in range(0, len(labels), 200)]
+    batches = list(zip(images.split(200), labels.split(200)))
     rows = []
     for folder, named in folders:
         model = load_model(folder, named["regularizer"], args.work_dir / "data" / args.target, named["seed"])

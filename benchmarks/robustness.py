@@ -75,8 +75,7 @@ def attack_run(args, folder: Path, kind: str, name: str, target: str, seed: int,
     if cache.exists():
         return json.loads(cache.read_text())
     model = load_model(folder, kind, args.work_dir / "data" / target, seed)
-    batches = [(images[i : i + args.batch_size], labels[i : i + args.batch_size])
-               for i in range(0, len(labels), args.batch_size)]  # fmt: skip
+    batches = list(zip(images.split(args.batch_size), labels.split(args.batch_size)))
     train_steps = json.loads((folder / "all_results.json").read_text())["train_steps"]
     rows = []
     for mode in ("mc", "mean") if kind == "metaperturb" else ("plain",):
