@@ -61,8 +61,11 @@ def render_phi_card(
     title: str | None = None,
     images: list[str] | None = None,
     reproduction: str | None = None,
+    good_for: str | None = None,
     extra_markdown: str | None = None,
 ) -> str:
+    """φ's card. `good_for`: markdown of what it is good for and where it was not better, with the figures of a
+    benchmark record; without one the card says that nothing was measured."""
     prov = config.provenance
     results = prov.get("results", [])
     datasets = prov.get("datasets") or ([prov["source_dataset_id"]] if prov.get("source_dataset_id") else None)
@@ -89,6 +92,7 @@ def render_phi_card(
         results_table=results_markdown(results),
         images=images or [],
         reproduction=reproduction,
+        good_for=good_for,
         extra_markdown=extra_markdown,
     )
     return str(card)

@@ -9,6 +9,12 @@ from the JSON records of benchmarks/select_phi.py and benchmarks/transfer_gain.p
 benchmark table (`transfer_gain.benchmark_markdown`) and "What it is good for / Where it was not better", the
 φ's rows against no regularizer, DropBlock and the authors' φ in plain sentences with the goal check
 (`regularization_goal.py`). A benchmark record with unfinished runs is refused.
+
+    python tools/bundle_zoo.py benchmarks/results/phi_candidates/<candidate> --candidate \
+        --selection benchmarks/results/select_phi-<configuration>.json [--benchmark <a record that tested it>]
+
+rewrites a selection candidate's card in place (README.md only): its validation score against the selected φ's,
+and what it is good for where a benchmark record tested it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from regularization_goal import (  # noqa: E402
 )
 from transfer_gain import TEST_PER_CLASS, TRAIN_PER_CLASS, benchmark_markdown  # noqa: E402
 
+from mp_hub.cards import render_phi_card  # noqa: E402
 from mp_hub.errors import ConfigError, DataError  # noqa: E402
 from mp_hub.perturb import MetaPerturb  # noqa: E402
 from mp_hub.zoo import BUNDLED_DIR  # noqa: E402
@@ -164,18 +171,13 @@ def bundle(
     prov["zoo_name"] = name
     prov["datasets"] = ["glyphs10"]
     prov["license"] = prov.get("license", "apache-2.0")
-    extra = []
+    extra, good_for = [], None  # without a benchmark the card says that nothing was measured
     if benchmark:
-        check_record(benchmark)
         label = find_phi_label(benchmark["table"], name, phi_dir, phi_label)
-        planned = len(benchmark["seeds"]) if "seeds" in benchmark else None  # older records: the rows' most
-        extra.append(goal_markdown(evaluate_goal(benchmark["table"], label, planned_seeds=planned), benchmark))
+        good_for = benchmark_good_for(benchmark, label)
         prov["results"] = model_index_rows(benchmark["table"], label, benchmark["eval_mc_samples"])
     else:
         prov.pop("results", None)  # a re-bundled folder's rows would outlive the record they came from
-        extra.append(
-            "## What it is good for\n\nNot measured yet: bundle it with a `benchmarks/transfer_gain.py` record."
-        )
     if selection:
         prov["selection"] = {k: selection[k] for k in ("rule", "validation_target")}
         # candidates by folder name: the paths are the maintainer's machine's
@@ -204,16 +206,85 @@ def bundle(
             repo_id=name,
             images=images,
             reproduction=reproduction,
+            good_for=good_for,
             extra_markdown="\n\n".join(extra) or None,
         ),
     )
     return out
 
 
+def benchmark_good_for(benchmark: dict, label: str) -> str:
+    """What the φ of rows `label` is good for and where it was not better, from a finished benchmark record."""
+    check_record(benchmark)
+    planned = len(benchmark["seeds"]) if "seeds" in benchmark else None  # older records: the rows' most
+    return goal_markdown(evaluate_goal(benchmark["table"], label, planned_seeds=planned), benchmark)
+
+
+def candidate_score(selection: dict, phi_dir: Path) -> tuple[dict, dict]:
+    """The selection scores of the candidate in `phi_dir` and of the selected φ (matched by folder name: the
+    record's paths are the maintainer's machine's); ConfigError when `phi_dir` was not a candidate."""
+    by_name = {Path(candidate).name: score for candidate, score in selection["scores"].items()}
+    if Path(phi_dir).name not in by_name:
+        raise ConfigError(f"{Path(phi_dir).name!r} is not a candidate of the selection record: {sorted(by_name)}")
+    return by_name[Path(phi_dir).name], by_name[Path(selection["selected"]).name]
+
+
+def score_text(score: dict) -> str:
+    return f"{score['accuracy'] * 100:.1f} % (ECE {score['ece'] * 100:.1f} %, NLL {score['nll']:.3f})"
+
+
+def candidate_card(
+    phi_dir: Path,
+    selection: dict,
+    *,
+    benchmark: dict | None = None,
+    phi_label: str | None = None,
+    reproduction: str | None = None,
+) -> Path:
+    """Rewrite the card (README.md only) of a selection candidate's φ folder: how it scored on the validation
+    target against the selected φ and, with a `benchmark` record that tested it, what it is good for and where it
+    was not better. Returns the card's path."""
+    phi_dir = Path(phi_dir)
+    mine, selected = candidate_score(selection, phi_dir)
+    chosen = Path(selection["selected"]).name == phi_dir.name
+    outcome = (
+        f"It was selected, with {score_text(mine)}."
+        if chosen
+        else f"It was not selected: {score_text(mine)}, against {score_text(selected)} for the selected φ "
+        f"`{Path(selection['selected']).name}`."
+    )
+    validation = (
+        f"One of the {len(selection['scores'])} candidates of a selection (`benchmarks/select_phi.py`; rule: "
+        f"{selection['rule']}; validation target: {selection['validation_target']}, "
+        f"{selection['max_train_steps']} steps, MC-{selection['eval_mc_samples']}). {outcome}"
+    )
+    if benchmark:
+        label = find_phi_label(benchmark["table"], phi_dir.name, phi_dir, phi_label)
+        good_for = benchmark_good_for(benchmark, label) + "\n\n### On the validation target\n\n" + validation
+    else:
+        good_for = f"## What it is good for\n\nNot measured on a transfer benchmark. {validation}"
+    extra = [selection_markdown(selection)] + ([benchmark_markdown(benchmark["table"], benchmark)] if benchmark else [])
+    phi = MetaPerturb.from_pretrained(phi_dir)
+    prov = phi.config.provenance
+    source = f"{prov.get('source_dataset', 'unknown source')}, {prov.get('architecture', 'unknown architecture')}"
+    card = render_phi_card(
+        phi.config,
+        phi.num_parameters(),
+        title=f"MetaPerturb φ `{phi_dir.name}` ({source}): a selection candidate",
+        images=sorted(png.name for png in phi_dir.glob("*.png")),
+        reproduction=reproduction,
+        good_for=good_for,
+        extra_markdown="\n\n".join(extra),
+    )
+    path = phi_dir / "README.md"
+    path.write_text(card)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="bundle a meta-trained φ into mp_hub/zoo/bundled")
     parser.add_argument("phi_dir", type=Path)
-    parser.add_argument("name")
+    parser.add_argument("name", nargs="?", help="the zoo name (not with --candidate)")
     parser.add_argument("--selection", type=Path, help="JSON line printed by benchmarks/select_phi.py")
     parser.add_argument("--benchmark", type=Path, help="a record of benchmarks/transfer_gain.py (finished runs only)")
     parser.add_argument(
@@ -223,14 +294,30 @@ def main() -> None:
     parser.add_argument("--reproduction", type=Path, help="a file with the exact commands")
     parser.add_argument("--notes", type=Path, help="extra markdown for the card, after the benchmark table")
     parser.add_argument("--out_dir", type=Path, default=BUNDLED_DIR, help="where the bundled folder goes")
+    parser.add_argument(
+        "--candidate",
+        action="store_true",
+        help="bundle nothing: rewrite PHI_DIR's card as a candidate of --selection (and of --benchmark if given)",
+    )
     args = parser.parse_args()
+    if args.candidate == (args.name is not None) or (args.candidate and not args.selection):
+        parser.error("give a zoo NAME to bundle, or --candidate with --selection to rewrite a candidate's card")
+    selection = json.loads(args.selection.read_text()) if args.selection else None
+    benchmark = json.loads(args.benchmark.read_text()) if args.benchmark else None
+    reproduction = args.reproduction.read_text().strip() if args.reproduction else None
+    if args.candidate:
+        card = candidate_card(
+            args.phi_dir, selection, benchmark=benchmark, phi_label=args.benchmark_label, reproduction=reproduction
+        )
+        print(f"wrote {card}")
+        return
     out = bundle(
         args.phi_dir,
         args.name,
-        selection=json.loads(args.selection.read_text()) if args.selection else None,
-        benchmark=json.loads(args.benchmark.read_text()) if args.benchmark else None,
+        selection=selection,
+        benchmark=benchmark,
         phi_label=args.benchmark_label,
-        reproduction=args.reproduction.read_text().strip() if args.reproduction else None,
+        reproduction=reproduction,
         notes=args.notes.read_text() if args.notes else None,
         out_dir=args.out_dir,
     )

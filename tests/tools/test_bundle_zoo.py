@@ -103,5 +103,39 @@ def test_a_partial_record_is_refused_and_no_record_says_so(tmp_path):
         incomplete = {k: v for k, v in BENCHMARK.items() if not k.startswith("runs_")}
         bundle_zoo.bundle(phi_dir, "tiny-phi", benchmark=incomplete, out_dir=tmp_path)
     out = bundle_zoo.bundle(phi_dir, "tiny-phi", out_dir=tmp_path / "zoo")
-    assert "## What it is good for\n\nNot measured yet" in (out / "README.md").read_text()
+    assert "## What it is good for\n\nNot measured: no transfer benchmark" in (out / "README.md").read_text()
     assert "results" not in MetaPerturb.from_pretrained(out).config.provenance
+
+
+def candidate_dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """Two candidate φ folders named as SELECTION's candidates, b the selected one."""
+    return tuple(MetaPerturb().save_pretrained(tmp_path / "candidates" / name) for name in ("a", "b"))
+
+
+def test_a_candidate_card_says_how_it_scored_against_the_selected_phi(tmp_path):
+    a, _ = candidate_dirs(tmp_path)
+    weights = (a / "model.safetensors").read_bytes()
+    card = bundle_zoo.candidate_card(a, SELECTION, reproduction="python recipes/meta_train.py --seed 0").read_text()
+    assert "# MetaPerturb φ `a` (unknown source, unknown architecture): a selection candidate" in card
+    good_for = card.split("## What it is good for")[1].split("## Selection")[0]
+    assert "Not measured on a transfer benchmark. One of the 2 candidates of a selection" in good_for
+    assert (
+        "It was not selected: 50.0 % (ECE 10.0 %, NLL 1.500), against 75.0 % (ECE 20.0 %, NLL 0.900) for the "
+        "selected φ `b`." in good_for
+    )
+    assert "| a | 50.0 | 10.0 | 1.500 |  |" in card and "python recipes/meta_train.py --seed 0" in card
+    assert (a / "model.safetensors").read_bytes() == weights  # the card only
+    with pytest.raises(ConfigError, match=r"'c' is not a candidate of the selection record: \['a', 'b'\]"):
+        bundle_zoo.candidate_card(MetaPerturb().save_pretrained(tmp_path / "c"), SELECTION)
+
+
+def test_a_benchmarked_candidate_card_says_what_it_is_good_for(tmp_path):
+    _, b = candidate_dirs(tmp_path)
+    table = [{**e, "regularizer": e["regularizer"].replace("tiny-phi", "b")} for e in BENCHMARK["table"]]
+    card = bundle_zoo.candidate_card(b, SELECTION, benchmark={**BENCHMARK, "table": table}).read_text()
+    section = card.split("## What it is good for, and where it was not better")[1].split("## Selection")[0]
+    assert "it was more accurate (accuracy 96.12 ± 1.00 % vs 95.00 ± 1.00 %)" in section
+    assert "### On the validation target" in section and "It was selected, with 75.0 %" in section
+    assert "## Benchmark: does it regularize?" in card and "Not measured" not in card
+    with pytest.raises(DataError, match="holds 3 of 4 runs"):
+        bundle_zoo.candidate_card(b, SELECTION, benchmark={**BENCHMARK, "table": table, "runs_finished": 3})
