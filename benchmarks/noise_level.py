@@ -8,10 +8,11 @@ For each run of the main table in --work_dir (`<target>-resnet20-<regularizer>-<
 first --images test images (<work_dir>/decoded/<target>.pt) gives every site its real input x. Per site, over the
 elements x > 0 (a ResNet site's output passes a fused ReLU): their mean, and the share at or above φ's clip value
 (`clip_value`, 100). A run with φ has its sites run --draws more times on those same inputs (κ as trained, eval
-mode, MC noise); the multiplier m = y / x gives the mean multiplier, the share of outputs held at the clip, and the
-spread of m over the draws relative to its mean (the coefficient of variation, averaged over the elements): how
+mode, MC noise). From the multiplier m = y / x: its mean; the share of outputs held at the clip; the share set to
+0 (where μ is so negative that softplus(μ + ε) underflows: the feature is switched off); and the spread of m over
+the draws relative to its mean (the coefficient of variation, averaged over the elements not switched off), how
 much one noisy pass differs from another. In eval mode the channel scale s is fixed, so that spread is the one of
-z = softplus(μ + ε), where the clip does not hold the output. A run without φ gets sites at the same places (φ
+z = softplus(μ + ε) where the clip does not hold the output. A run without φ gets sites at the same places (φ
 attached with its noise "off", the identity) only to read their inputs. Prints each run's sites and a table per
 regularizer and stage (channel count), and writes
 benchmarks/results/noise_level-<target>-n<images>-draws<d>[-seeds<...>].json.
@@ -67,9 +68,11 @@ def site_figures(site: PerturbSite, x: torch.Tensor, draws: int) -> dict[str, fl
             outputs = torch.stack([site(x)[keep] for _ in range(draws)])  # (draws, kept elements)
         multipliers = outputs / x[keep]
         mean = multipliers.mean(dim=0)
+        live = mean > 0  # softplus(μ + ε) underflows to 0 where μ is very negative: the feature is switched off
         figures["mean_multiplier"] = mean.mean().item()
         figures["output_at_clip"] = (outputs >= site.clip_value).float().mean().item()
-        figures["coefficient_of_variation"] = (multipliers.std(dim=0) / mean).mean().item()
+        figures["output_zeroed"] = (outputs == 0).float().mean().item()
+        figures["coefficient_of_variation"] = (multipliers.std(dim=0)[live] / mean[live]).mean().item()
     return figures
 
 
@@ -103,14 +106,15 @@ def stage_summary(rows: list[dict]) -> list[dict]:
 
 def summary_markdown(summary: list[dict]) -> str:
     lines = [
-        "| regularizer | channels | seeds | mean x > 0 | x ≥ the clip | outputs at the clip | CV over draws |",
-        "|---|---|---|---|---|---|---|",
+        "| regularizer | channels | seeds | mean x > 0 | x ≥ the clip | outputs at the clip | outputs zeroed | CV |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for e in summary:
         at_clip = f"{100 * e['output_at_clip']:.0f} %" if "output_at_clip" in e else "—"
+        zeroed = f"{100 * e['output_zeroed']:.0f} %" if "output_zeroed" in e else "—"
         spread = f"{e['coefficient_of_variation']:.2f}" if "coefficient_of_variation" in e else "—"
         lines.append(f"| {e['regularizer']} | {e['channels']} | {e['seeds']} | {e['mean_input']:.3g} | "
-                     f"{100 * e['input_at_clip']:.0f} % | {at_clip} | {spread} |")  # fmt: skip
+                     f"{100 * e['input_at_clip']:.0f} % | {at_clip} | {zeroed} | {spread} |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -26,6 +26,7 @@ def test_the_identity_has_multiplier_one_and_no_spread_and_noise_spreads():
     assert off["mean_multiplier"] == pytest.approx(1.0) and off["coefficient_of_variation"] == 0.0
     assert off["input_at_clip"] == 0.0 and off["output_at_clip"] == 0.0 and off["channels"] == 4
     assert off["mean_input"] == pytest.approx(x.mean().item())
+    assert off["output_zeroed"] == 0.0
     noisy = noise_level.site_figures(site("mc"), x, draws=4)
     assert noisy["coefficient_of_variation"] > 0.05  # z = softplus(μ + ε) with μ ≈ 0: a wide spread
     assert "mean_multiplier" not in noise_level.site_figures(site("mc"), x, draws=0)  # inputs only
@@ -58,10 +59,21 @@ def test_the_summary_averages_a_stages_sites_then_the_seeds():
     summary = noise_level.stage_summary(rows)
     assert [(e["regularizer"], e["channels"], e["seeds"], e["mean_input"]) for e in summary] == [
         ("none", 16, 2, 3.0), ("none", 32, 2, 15.0), ("dropblock", 16, 1, 0.0), ("dropblock", 32, 1, 1.0)]  # fmt: skip
-    assert "| none | 32 | 2 | 15 | 0 % | — | — |" in noise_level.summary_markdown(summary)
+    assert "| none | 32 | 2 | 15 | 0 % | — | — | — |" in noise_level.summary_markdown(summary)
 
 
 def test_each_configuration_has_its_own_results_file():
     args = Namespace(target="mnist", images=200, draws=16, seeds=[0, 1, 2])
     assert noise_level.results_file_name(args) == "noise_level-mnist-n200-draws16.json"
     assert noise_level.results_file_name(Namespace(**{**vars(args), "seeds": [0]})).endswith("draws16-seeds0.json")
+
+
+def test_a_switched_off_feature_counts_as_zeroed_and_not_in_the_spread():
+    x = torch.rand(1, 4, 8, 8) + 0.1
+    off = site("mc")
+    with torch.no_grad():
+        off.phi.noise_generator.layer1.identity_kernel.fill_(1.0)  # relu(CEO1(x)) > 0 for x > 0
+        off.phi.noise_generator.layer2.identity_kernel.fill_(-1e4)  # then μ very negative: softplus(μ + ε) = 0
+    figures = noise_level.site_figures(off, x, draws=3)
+    assert figures["output_zeroed"] == 1.0 and figures["mean_multiplier"] == 0.0
+    assert figures["coefficient_of_variation"] != figures["coefficient_of_variation"]  # nan: no element left
