@@ -2,7 +2,8 @@
 
     python tools/bundle_zoo.py benchmarks/results/phi_candidates/glyphs10-resnet20-b128-750-seed1 \
         metaperturb-glyphs10-resnet20 --selection benchmarks/results/select_phi-<configuration>.json \
-        --benchmark benchmarks/results/transfer_gain-<configuration>.json --reproduction benchmarks/reproduce_zoo.sh
+        --benchmark benchmarks/results/transfer_gain-<configuration>.json --reproduction benchmarks/reproduce_zoo.sh \
+        [--other_budget benchmarks/results/transfer_gain-<the same at another --max_train_steps>.json]
 
 It writes into this checkout's mp_hub/zoo/bundled/ (--out_dir to write elsewhere). Every figure on the card comes
 from the JSON records of benchmarks/select_phi.py and benchmarks/transfer_gain.py: the selection table, the
@@ -23,6 +24,7 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,10 +118,13 @@ def budget_sentence(benchmark: dict, goal: Goal) -> str:
     )
 
 
-def goal_markdown(goal: Goal, benchmark: dict) -> str:
+GOOD_FOR_HEADING = "What it is good for, and where it was not better"
+
+
+def goal_markdown(goal: Goal, benchmark: dict, heading: str = f"## {GOOD_FOR_HEADING}") -> str:
     """The card's "What it is good for / Where it was not better" section, every figure from `goal`."""
     good, worse, absent = good_for(goal), not_better(goal), not_compared(goal)
-    lines = ["## What it is good for, and where it was not better", "", budget_sentence(benchmark, goal), ""]
+    lines = [heading, "", budget_sentence(benchmark, goal), ""]
     lines += ["### What it is good for", ""] + (
         [f"- {s}" for s in good] or ["- In none of accuracy, ECE and NLL, against any baseline on any target."]
     )
@@ -158,14 +163,16 @@ def bundle(
     *,
     selection: dict | None = None,
     benchmark: dict | None = None,
+    other_budgets: Sequence[dict] = (),
     phi_label: str | None = None,
     reproduction: str | None = None,
     notes: str | None = None,
     out_dir: Path = BUNDLED_DIR,
 ) -> Path:
     """Save φ from `phi_dir` as `out_dir`/`name` (replacing it) with a card holding what it is good for and where
-    it was not better (from `benchmark`'s rows labelled `phi_label`, default: as `find_phi_label` finds them),
-    the selection, the benchmark table, the reproduction commands and `notes`; returns that folder."""
+    it was not better (from `benchmark`'s rows labelled `phi_label`, default: as `find_phi_label` finds them,
+    then from each record of `other_budgets`, the same benchmark at another budget), the selection, the benchmark
+    table, the reproduction commands and `notes`; returns that folder."""
     phi = MetaPerturb.from_pretrained(phi_dir)
     prov = phi.config.provenance
     prov["zoo_name"] = name
@@ -174,9 +181,15 @@ def bundle(
     extra, good_for = [], None  # without a benchmark the card says that nothing was measured
     if benchmark:
         label = find_phi_label(benchmark["table"], name, phi_dir, phi_label)
-        good_for = benchmark_good_for(benchmark, label)
+        good_for = "\n\n".join(
+            [benchmark_good_for(benchmark, label)]
+            + [benchmark_good_for(other, find_phi_label(other["table"], name, phi_dir, phi_label), at_budget=True)
+               for other in other_budgets]
+        )  # fmt: skip
         prov["results"] = model_index_rows(benchmark["table"], label, benchmark["eval_mc_samples"])
     else:
+        if other_budgets:
+            raise ConfigError("other budgets' records come after the main benchmark record: pass --benchmark too")
         prov.pop("results", None)  # a re-bundled folder's rows would outlive the record they came from
     if selection:
         prov["selection"] = {k: selection[k] for k in ("rule", "validation_target")}
@@ -213,11 +226,14 @@ def bundle(
     return out
 
 
-def benchmark_good_for(benchmark: dict, label: str) -> str:
-    """What the φ of rows `label` is good for and where it was not better, from a finished benchmark record."""
+def benchmark_good_for(benchmark: dict, label: str, at_budget: bool = False) -> str:
+    """What the φ of rows `label` is good for and where it was not better, from a finished benchmark record (a
+    section headed by the record's step budget with `at_budget`)."""
     check_record(benchmark)
     planned = len(benchmark["seeds"]) if "seeds" in benchmark else None  # older records: the rows' most
-    return goal_markdown(evaluate_goal(benchmark["table"], label, planned_seeds=planned), benchmark)
+    heading = f"## At {benchmark['max_train_steps']:,} steps: {GOOD_FOR_HEADING[0].lower()}{GOOD_FOR_HEADING[1:]}"
+    goal = evaluate_goal(benchmark["table"], label, planned_seeds=planned)
+    return goal_markdown(goal, benchmark, heading) if at_budget else goal_markdown(goal, benchmark)
 
 
 def candidate_score(selection: dict, phi_dir: Path) -> tuple[dict, dict]:
@@ -288,6 +304,13 @@ def main() -> None:
     parser.add_argument("--selection", type=Path, help="JSON line printed by benchmarks/select_phi.py")
     parser.add_argument("--benchmark", type=Path, help="a record of benchmarks/transfer_gain.py (finished runs only)")
     parser.add_argument(
+        "--other_budget",
+        type=Path,
+        action="append",
+        default=[],
+        help="a record of the same benchmark at another budget (repeatable): its own section on the card",
+    )
+    parser.add_argument(
         "--benchmark_label",
         help="this φ's regularizer label in the benchmark (default: metaperturb:NAME or metaperturb:<PHI_DIR's name>)",
     )
@@ -316,6 +339,7 @@ def main() -> None:
         args.name,
         selection=selection,
         benchmark=benchmark,
+        other_budgets=[json.loads(path.read_text()) for path in args.other_budget],
         phi_label=args.benchmark_label,
         reproduction=reproduction,
         notes=args.notes.read_text() if args.notes else None,

@@ -139,3 +139,21 @@ def test_a_benchmarked_candidate_card_says_what_it_is_good_for(tmp_path):
     assert "## Benchmark: does it regularize?" in card and "Not measured" not in card
     with pytest.raises(DataError, match="holds 3 of 4 runs"):
         bundle_zoo.candidate_card(b, SELECTION, benchmark={**BENCHMARK, "table": table, "runs_finished": 3})
+
+
+def test_records_at_other_budgets_get_their_own_sections(tmp_path):
+    phi_dir = MetaPerturb().save_pretrained(tmp_path / "run" / "phi")
+    table = BENCHMARK["table"][:3] + [row("metaperturb:tiny-phi", 0.90, 0.02, 0.25)]  # less accurate, calibrated
+    shorter = {**BENCHMARK, "max_train_steps": 1000, "table": table}
+    out = bundle_zoo.bundle(phi_dir, "tiny-phi", benchmark=BENCHMARK, other_budgets=[shorter], out_dir=tmp_path)
+    card = (out / "README.md").read_text()
+    main, at_1000 = card.split("## At 1,000 steps: what it is good for, and where it was not better")
+    assert "2,000 steps of batch 64" in main and "it was more accurate (accuracy 96.12" in main
+    assert "1,000 steps of batch 64" in at_1000 and "it was not more accurate" not in main
+    assert "compared with training with no regularizer, it was better calibrated (ECE 2.00" in at_1000
+    assert "accuracy 90.00 ± 1.00 % vs 95.00 ± 1.00 %" in at_1000.split("### Where it was not better")[1]
+    # the model index holds the main record's rows only
+    assert [r["metric_value"] for r in MetaPerturb.from_pretrained(out).config.provenance["results"]] == [
+        0.9612, 0.06, 0.13]  # fmt: skip
+    with pytest.raises(ConfigError, match="pass --benchmark too"):
+        bundle_zoo.bundle(phi_dir, "tiny-phi", other_budgets=[shorter], out_dir=tmp_path)
