@@ -15,12 +15,13 @@ much one noisy pass differs from another. In eval mode the channel scale s is fi
 z = softplus(μ + ε) where the clip does not hold the output. A run without φ gets sites at the same places (φ
 attached with its noise "off", the identity) only to read their inputs. Prints each run's sites and a table per
 regularizer and stage (channel count), and writes
-benchmarks/results/noise_level-<target>-n<images>-draws<d>[-seeds<...>].json.
+benchmarks/results/noise_level-<target>-train<steps>-n<images>-draws<d>[-seeds<...>].json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -118,9 +119,13 @@ def summary_markdown(summary: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def results_file_name(args) -> str:
-    """noise_level-<target>-n<images>-draws<d>[-seeds<...>].json: one file per configuration."""
-    return results_name("noise_level", args.target, f"n{args.images}", f"draws{args.draws}", seeds_setting(args.seeds))
+def results_file_name(args, train_steps: set[int]) -> str:
+    """noise_level-<target>-train<N>-n<images>-draws<d>[-seeds<...>].json (N: the runs' training steps, as
+    robustness.py names them): one file per configuration, so the runs of two budgets never share one."""
+    return results_name(
+        "noise_level", args.target, "train" + "+".join(map(str, sorted(train_steps))), f"n{args.images}",
+        f"draws{args.draws}", seeds_setting(args.seeds),
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -146,7 +151,9 @@ def main() -> None:
     for folder, named in folders:
         sites = run_figures(folder, named, args, images)
         label = f"metaperturb:{named['phi']}" if named["regularizer"] == "metaperturb" else named["regularizer"]
-        rows.append({"run": folder.name, "regularizer": label, "seed": named["seed"], "sites": sites})
+        train_steps = json.loads((folder / "all_results.json").read_text())["train_steps"]
+        rows.append({"run": folder.name, "regularizer": label, "seed": named["seed"], "train_steps": train_steps,
+                     "sites": sites})  # fmt: skip
         cells = [f"{e['mean_input']:.3g} {e['input_at_clip']:.0%}" for e in sites]
         if "coefficient_of_variation" in sites[0]:
             cells = [
@@ -157,7 +164,8 @@ def main() -> None:
     summary = stage_summary(rows)
     print(summary_markdown(summary))
     figures = {"target": args.target, "seeds": args.seeds, "images": len(images), "draws": args.draws}
-    publish("noise_level", {**figures, "summary": summary, "runs": rows}, results_path(args, results_file_name(args)))
+    name = results_file_name(args, {row["train_steps"] for row in rows})
+    publish("noise_level", {**figures, "summary": summary, "runs": rows}, results_path(args, name))
 
 
 if __name__ == "__main__":
