@@ -17,8 +17,14 @@ python tools/build_animal_mnist.py --output_dir runs/animal_mnist  # docs/datase
 python benchmarks/transfer_gain.py --work_dir runs/transfer_gain_2000 --targets fashion_mnist mnist animal_mnist \
   --target_dir animal_mnist=runs/animal_mnist --zoo_phi $C/glyphs10-resnet20-b128-750-seed1 \
   --max_train_steps 2000 --eval_mc_samples 20 --no_vit
-# bundle it with its selection and the benchmark's record (the card's "what it is good for" comes from the record)
+# the same at 1,000 steps (another work dir: a run folder holds one budget)
+python benchmarks/transfer_gain.py --work_dir runs/transfer_gain_1000 --targets fashion_mnist mnist animal_mnist \
+  --target_dir animal_mnist=runs/animal_mnist --zoo_phi $C/glyphs10-resnet20-b128-750-seed1 \
+  --max_train_steps 1000 --eval_mc_samples 20 --no_vit
+# bundle it with its selection and the benchmark's records (the card's "what it is good for" comes from them)
+R=benchmarks/results/transfer_gain-fashion_mnist+mnist+animal_mnist
 python tools/bundle_zoo.py $C/glyphs10-resnet20-b128-750-seed1 metaperturb-glyphs10-resnet20 \
   --selection benchmarks/results/select_phi-steps1000-mc20-pc100-phi3_2ba8ee25.json \
-  --benchmark benchmarks/results/transfer_gain-fashion_mnist+mnist+animal_mnist-steps2000-mc20-phi_glyphs10-resnet20-b128-750-seed1-novit.json \
+  --benchmark $R-steps2000-mc20-phi_glyphs10-resnet20-b128-750-seed1-novit.json \
+  --other_budget $R-steps1000-mc20-phi_glyphs10-resnet20-b128-750-seed1-novit.json \
   --reproduction benchmarks/reproduce_zoo.sh
