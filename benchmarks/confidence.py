@@ -56,6 +56,24 @@ def run_folders(work_dir: Path, target: str, seeds: list[int]) -> list[tuple[Pat
     return found
 
 
+def add_saved_runs_arguments(parser) -> None:
+    """--work_dir, --target and --seeds: which of `transfer_gain.py`'s saved runs a diagnostic reads."""
+    parser.add_argument("--work_dir", type=Path, required=True, help="transfer_gain.py's --work_dir")
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+
+
+def saved_runs(parser, args) -> tuple[Path, list[tuple[Path, dict]]]:
+    """The target's decoded test images and `run_folders`, or parser.error saying which is missing."""
+    decoded = args.work_dir / "decoded" / f"{args.target}.pt"
+    if not decoded.exists():
+        parser.error(f"{decoded} is missing: run transfer_gain.py on --work_dir with this target first")
+    folders = run_folders(args.work_dir, args.target, args.seeds)
+    if not folders:
+        parser.error(f"no finished {args.target} ResNet-20 runs with seeds {args.seeds} in {args.work_dir / 'runs'}")
+    return decoded, folders
+
+
 def results_file_name(args) -> str:
     """confidence-<target>-mc<k>-draws<d>[-seeds<...>].json (the seeds where not the default): one file per
     configuration."""
@@ -66,21 +84,14 @@ def results_file_name(args) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work_dir", type=Path, required=True, help="transfer_gain.py's --work_dir")
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add_saved_runs_arguments(parser)
     parser.add_argument("--mc_samples", type=int, default=20)
     parser.add_argument("--draws", type=int, default=3, help="independent MC predictions per run (noise seeds)")
     add_results_arguments(parser)
     args = parser.parse_args()
     if args.mc_samples < 1 or args.draws < 1:
         parser.error("--mc_samples and --draws must be >= 1")
-    decoded = args.work_dir / "decoded" / f"{args.target}.pt"
-    if not decoded.exists():
-        parser.error(f"{decoded} is missing: run transfer_gain.py on --work_dir with this target first")
-    folders = run_folders(args.work_dir, args.target, args.seeds)
-    if not folders:
-        parser.error(f"no finished {args.target} ResNet-20 runs with seeds {args.seeds} in {args.work_dir / 'runs'}")
+    decoded, folders = saved_runs(parser, args)
     torch.set_num_threads(1)
     images, labels = torch.load(decoded, weights_only=True)
     batches = list(zip(images.split(200), labels.split(200)))

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from _common import add_results_arguments, publish, results_name, results_path, seeds_setting
-from confidence import run_folders
+from confidence import add_saved_runs_arguments, saved_runs
 from robustness import load_model
 from transfer_gain import load_calibrated
 
@@ -130,21 +130,14 @@ def results_file_name(args, train_steps: set[int]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--work_dir", type=Path, required=True, help="transfer_gain.py's --work_dir")
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    add_saved_runs_arguments(parser)
     parser.add_argument("--images", type=int, default=200, help="the first N test images")
     parser.add_argument("--draws", type=int, default=16, help="noise draws per site on the same input")
     add_results_arguments(parser)
     args = parser.parse_args()
     if args.images < 1 or args.draws < 2:
         parser.error("--images must be >= 1 and --draws >= 2 (a spread needs two draws)")
-    decoded = args.work_dir / "decoded" / f"{args.target}.pt"
-    if not decoded.exists():
-        parser.error(f"{decoded} is missing: run transfer_gain.py on --work_dir with this target first")
-    folders = run_folders(args.work_dir, args.target, args.seeds)
-    if not folders:
-        parser.error(f"no finished {args.target} ResNet-20 runs with seeds {args.seeds} in {args.work_dir / 'runs'}")
+    decoded, folders = saved_runs(parser, args)
     torch.set_num_threads(1)
     images = torch.load(decoded, weights_only=True)[0][: args.images]
     rows = []
