@@ -56,6 +56,12 @@ def run_folders(work_dir: Path, target: str, seeds: list[int]) -> list[tuple[Pat
     return found
 
 
+def run_label(named: dict) -> str:
+    """A run's row label, as `transfer_gain.py`'s table has it: `metaperturb:<φ>` for a run with φ, else the
+    regularizer."""
+    return f"metaperturb:{named['phi']}" if named["regularizer"] == "metaperturb" else named["regularizer"]
+
+
 def add_saved_runs_arguments(parser) -> None:
     """--work_dir, --target and --seeds: which of `transfer_gain.py`'s saved runs a diagnostic reads."""
     parser.add_argument("--work_dir", type=Path, required=True, help="transfer_gain.py's --work_dir")
@@ -103,7 +109,7 @@ def main() -> None:
         for draw in range(args.draws if stochastic else 1):
             probs, _ = predict_proba(model, batches, args.mc_samples if stochastic else 1, seed=draw)
             draws.append({**confidence_summary(probs, labels), "ece": compute_metrics(probs, labels)["ece"]})
-        label = named["regularizer"] if not stochastic else f"metaperturb:{named['phi']}"
+        label = run_label(named)
         row = {"run": folder.name, "regularizer": label, "seed": named["seed"], "draws": draws}
         eces = [d["ece"] for d in draws]
         row["ece_mean"], row["ece_min"], row["ece_max"] = statistics.mean(eces), min(eces), max(eces)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 from _common import add_results_arguments, publish, results_name, results_path, seeds_setting
-from confidence import add_saved_runs_arguments, saved_runs
+from confidence import add_saved_runs_arguments, run_label, saved_runs
 from robustness import load_model
 from transfer_gain import load_calibrated
 
@@ -143,7 +143,7 @@ def main() -> None:
     rows = []
     for folder, named in folders:
         sites = run_figures(folder, named, args, images)
-        label = f"metaperturb:{named['phi']}" if named["regularizer"] == "metaperturb" else named["regularizer"]
+        label = run_label(named)
         train_steps = json.loads((folder / "all_results.json").read_text())["train_steps"]
         rows.append({"run": folder.name, "regularizer": label, "seed": named["seed"], "train_steps": train_steps,
                      "sites": sites})  # fmt: skip

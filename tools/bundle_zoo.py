@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's mp_hub: the bundled folder is written into it
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark's table and goal check, as it prints them
 
+from _common import write_text_atomic  # noqa: E402
 from regularization_goal import (  # noqa: E402
     AT_LEAST_AS_GOOD,
     Goal,
@@ -121,7 +122,7 @@ def budget_sentence(benchmark: dict, goal: Goal) -> str:
 GOOD_FOR_HEADING = "What it is good for, and where it was not better"
 
 
-def goal_markdown(goal: Goal, benchmark: dict, heading: str = f"## {GOOD_FOR_HEADING}") -> str:
+def goal_markdown(goal: Goal, benchmark: dict, heading: str) -> str:
     """The card's "What it is good for / Where it was not better" section, every figure from `goal`."""
     good, worse, absent = good_for(goal), not_better(goal), not_compared(goal)
     lines = [heading, "", budget_sentence(benchmark, goal), ""]
@@ -231,9 +232,12 @@ def benchmark_good_for(benchmark: dict, label: str, at_budget: bool = False) -> 
     section headed by the record's step budget with `at_budget`)."""
     check_record(benchmark)
     planned = len(benchmark["seeds"]) if "seeds" in benchmark else None  # older records: the rows' most
-    heading = f"## At {benchmark['max_train_steps']:,} steps: {GOOD_FOR_HEADING[0].lower()}{GOOD_FOR_HEADING[1:]}"
-    goal = evaluate_goal(benchmark["table"], label, planned_seeds=planned)
-    return goal_markdown(goal, benchmark, heading) if at_budget else goal_markdown(goal, benchmark)
+    heading = (
+        f"## At {benchmark['max_train_steps']:,} steps: {GOOD_FOR_HEADING[0].lower()}{GOOD_FOR_HEADING[1:]}"
+        if at_budget
+        else f"## {GOOD_FOR_HEADING}"
+    )
+    return goal_markdown(evaluate_goal(benchmark["table"], label, planned_seeds=planned), benchmark, heading)
 
 
 def candidate_score(selection: dict, phi_dir: Path) -> tuple[dict, dict]:
@@ -292,9 +296,7 @@ def candidate_card(
         good_for=good_for,
         extra_markdown="\n\n".join(extra),
     )
-    path = phi_dir / "README.md"
-    path.write_text(card)
-    return path
+    return write_text_atomic(phi_dir / "README.md", card)  # a killed run leaves the previous card whole
 
 
 def main() -> None:

@@ -42,3 +42,8 @@ def test_each_seed_set_has_its_own_results_file():
     assert confidence.results_file_name(args) == "confidence-mnist-mc20-draws3.json"
     args.seeds = [0, 1]
     assert confidence.results_file_name(args) == "confidence-mnist-mc20-draws3-seeds0+1.json"
+
+
+def test_a_run_is_labelled_as_transfer_gains_table_labels_its_row():
+    assert confidence.run_label({"regularizer": "metaperturb", "phi": "official"}) == "metaperturb:official"
+    assert confidence.run_label({"regularizer": "dropblock", "phi": "none"}) == "dropblock"
