@@ -139,7 +139,10 @@ def main() -> None:
         parser.error("--images must be >= 1 and --draws >= 2 (a spread needs two draws)")
     decoded, folders = saved_runs(parser, args)
     torch.set_num_threads(1)
-    images = torch.load(decoded, weights_only=True)[0][: args.images]
+    images = torch.load(decoded, weights_only=True)[0]
+    if args.images > len(images):
+        parser.error(f"--images {args.images}: {decoded} holds {len(images)} test images")
+    images = images[: args.images]
     rows = []
     for folder, named in folders:
         sites = run_figures(folder, named, args, images)

@@ -250,7 +250,8 @@ def candidate_score(selection: dict, phi_dir: Path) -> tuple[dict, dict]:
 
 
 def score_text(score: dict) -> str:
-    return f"{score['accuracy'] * 100:.1f} % (ECE {score['ece'] * 100:.1f} %, NLL {score['nll']:.3f})"
+    nll = f", NLL {score['nll']:.3f}" if "nll" in score else ""  # records before the tie-break had none
+    return f"{score['accuracy'] * 100:.1f} % (ECE {score['ece'] * 100:.1f} %{nll})"
 
 
 def candidate_card(
@@ -327,6 +328,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.candidate == (args.name is not None) or (args.candidate and not args.selection):
         parser.error("give a zoo NAME to bundle, or --candidate with --selection to rewrite a candidate's card")
+    bundling_only = [flag for flag, given in (("--other_budget", args.other_budget), ("--notes", args.notes),
+                                              ("--out_dir", args.out_dir != BUNDLED_DIR)) if given]  # fmt: skip
+    if args.candidate and bundling_only:
+        parser.error(f"{', '.join(bundling_only)}: for bundling only; --candidate rewrites only the candidate's card")
     selection = json.loads(args.selection.read_text()) if args.selection else None
     benchmark = json.loads(args.benchmark.read_text()) if args.benchmark else None
     reproduction = args.reproduction.read_text().strip() if args.reproduction else None

@@ -2,7 +2,10 @@
 clip holds large inputs, MC noise spreads), every site of a model is seen in forward order, and the summary
 averages a stage's sites, then the seeds."""
 
+import subprocess
+import sys
 from argparse import Namespace
+from pathlib import Path
 
 import noise_level
 import pytest
@@ -79,3 +82,14 @@ def test_a_switched_off_feature_counts_as_zeroed_and_not_in_the_spread():
     figures = noise_level.site_figures(off, x, draws=3)
     assert figures["output_zeroed"] == 1.0 and figures["mean_multiplier"] == 0.0
     assert figures["coefficient_of_variation"] != figures["coefficient_of_variation"]  # nan: no element left
+
+
+def test_more_images_than_the_target_holds_is_refused(tmp_path):
+    (tmp_path / "decoded").mkdir()
+    torch.save((torch.rand(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)), tmp_path / "decoded" / "mnist.pt")
+    (tmp_path / "runs" / "mnist-resnet20-none-none-s0").mkdir(parents=True)
+    (tmp_path / "runs" / "mnist-resnet20-none-none-s0" / "all_results.json").write_text("{}")
+    script = Path(noise_level.__file__)
+    argv = [sys.executable, script, "--work_dir", tmp_path, "--target", "mnist", "--seeds", "0", "--images", "10"]
+    done = subprocess.run(argv, capture_output=True, text=True)
+    assert done.returncode == 2 and "--images 10:" in done.stderr and "holds 4 test images" in done.stderr

@@ -2,6 +2,8 @@
 selection and the benchmark records that benchmarks/select_phi.py and transfer_gain.py write, and whose card says
 what the φ is good for and where it was not better, with the numbers of the record."""
 
+import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -157,3 +159,14 @@ def test_records_at_other_budgets_get_their_own_sections(tmp_path):
         0.9612, 0.06, 0.13]  # fmt: skip
     with pytest.raises(ConfigError, match="pass --benchmark too"):
         bundle_zoo.bundle(phi_dir, "tiny-phi", other_budgets=[shorter], out_dir=tmp_path)
+
+
+def test_a_score_without_nll_reads_without_it_and_candidate_mode_refuses_bundling_flags(tmp_path):
+    assert bundle_zoo.score_text({"accuracy": 0.5, "ece": 0.1}) == "50.0 % (ECE 10.0 %)"  # an older record
+    selection = tmp_path / "selection.json"
+    selection.write_text(json.dumps(SELECTION))
+    tool = Path(bundle_zoo.__file__)
+    a, _ = candidate_dirs(tmp_path)
+    done = subprocess.run([sys.executable, tool, a, "--candidate", "--selection", selection, "--notes", selection],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 2 and "--notes: for bundling only" in done.stderr
