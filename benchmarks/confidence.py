@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from _common import add_results_arguments, publish, results_name, results_path, seeds_setting
 from robustness import load_model
-from transfer_gain import parse_run_name
+from transfer_gain import in_main_table, parse_run_name
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -44,12 +44,12 @@ def confidence_summary(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, f
 
 
 def run_folders(work_dir: Path, target: str, seeds: list[int]) -> list[tuple[Path, dict]]:
-    """The main table's ResNet-20 runs of `target` with those seeds (no κ ablation), finished, with what their
+    """The main table's ResNet-20 runs of `target` with those seeds (no ablation), finished, with what their
     names say (`transfer_gain.parse_run_name`)."""
     found = []
     for folder in sorted((work_dir / "runs").iterdir()):
         named = parse_run_name(folder.name)
-        if not named or (named["target"], named["model"], named["kappa"]) != (target, "resnet20", None):
+        if not named or (named["target"], named["model"]) != (target, "resnet20") or not in_main_table(named):
             continue
         if named["seed"] in seeds and (folder / "all_results.json").exists():
             found.append((folder, named))

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 from _common import add_results_arguments, publish, results_name, results_path
-from transfer_gain import load_calibrated, parse_run_name
+from transfer_gain import in_main_table, load_calibrated, parse_run_name
 
 from mp_hub.mean_mode.predict import mc_predict, mean_predict
 
@@ -122,8 +122,8 @@ def main() -> None:
     runs = []
     for work_dir in args.work_dirs:
         for run_dir in sorted((work_dir / "runs").iterdir()):
-            match = parse_run_name(run_dir.name)  # the main table's φ runs (not a κ ablation's)
-            if not match or match["regularizer"] != "metaperturb" or match["kappa"] is not None:
+            match = parse_run_name(run_dir.name)  # the main table's φ runs (not an ablation's)
+            if not match or match["regularizer"] != "metaperturb" or not in_main_table(match):
                 continue
             if not (run_dir / "all_results.json").exists():
                 continue

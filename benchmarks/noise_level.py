@@ -91,30 +91,30 @@ def run_figures(folder: Path, named: dict, args, images: torch.Tensor) -> list[d
     return [site_figures(site, x, draws) for site, x in site_inputs(model, images, named["seed"])]
 
 
-def stage_summary(rows: list[dict]) -> list[dict]:
-    """Per regularizer and channel count (a ResNet stage): each figure averaged over the stage's sites, then over
-    the seeds."""
+def stage_summary(rows: list[dict], group: str = "regularizer", count: str = "seeds") -> list[dict]:
+    """Per `group` (a regularizer; a meta-training checkpoint) and channel count (a ResNet stage): each figure
+    averaged over the stage's sites, then over the group's rows (seeds; tasks), whose number goes under `count`."""
     summary = []
-    for label in dict.fromkeys(row["regularizer"] for row in rows):
-        runs = [row for row in rows if row["regularizer"] == label]
+    for label in dict.fromkeys(row[group] for row in rows):
+        runs = [row for row in rows if row[group] == label]
         for channels in dict.fromkeys(e["channels"] for e in runs[0]["sites"]):
             per_run = [[e for e in row["sites"] if e["channels"] == channels] for row in runs]
             keys = [key for key in per_run[0][0] if key != "channels"]
             means = {key: statistics.mean(statistics.mean(e[key] for e in sites) for sites in per_run) for key in keys}
-            summary.append({"regularizer": label, "channels": channels, "seeds": len(runs), **means})
+            summary.append({group: label, "channels": channels, count: len(runs), **means})
     return summary
 
 
-def summary_markdown(summary: list[dict]) -> str:
+def summary_markdown(summary: list[dict], group: str = "regularizer", count: str = "seeds") -> str:
     lines = [
-        "| regularizer | channels | seeds | mean x > 0 | x ≥ the clip | outputs at the clip | outputs zeroed | CV |",
+        f"| {group} | channels | {count} | mean x > 0 | x ≥ the clip | outputs at the clip | outputs zeroed | CV |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for e in summary:
         at_clip = f"{100 * e['output_at_clip']:.0f} %" if "output_at_clip" in e else "—"
         zeroed = f"{100 * e['output_zeroed']:.0f} %" if "output_zeroed" in e else "—"
         spread = f"{e['coefficient_of_variation']:.2f}" if "coefficient_of_variation" in e else "—"
-        lines.append(f"| {e['regularizer']} | {e['channels']} | {e['seeds']} | {e['mean_input']:.3g} | "
+        lines.append(f"| {e[group]} | {e['channels']} | {e[count]} | {e['mean_input']:.3g} | "
                      f"{100 * e['input_at_clip']:.0f} % | {at_clip} | {zeroed} | {spread} |")  # fmt: skip
     return "\n".join(lines)
 

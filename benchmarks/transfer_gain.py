@@ -78,7 +78,11 @@ def kappa_ablation(args, regularizer: str) -> float | None:
 
 
 def ablation_problem(args) -> str | None:
-    """Why --noise_anneal_fraction cannot be run as given (the recipe's own range, and a φ row to ablate), or None."""
+    """Why an ablation cannot be run as given (--noise_anneal_fraction: the recipe's own range and a φ row to
+    ablate; --weight_decay: finite and >= 0), or None."""
+    decay = getattr(args, "weight_decay", None)
+    if decay is not None and not 0.0 <= decay < float("inf"):  # (NaN fails too)
+        return f"--weight_decay must be finite and >= 0, got {decay}"
     fraction = args.noise_anneal_fraction
     if fraction is None:
         return None
@@ -91,26 +95,32 @@ def ablation_problem(args) -> str | None:
 
 def run_dir(args, target: str, regularizer: str, phi: str | None, seed: int, model: str) -> Path:
     # (`parse_run_name` reads it back, for mean_vs_mc.py and confidence.py)
-    fraction = kappa_ablation(args, regularizer)
+    fraction, decay = kappa_ablation(args, regularizer), getattr(args, "weight_decay", None)
     phi_name = Path(phi).name if phi else "none"
-    ablation = f"-kappa{fraction:g}" if fraction is not None else ""
+    ablation = (f"-kappa{fraction:g}" if fraction is not None else "") + (f"-wd{decay:g}" if decay is not None else "")
     return args.work_dir / "runs" / f"{target}-{model}-{regularizer}-{phi_name}{ablation}-s{seed}"
 
 
 RUN_NAME = re.compile(
     r"(?P<target>[a-z_]+)-(?P<model>resnet20|vit)-(?P<regularizer>none|dropblock|metaperturb)-(?P<phi>.+?)"
-    r"(?:-kappa(?P<kappa>[0-9.e+-]+))?-s(?P<seed>\d+)"
+    r"(?:-kappa(?P<kappa>[0-9.e+-]+))?(?:-wd(?P<weight_decay>[0-9.e+-]+))?-s(?P<seed>\d+)"
 )
 
 
 def parse_run_name(name: str) -> dict[str, str | int | float | None] | None:
-    """What `run_dir` put in a run folder's name (target, model, regularizer, φ, κ ablation or None, seed), or
-    None for a name it does not make."""
+    """What `run_dir` put in a run folder's name (target, model, regularizer, φ, κ and weight-decay ablations or
+    None, seed), or None for a name it does not make."""
     match = RUN_NAME.fullmatch(name)
     if match is None:
         return None
-    kappa = match["kappa"]
-    return {**match.groupdict(), "kappa": None if kappa is None else float(kappa), "seed": int(match["seed"])}
+    named = match.groupdict()
+    ablations = {key: None if named[key] is None else float(named[key]) for key in ("kappa", "weight_decay")}
+    return {**named, **ablations, "seed": int(match["seed"])}
+
+
+def in_main_table(named: dict) -> bool:
+    """Whether a `parse_run_name` result is one of the main table's runs (no ablation of any kind)."""
+    return named["kappa"] is None and named["weight_decay"] is None
 
 
 def transfer_command(args, data_dir: Path, regularizer: str, phi: str | None, seed: int, model: str) -> list[str]:
@@ -131,6 +141,8 @@ def transfer_command(args, data_dir: Path, regularizer: str, phi: str | None, se
         command += ["--perturb_model_id", phi]
     if (fraction := kappa_ablation(args, regularizer)) is not None:
         command += ["--noise_anneal_fraction", f"{fraction:g}"]
+    if (decay := getattr(args, "weight_decay", None)) is not None:
+        command += ["--weight_decay", f"{decay:g}"]
     return command
 
 
@@ -299,7 +311,8 @@ def zoo_phi_setting(zoo_phi: str, used: bool) -> str | None:
 
 
 def results_file_name(args) -> str:
-    """transfer_gain-<targets>-steps<N>-mc<k>[-phi_<name>][-<regularizers>][-novit][-seeds<...>][-kappa<f>].json
+    """transfer_gain-<targets>-steps<N>-mc<k>[-phi_<name>][-<regularizers>][-novit][-seeds<...>][-kappa<f>][-wd<w>]
+    .json
     (the bracketed parts only where they are not the defaults; <name> is the --zoo_phi folder's): one file per
     configuration of the table, so two φ benchmarked at the same settings never share one."""
     return results_name(
@@ -308,6 +321,7 @@ def results_file_name(args) -> str:
         list(args.regularizers) != list(REGULARIZERS) and "+".join(args.regularizers), args.no_vit and "novit",
         seeds_setting(args.seeds),
         args.noise_anneal_fraction is not None and f"kappa{args.noise_anneal_fraction:g}",
+        getattr(args, "weight_decay", None) is not None and f"wd{args.weight_decay:g}",
     )  # fmt: skip
 
 
@@ -362,6 +376,13 @@ def main() -> None:
         default=None,
         help="an ablation: the φ runs anneal κ over this fraction of the steps (default: the recipe's); their "
         "folders and the record are named for it, the other rows are the main table's runs",
+    )
+    parser.add_argument(
+        "--weight_decay",
+        type=float,
+        default=None,
+        help="an ablation: every run trains with this Adam weight decay (the recipe's default is 0; the authors' "
+        "transfer uses 5e-4); its folders and the record are named for it",
     )
     parser.add_argument("--report_only", action="store_true", help="tabulate finished runs; start none")
     add_results_arguments(parser)
@@ -423,6 +444,7 @@ def main() -> None:
         "eval_mc_samples": args.eval_mc_samples,
         "seeds": args.seeds,
         "noise_anneal_fraction": args.noise_anneal_fraction,
+        "weight_decay": args.weight_decay,
         "train_images_per_class": TRAIN_PER_CLASS,
         "test_images_per_class": TEST_PER_CLASS,
         "runs_planned": len(jobs),

@@ -24,7 +24,7 @@ def test_only_finished_main_table_runs_of_the_target_and_seeds_are_read(tmp_path
     names = [
         "mnist-resnet20-none-none-s0", "mnist-resnet20-metaperturb-official-s1", "mnist-resnet20-none-none-s2",
         "fashion_mnist-resnet20-none-none-s0", "mnist-resnet20-metaperturb-phi-kappa0.1-s0",
-        "mnist-resnet20-dropblock-none-s0",
+        "mnist-resnet20-dropblock-none-s0", "mnist-resnet20-none-none-wd0.0005-s0",
     ]  # fmt: skip
     for name in names:
         (tmp_path / "runs" / name).mkdir(parents=True)
@@ -34,7 +34,7 @@ def test_only_finished_main_table_runs_of_the_target_and_seeds_are_read(tmp_path
     expected = ["mnist-resnet20-metaperturb-official-s1", "mnist-resnet20-none-none-s0"]
     assert [folder.name for folder, _ in found] == expected
     named = {"target": "mnist", "model": "resnet20", "regularizer": "metaperturb", "phi": "official", "seed": 1}
-    assert found[0][1] == {**named, "kappa": None}
+    assert found[0][1] == {**named, "kappa": None, "weight_decay": None}
 
 
 def test_each_seed_set_has_its_own_results_file():

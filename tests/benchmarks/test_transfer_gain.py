@@ -78,15 +78,21 @@ def test_a_kappa_ablation_is_refused_out_of_range_or_without_a_phi_row():
 
 def test_a_run_folder_name_reads_back_as_what_made_it():
     ablated = Namespace(**{**vars(ARGS), "noise_anneal_fraction": 0.1})
-    for args, phi, kappa in ((ARGS, "runs/glyphs10-resnet20-b128-750-seed1", None), (ablated, "zoo/phi", 0.1)):
+    decayed = Namespace(**{**vars(ablated), "weight_decay": 5e-4})
+    for args, phi, kappa, decay in (
+        (ARGS, "runs/glyphs10-resnet20-b128-750-seed1", None, None), (ablated, "zoo/phi", 0.1, None),
+        (decayed, "zoo/phi", 0.1, 5e-4),
+    ):  # fmt: skip
         for regularizer, model in (("metaperturb", "resnet20"), ("none", "vit"), ("dropblock", "resnet20")):
             phi_of_run = phi if regularizer == "metaperturb" else None
             name = transfer_gain.run_dir(args, "fashion_mnist", regularizer, phi_of_run, 2, model).name
-            assert transfer_gain.parse_run_name(name) == {
+            named = transfer_gain.parse_run_name(name)
+            assert named == {
                 "target": "fashion_mnist", "model": model, "regularizer": regularizer,
                 "phi": Path(phi_of_run).name if phi_of_run else "none",
-                "kappa": kappa if regularizer == "metaperturb" else None, "seed": 2,
+                "kappa": kappa if regularizer == "metaperturb" else None, "weight_decay": decay, "seed": 2,
             }  # fmt: skip
+            assert transfer_gain.in_main_table(named) == (named["kappa"] is None and decay is None)
     for other in ("mnist-resnet20-none-none-s0.log", "mnist-resnet50-none-none-s0", "notes"):
         assert transfer_gain.parse_run_name(other) is None
 
@@ -106,6 +112,8 @@ def test_each_table_configuration_has_its_own_results_file():
     assert smoke.endswith("-seeds0.json")
     ablation = transfer_gain.results_file_name(Namespace(**{**default, "noise_anneal_fraction": 0.2}))
     assert ablation == "transfer_gain-fashion_mnist+mnist-steps200-mc100-kappa0.2.json"
+    decayed = transfer_gain.results_file_name(Namespace(**{**default, "weight_decay": 5e-4}))
+    assert decayed == "transfer_gain-fashion_mnist+mnist-steps200-mc100-wd0.0005.json"
     other_phi = {**default, "zoo_phi": "runs/phi_candidates/glyphs10-seed1"}  # two φ never share a record
     assert transfer_gain.results_file_name(Namespace(**other_phi)) == (
         "transfer_gain-fashion_mnist+mnist-steps200-mc100-phi_glyphs10-seed1.json"
@@ -166,3 +174,22 @@ def test_a_tiny_benchmark_and_its_mean_vs_mc_comparison_write_their_records(run_
     path.unlink()
     report, path = run_script("mean_vs_mc.py", "--work_dirs", work, "--mc_samples", "2")
     assert path.name == "mean_vs_mc-mc2.json" and len(report["runs"]) == 1
+
+
+def test_a_weight_decay_ablation_changes_every_run_and_is_checked():
+    """--weight_decay: every row (baselines too: the decay is part of their training) gets the recipe flag and a
+    folder of its own; a negative or non-finite decay is refused before any run."""
+    decayed = Namespace(**{**vars(ARGS), "weight_decay": 5e-4})
+    for regularizer, phi in (("none", None), ("metaperturb", "zoo/phi")):
+        main = transfer_gain.transfer_command(ARGS, Path("data/mnist"), regularizer, phi, 0, "resnet20")
+        ablated = transfer_gain.transfer_command(decayed, Path("data/mnist"), regularizer, phi, 0, "resnet20")
+        assert ablated == [*main, "--weight_decay", "0.0005"]
+    folder = transfer_gain.run_dir(decayed, "mnist", "none", None, 0, "resnet20")
+    assert folder.name == "mnist-resnet20-none-none-wd0.0005-s0"
+
+    def problem(decay):
+        return transfer_gain.ablation_problem(Namespace(weight_decay=decay, noise_anneal_fraction=None))
+
+    assert problem(None) is None and problem(0.0) is None and problem(5e-4) is None
+    for bad in (-1e-4, float("inf"), float("nan")):
+        assert "--weight_decay must be finite and >= 0" in problem(bad)

@@ -1,0 +1,139 @@
+"""Where does φ's noise go in meta-training's own task learners? `noise_level.py`'s figures, at every site of the
+task models θ_t saved in a `recipes/meta_train.py` checkpoint, with the φ of that checkpoint.
+
+    python benchmarks/meta_noise_level.py --checkpoint runs/meta/checkpoints/step_750 \
+        --dataset_dir ../shared/data/glyphs10 [--checkpoint .../step_1125] [--images 200] [--draws 16]
+
+The tasks are rebuilt from the source dataset as the run built them (its seed, split and image size, read from the
+checkpoint's trainer_state.json; a dataset whose task classes differ is refused), and each task model is loaded
+from its task_<t>.pt. Its first --images validation images (normalised, not augmented) give every site its input;
+each site then runs --draws times on it in eval mode (running statistics, κ as trained). φ's gradient in
+meta-training comes from these sites: an output the clip holds passes none back. Prints a table per checkpoint and
+stage (averaged over the tasks) and writes
+benchmarks/results/meta_noise_level-<source>-step<s>[+<s>...]-n<images>-draws<d>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from _common import add_results_arguments, publish, results_name, results_path
+from noise_level import site_figures, site_inputs, stage_summary, summary_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mp_hub import MetaPerturb  # noqa: E402
+from mp_hub.data import (  # noqa: E402
+    TaskData,
+    class_lists_hash,
+    load_image_dataset,
+    normalize,
+    split_tasks,
+    task_images,
+)
+from mp_hub.training.meta import TaskLearner  # noqa: E402
+
+TASK_COLUMN_SCHEME = "task_column:"  # how a run split by a task column records its split scheme
+
+
+def checkpoint_run(parser, checkpoint: Path) -> tuple[dict, int]:
+    """The run's settings (trainer_state.json's "run") and the checkpoint's step, or parser.error naming the gap."""
+    state_file = checkpoint / "trainer_state.json"
+    if not (checkpoint / "COMPLETE").exists() or not state_file.exists():
+        parser.error(f"{checkpoint} is not a complete meta_train.py checkpoint (no COMPLETE or trainer_state.json)")
+    state = json.loads(state_file.read_text())
+    return state["run"], state["step"]
+
+
+def task_learners(parser, args, checkpoint: Path, run: dict, source) -> list[TaskLearner]:
+    """Every task learner of the checkpoint, its θ_t and site state loaded, with the checkpoint's φ."""
+    scheme = run["split_scheme"]
+    by_column = scheme.startswith(TASK_COLUMN_SCHEME)
+    column = scheme[len(TASK_COLUMN_SCHEME) :] if by_column else None
+    if column is not None and column not in source.column_names:
+        parser.error(f"{checkpoint} was split by the column {column!r}, which the dataset lacks")
+    specs = split_tasks(
+        source[args.label_column_name],
+        seed=run["seed"],
+        num_tasks=None if by_column else run["num_tasks"],
+        split_scheme="halves" if by_column else scheme,
+        task_ids=source[column] if by_column else None,
+        task_names=getattr(source.features[column], "names", None) if by_column else None,
+    )
+    if class_lists_hash(specs) != run["task_classes_sha256"]:
+        parser.error(f"--dataset_dir gives other task classes than the run of {checkpoint} (task_classes_sha256)")
+    phi = MetaPerturb.from_pretrained(str(checkpoint / "phi"))
+    learners = []
+    for spec in specs:
+        train, valid = task_images(
+            source, spec, image_column=args.image_column_name, label_column=args.label_column_name,
+            image_size=run["image_size"],
+        )  # fmt: skip
+        data = TaskData(spec, train, valid, batch_size=run["per_device_train_batch_size"], seed=run["seed"])
+        # (the optimizer is rebuilt only to load the checkpoint's: its settings do not matter here)
+        learner = TaskLearner.build(
+            data,
+            phi,
+            model_type=run["architecture"],
+            image_size=run["image_size"],
+            learning_rate=1.0,
+            weight_decay=0.0,
+            seed=run["seed"],
+            device=torch.device("cpu"),
+        )
+        learner.load_state_dict(torch.load(checkpoint / f"task_{spec.index:04d}.pt", weights_only=False), phi)
+        learner.model.eval()
+        learners.append(learner)
+    return learners
+
+
+def results_file_name(args, source: str, steps: list[int]) -> str:
+    return results_name(
+        "meta_noise_level", source, "step" + "+".join(map(str, steps)), f"n{args.images}", f"draws{args.draws}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", type=Path, nargs="+", required=True, help="meta_train.py step_<N> folders")
+    parser.add_argument("--dataset_dir", type=Path, required=True, help="the source dataset the run meta-trained on")
+    parser.add_argument("--image_column_name", default="image")
+    parser.add_argument("--label_column_name", default="label")
+    parser.add_argument("--images", type=int, default=200, help="the first N validation images of each task")
+    parser.add_argument("--draws", type=int, default=16, help="noise draws per site on the same input")
+    add_results_arguments(parser)
+    args = parser.parse_args()
+    if args.images < 1 or args.draws < 2:
+        parser.error("--images must be >= 1 and --draws >= 2 (a spread needs two draws)")
+    torch.set_num_threads(1)
+    source = load_image_dataset(dataset_dir=args.dataset_dir)["train"]
+    rows, steps = [], []
+    for checkpoint in args.checkpoint:
+        run, step = checkpoint_run(parser, checkpoint)
+        steps.append(step)
+        for learner in task_learners(parser, args, checkpoint, run, source):
+            valid = learner.data.splits["valid"]
+            if args.images > len(valid):
+                parser.error(f"--images {args.images}: task {learner.index} has {len(valid)} validation images")
+            images = normalize(valid.images[: args.images])
+            sites = [site_figures(site, x, args.draws) for site, x in site_inputs(learner.model, images, run["seed"])]
+            rows.append({"checkpoint": f"step {step}", "task": learner.index, "sites": sites})
+            last = sites[-1]
+            print(f"step {step} task {learner.index}, last site: mean x > 0 {last['mean_input']:.3g}, "
+                  f"outputs at the clip {last['output_at_clip']:.0%}, CV {last['coefficient_of_variation']:.2f}",
+                  flush=True)  # fmt: skip
+    summary = stage_summary(rows, group="checkpoint", count="tasks")
+    print(summary_markdown(summary, group="checkpoint", count="tasks"))
+    source_name = args.dataset_dir.resolve().name
+    figures = {"source": source_name, "steps": steps, "images": args.images, "draws": args.draws}
+    name = results_file_name(args, source_name, steps)
+    publish("meta_noise_level", {**figures, "summary": summary, "tasks": rows}, results_path(args, name))
+
+
+if __name__ == "__main__":
+    main()
