@@ -4,12 +4,12 @@ target, and the ECE of several independent MC draws: how much of an ECE differen
     python benchmarks/confidence.py --work_dir runs/transfer_gain_2000 --target mnist [--seeds 0 1 2]
                                     [--mc_samples 20] [--draws 3]
 
-Each run folder `<target>-resnet20-<regularizer>-<φ>-s<seed>` of --work_dir (the main table's runs, not the
-ablations') is evaluated on the test images `transfer_gain.py` decoded (<work_dir>/decoded/<target>.pt): models
-with φ by MC (--mc_samples passes, each of --draws with its own noise seed), the others in one pass. Per run:
-accuracy, mean confidence (the top probability), their gap (positive: over-confident), the mean confidence of
-the wrong predictions, and the ECE (15 bins) of every draw. Prints a table and writes
-benchmarks/results/confidence-<target>-mc<k>-draws<d>[-seeds<...>].json.
+Each run folder `<target>-resnet20-<regularizer>-<φ>-s<seed>` of --work_dir (the main table's runs, or with
+--weight_decay W that ablation's `...-wd<W>-s<seed>`) is evaluated on the test images `transfer_gain.py` decoded
+(<work_dir>/decoded/<target>.pt): models with φ by MC (--mc_samples passes, each of --draws with its own noise
+seed), the others in one pass. Per run: accuracy, mean confidence (the top probability), their gap (positive:
+over-confident), the mean confidence of the wrong predictions, and the ECE (15 bins) of every draw. Prints a table
+and writes benchmarks/results/confidence-<target>-mc<k>-draws<d>[-seeds<...>][-wd<W>].json.
 """
 
 from __future__ import annotations
@@ -43,13 +43,17 @@ def confidence_summary(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, f
     }
 
 
-def run_folders(work_dir: Path, target: str, seeds: list[int]) -> list[tuple[Path, dict]]:
-    """The main table's ResNet-20 runs of `target` with those seeds (no ablation), finished, with what their
-    names say (`transfer_gain.parse_run_name`)."""
+def run_folders(
+    work_dir: Path, target: str, seeds: list[int], weight_decay: float | None = None
+) -> list[tuple[Path, dict]]:
+    """The main table's ResNet-20 runs of `target` with those seeds (or those of the `weight_decay` ablation),
+    finished, with what their names say (`transfer_gain.parse_run_name`)."""
     found = []
     for folder in sorted((work_dir / "runs").iterdir()):
         named = parse_run_name(folder.name)
-        if not named or (named["target"], named["model"]) != (target, "resnet20") or not in_main_table(named):
+        if not named or (named["target"], named["model"]) != (target, "resnet20"):
+            continue
+        if not in_main_table(named, weight_decay):
             continue
         if named["seed"] in seeds and (folder / "all_results.json").exists():
             found.append((folder, named))
@@ -63,10 +67,14 @@ def run_label(named: dict) -> str:
 
 
 def add_saved_runs_arguments(parser) -> None:
-    """--work_dir, --target and --seeds: which of `transfer_gain.py`'s saved runs a diagnostic reads."""
+    """--work_dir, --target, --seeds and --weight_decay: which of `transfer_gain.py`'s saved runs a diagnostic
+    reads."""
     parser.add_argument("--work_dir", type=Path, required=True, help="transfer_gain.py's --work_dir")
     parser.add_argument("--target", required=True)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--weight_decay", type=float, default=None, help="the runs of transfer_gain.py's --weight_decay ablation"
+    )
 
 
 def saved_runs(parser, args) -> tuple[Path, list[tuple[Path, dict]]]:
@@ -74,18 +82,27 @@ def saved_runs(parser, args) -> tuple[Path, list[tuple[Path, dict]]]:
     decoded = args.work_dir / "decoded" / f"{args.target}.pt"
     if not decoded.exists():
         parser.error(f"{decoded} is missing: run transfer_gain.py on --work_dir with this target first")
-    folders = run_folders(args.work_dir, args.target, args.seeds)
+    folders = run_folders(args.work_dir, args.target, args.seeds, args.weight_decay)
     if not folders:
-        parser.error(f"no finished {args.target} ResNet-20 runs with seeds {args.seeds} in {args.work_dir / 'runs'}")
+        which = "" if args.weight_decay is None else f" of the --weight_decay {args.weight_decay:g} ablation"
+        parser.error(
+            f"no finished {args.target} ResNet-20 runs{which} with seeds {args.seeds} in {args.work_dir / 'runs'}"
+        )
     return decoded, folders
 
 
 def results_file_name(args) -> str:
-    """confidence-<target>-mc<k>-draws<d>[-seeds<...>].json (the seeds where not the default): one file per
-    configuration."""
+    """confidence-<target>-mc<k>-draws<d>[-seeds<...>][-wd<W>].json (the seeds where not the default): one file
+    per configuration."""
     return results_name(
-        "confidence", args.target, f"mc{args.mc_samples}", f"draws{args.draws}", seeds_setting(args.seeds)
-    )
+        "confidence", args.target, f"mc{args.mc_samples}", f"draws{args.draws}", seeds_setting(args.seeds),
+        weight_decay_setting(args.weight_decay),
+    )  # fmt: skip
+
+
+def weight_decay_setting(weight_decay: float | None) -> str | None:
+    """The record name's part for a --weight_decay ablation's runs (`wd<W>`), or None for the main table's."""
+    return None if weight_decay is None else f"wd{weight_decay:g}"
 
 
 def main() -> None:
@@ -119,7 +136,8 @@ def main() -> None:
               f"conf − acc {100 * row['confidence_gap_mean']:+.2f} points  "
               f"wrong ones' conf {draws[0]['wrong_mean_confidence']:.3f}  "
               f"ECE {100 * row['ece_min']:.2f}–{100 * row['ece_max']:.2f} % over {len(draws)} draw(s)")  # fmt: skip
-    figures = {"target": args.target, "seeds": args.seeds, "mc_samples": args.mc_samples, "draws": args.draws,
+    figures = {"target": args.target, "seeds": args.seeds, "weight_decay": args.weight_decay,
+               "mc_samples": args.mc_samples, "draws": args.draws,
                "test_images": len(labels), "runs": rows}  # fmt: skip
     publish("confidence", figures, results_path(args, results_file_name(args)))
 

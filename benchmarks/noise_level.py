@@ -15,7 +15,8 @@ much one noisy pass differs from another. In eval mode the channel scale s is fi
 z = softplus(μ + ε) where the clip does not hold the output. A run without φ gets sites at the same places (φ
 attached with its noise "off", the identity) only to read their inputs. Prints each run's sites and a table per
 regularizer and stage (channel count), and writes
-benchmarks/results/noise_level-<target>-train<steps>-n<images>-draws<d>[-seeds<...>].json.
+benchmarks/results/noise_level-<target>-train<steps>-n<images>-draws<d>[-seeds<...>][-wd<W>].json (--weight_decay W:
+the runs of that `transfer_gain.py` ablation).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import torch
 from _common import add_results_arguments, publish, results_name, results_path, seeds_setting
-from confidence import add_saved_runs_arguments, run_label, saved_runs
+from confidence import add_saved_runs_arguments, run_label, saved_runs, weight_decay_setting
 from robustness import load_model
 from transfer_gain import load_calibrated
 
@@ -120,11 +121,11 @@ def summary_markdown(summary: list[dict], group: str = "regularizer", count: str
 
 
 def results_file_name(args, train_steps: set[int]) -> str:
-    """noise_level-<target>-train<N>-n<images>-draws<d>[-seeds<...>].json (N: the runs' training steps, as
+    """noise_level-<target>-train<N>-n<images>-draws<d>[-seeds<...>][-wd<W>].json (N: the runs' training steps, as
     robustness.py names them): one file per configuration, so the runs of two budgets never share one."""
     return results_name(
         "noise_level", args.target, "train" + "+".join(map(str, sorted(train_steps))), f"n{args.images}",
-        f"draws{args.draws}", seeds_setting(args.seeds),
+        f"draws{args.draws}", seeds_setting(args.seeds), weight_decay_setting(args.weight_decay),
     )  # fmt: skip
 
 
@@ -159,7 +160,8 @@ def main() -> None:
         print("  " + " | ".join(cells))
     summary = stage_summary(rows)
     print(summary_markdown(summary))
-    figures = {"target": args.target, "seeds": args.seeds, "images": len(images), "draws": args.draws}
+    figures = {"target": args.target, "seeds": args.seeds, "weight_decay": args.weight_decay, "images": len(images),
+               "draws": args.draws}  # fmt: skip
     name = results_file_name(args, {row["train_steps"] for row in rows})
     publish("noise_level", {**figures, "summary": summary, "runs": rows}, results_path(args, name))
 

@@ -118,9 +118,10 @@ def parse_run_name(name: str) -> dict[str, str | int | float | None] | None:
     return {**named, **ablations, "seed": int(match["seed"])}
 
 
-def in_main_table(named: dict) -> bool:
-    """Whether a `parse_run_name` result is one of the main table's runs (no ablation of any kind)."""
-    return named["kappa"] is None and named["weight_decay"] is None
+def in_main_table(named: dict, weight_decay: float | None = None) -> bool:
+    """Whether a `parse_run_name` result is one of the main table's runs (no ablation of any kind), or with
+    `weight_decay`, one of that --weight_decay ablation's."""
+    return named["kappa"] is None and named["weight_decay"] == weight_decay
 
 
 def transfer_command(args, data_dir: Path, regularizer: str, phi: str | None, seed: int, model: str) -> list[str]:

@@ -35,13 +35,17 @@ def test_only_finished_main_table_runs_of_the_target_and_seeds_are_read(tmp_path
     assert [folder.name for folder, _ in found] == expected
     named = {"target": "mnist", "model": "resnet20", "regularizer": "metaperturb", "phi": "official", "seed": 1}
     assert found[0][1] == {**named, "kappa": None, "weight_decay": None}
+    ablation = confidence.run_folders(tmp_path, "mnist", [0, 1], weight_decay=5e-4)
+    assert [folder.name for folder, _ in ablation] == ["mnist-resnet20-none-none-wd0.0005-s0"]
 
 
 def test_each_seed_set_has_its_own_results_file():
-    args = Namespace(target="mnist", mc_samples=20, draws=3, seeds=[0, 1, 2])
+    args = Namespace(target="mnist", mc_samples=20, draws=3, seeds=[0, 1, 2], weight_decay=None)
     assert confidence.results_file_name(args) == "confidence-mnist-mc20-draws3.json"
     args.seeds = [0, 1]
     assert confidence.results_file_name(args) == "confidence-mnist-mc20-draws3-seeds0+1.json"
+    args.weight_decay = 5e-4
+    assert confidence.results_file_name(args) == "confidence-mnist-mc20-draws3-seeds0+1-wd0.0005.json"
 
 
 def test_a_run_is_labelled_as_transfer_gains_table_labels_its_row():
