@@ -22,7 +22,14 @@ from pathlib import Path
 
 import torch
 from _common import add_results_arguments, publish, results_name, results_path
-from noise_level import site_figures, site_inputs, stage_summary, summary_markdown
+from noise_level import (
+    add_sampling_arguments,
+    check_sampling,
+    site_figures,
+    site_inputs,
+    stage_summary,
+    summary_markdown,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -104,12 +111,10 @@ def main() -> None:
     parser.add_argument("--dataset_dir", type=Path, required=True, help="the source dataset the run meta-trained on")
     parser.add_argument("--image_column_name", default="image")
     parser.add_argument("--label_column_name", default="label")
-    parser.add_argument("--images", type=int, default=200, help="the first N validation images of each task")
-    parser.add_argument("--draws", type=int, default=16, help="noise draws per site on the same input")
+    add_sampling_arguments(parser, "validation images of each task")
     add_results_arguments(parser)
     args = parser.parse_args()
-    if args.images < 1 or args.draws < 2:
-        parser.error("--images must be >= 1 and --draws >= 2 (a spread needs two draws)")
+    check_sampling(parser, args)
     torch.set_num_threads(1)
     source = load_image_dataset(dataset_dir=args.dataset_dir)["train"]
     rows, steps = [], []

@@ -129,15 +129,24 @@ def results_file_name(args, train_steps: set[int]) -> str:
     )  # fmt: skip
 
 
+def add_sampling_arguments(parser, images: str) -> None:
+    """--images (the first N of `images`) and --draws, checked by `check_sampling`."""
+    parser.add_argument("--images", type=int, default=200, help=f"the first N {images}")
+    parser.add_argument("--draws", type=int, default=16, help="noise draws per site on the same input")
+
+
+def check_sampling(parser, args) -> None:
+    if args.images < 1 or args.draws < 2:
+        parser.error("--images must be >= 1 and --draws >= 2 (a spread needs two draws)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_saved_runs_arguments(parser)
-    parser.add_argument("--images", type=int, default=200, help="the first N test images")
-    parser.add_argument("--draws", type=int, default=16, help="noise draws per site on the same input")
+    add_sampling_arguments(parser, "test images")
     add_results_arguments(parser)
     args = parser.parse_args()
-    if args.images < 1 or args.draws < 2:
-        parser.error("--images must be >= 1 and --draws >= 2 (a spread needs two draws)")
+    check_sampling(parser, args)
     decoded, folders = saved_runs(parser, args)
     torch.set_num_threads(1)
     images = torch.load(decoded, weights_only=True)[0]
