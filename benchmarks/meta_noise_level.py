@@ -116,11 +116,16 @@ def main() -> None:
     args = parser.parse_args()
     check_sampling(parser, args)
     torch.set_num_threads(1)
-    source = load_image_dataset(dataset_dir=args.dataset_dir)["train"]
-    rows, steps = [], []
-    for checkpoint in args.checkpoint:
-        run, step = checkpoint_run(parser, checkpoint)
-        steps.append(step)
+    splits = load_image_dataset(dataset_dir=args.dataset_dir)
+    if "train" not in splits:
+        parser.error(f"{args.dataset_dir} has no train split (meta-training's tasks come from it): {list(splits)}")
+    source = splits["train"]
+    runs = [(checkpoint, *checkpoint_run(parser, checkpoint)) for checkpoint in args.checkpoint]
+    steps = [step for _, _, step in runs]
+    if len(set(steps)) < len(steps):  # the rows of a checkpoint are labelled by its step
+        parser.error(f"--checkpoint folders of the same step ({steps}): pass checkpoints of one run")
+    rows = []
+    for checkpoint, run, step in runs:
         for learner in task_learners(parser, args, checkpoint, run, source):
             valid = learner.data.splits["valid"]
             if args.images > len(valid):
