@@ -16,7 +16,6 @@ benchmarks/results/meta_noise_level-<source>-step<s>[+<s>...]-n<images>-draws<d>
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mp_hub import MetaPerturb  # noqa: E402
+from mp_hub.checkpointing import MARKER, META_TRAIN_LAYOUT, check_checkpoint  # noqa: E402
+from mp_hub.checkpointing.layouts import task_file  # noqa: E402
 from mp_hub.data import (  # noqa: E402
     TaskData,
     class_lists_hash,
@@ -43,17 +44,21 @@ from mp_hub.data import (  # noqa: E402
     split_tasks,
     task_images,
 )
+from mp_hub.errors import CheckpointError  # noqa: E402
 from mp_hub.training.meta import TaskLearner  # noqa: E402
 
 TASK_COLUMN_SCHEME = "task_column:"  # how a run split by a task column records its split scheme
 
 
 def checkpoint_run(parser, checkpoint: Path) -> tuple[dict, int]:
-    """The run's settings (trainer_state.json's "run") and the checkpoint's step, or parser.error naming the gap."""
-    state_file = checkpoint / "trainer_state.json"
-    if not (checkpoint / "COMPLETE").exists() or not state_file.exists():
-        parser.error(f"{checkpoint} is not a complete meta_train.py checkpoint (no COMPLETE or trainer_state.json)")
-    state = json.loads(state_file.read_text())
+    """The run's settings (trainer_state.json's "run") and the checkpoint's step, or parser.error naming what is
+    missing or broken (checked as a resume checks it)."""
+    if not (checkpoint / MARKER).exists():
+        parser.error(f"{checkpoint} is not a complete meta_train.py checkpoint (no {MARKER} marker)")
+    try:
+        state = check_checkpoint(checkpoint, META_TRAIN_LAYOUT)
+    except CheckpointError as err:
+        parser.error(str(err))
     return state["run"], state["step"]
 
 
@@ -93,7 +98,8 @@ def task_learners(parser, args, checkpoint: Path, run: dict, source) -> list[Tas
             seed=run["seed"],
             device=torch.device("cpu"),
         )
-        learner.load_state_dict(torch.load(checkpoint / f"task_{spec.index:04d}.pt", weights_only=False), phi)
+        state = torch.load(checkpoint / task_file(spec.index), map_location="cpu", weights_only=True)
+        learner.load_state_dict(state, phi)
         learner.model.eval()
         learners.append(learner)
     return learners
