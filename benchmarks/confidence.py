@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from _common import add_results_arguments, publish, results_name, results_path, seeds_setting
 from robustness import load_model
-from transfer_gain import in_main_table, parse_run_name
+from transfer_gain import in_main_table, parse_run_name, weight_decay_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -98,11 +98,6 @@ def results_file_name(args) -> str:
         "confidence", args.target, f"mc{args.mc_samples}", f"draws{args.draws}", seeds_setting(args.seeds),
         weight_decay_setting(args.weight_decay),
     )  # fmt: skip
-
-
-def weight_decay_setting(weight_decay: float | None) -> str | None:
-    """The record name's part for a --weight_decay ablation's runs (`wd<W>`), or None for the main table's."""
-    return None if weight_decay is None else f"wd{weight_decay:g}"
 
 
 def main() -> None:

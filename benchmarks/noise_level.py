@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 from _common import add_results_arguments, publish, results_name, results_path, seeds_setting
-from confidence import add_saved_runs_arguments, run_label, saved_runs, weight_decay_setting
+from confidence import add_saved_runs_arguments, run_label, saved_runs
 from robustness import load_model
-from transfer_gain import load_calibrated
+from transfer_gain import load_calibrated, weight_decay_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))

@@ -77,10 +77,21 @@ def kappa_ablation(args, regularizer: str) -> float | None:
     return fraction if regularizer == "metaperturb" else None
 
 
+def weight_decay_ablation(args) -> float | None:
+    """The Adam weight decay every run is ablated with (None: the recipe's default, as in the main table)."""
+    return getattr(args, "weight_decay", None)
+
+
+def weight_decay_setting(weight_decay: float | None) -> str | None:
+    """The run folders' and records' name part for a --weight_decay ablation (`wd<W>`), or None for the main
+    table's."""
+    return None if weight_decay is None else f"wd{weight_decay:g}"
+
+
 def ablation_problem(args) -> str | None:
     """Why an ablation cannot be run as given (--noise_anneal_fraction: the recipe's own range and a φ row to
     ablate; --weight_decay: finite and >= 0), or None."""
-    decay = getattr(args, "weight_decay", None)
+    decay = weight_decay_ablation(args)
     if decay is not None and not 0.0 <= decay < float("inf"):  # (NaN fails too)
         return f"--weight_decay must be finite and >= 0, got {decay}"
     fraction = args.noise_anneal_fraction
@@ -95,9 +106,9 @@ def ablation_problem(args) -> str | None:
 
 def run_dir(args, target: str, regularizer: str, phi: str | None, seed: int, model: str) -> Path:
     # (`parse_run_name` reads it back, for mean_vs_mc.py and confidence.py)
-    fraction, decay = kappa_ablation(args, regularizer), getattr(args, "weight_decay", None)
+    fraction, decay = kappa_ablation(args, regularizer), weight_decay_setting(weight_decay_ablation(args))
     phi_name = Path(phi).name if phi else "none"
-    ablation = (f"-kappa{fraction:g}" if fraction is not None else "") + (f"-wd{decay:g}" if decay is not None else "")
+    ablation = (f"-kappa{fraction:g}" if fraction is not None else "") + (f"-{decay}" if decay else "")
     return args.work_dir / "runs" / f"{target}-{model}-{regularizer}-{phi_name}{ablation}-s{seed}"
 
 
@@ -142,7 +153,7 @@ def transfer_command(args, data_dir: Path, regularizer: str, phi: str | None, se
         command += ["--perturb_model_id", phi]
     if (fraction := kappa_ablation(args, regularizer)) is not None:
         command += ["--noise_anneal_fraction", f"{fraction:g}"]
-    if (decay := getattr(args, "weight_decay", None)) is not None:
+    if (decay := weight_decay_ablation(args)) is not None:
         command += ["--weight_decay", f"{decay:g}"]
     return command
 
@@ -322,7 +333,7 @@ def results_file_name(args) -> str:
         list(args.regularizers) != list(REGULARIZERS) and "+".join(args.regularizers), args.no_vit and "novit",
         seeds_setting(args.seeds),
         args.noise_anneal_fraction is not None and f"kappa{args.noise_anneal_fraction:g}",
-        getattr(args, "weight_decay", None) is not None and f"wd{args.weight_decay:g}",
+        weight_decay_setting(weight_decay_ablation(args)),
     )  # fmt: skip
 
 
