@@ -41,13 +41,12 @@ from mp_hub.data import (  # noqa: E402
     class_lists_hash,
     load_image_dataset,
     normalize,
+    recorded_task_column,
     split_tasks,
     task_images,
 )
 from mp_hub.errors import CheckpointError  # noqa: E402
 from mp_hub.training.meta import TaskLearner  # noqa: E402
-
-TASK_COLUMN_SCHEME = "task_column:"  # how a run split by a task column records its split scheme
 
 
 def checkpoint_run(parser, checkpoint: Path) -> tuple[dict, int]:
@@ -65,9 +64,9 @@ def checkpoint_run(parser, checkpoint: Path) -> tuple[dict, int]:
 def task_learners(parser, args, checkpoint: Path, run: dict, source) -> list[TaskLearner]:
     """Every task learner of the checkpoint, its θ_t and site state loaded, with the checkpoint's φ."""
     scheme = run["split_scheme"]
-    by_column = scheme.startswith(TASK_COLUMN_SCHEME)
-    column = scheme[len(TASK_COLUMN_SCHEME) :] if by_column else None
-    if column is not None and column not in source.column_names:
+    column = recorded_task_column(scheme)
+    by_column = column is not None
+    if by_column and column not in source.column_names:
         parser.error(f"{checkpoint} was split by the column {column!r}, which the dataset lacks")
     specs = split_tasks(
         source[args.label_column_name],

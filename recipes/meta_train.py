@@ -48,6 +48,7 @@ from mp_hub.data import (
     check_labels,
     class_lists_hash,
     load_image_dataset,
+    recorded_split,
     split_tasks,
     task_images,
 )
@@ -278,10 +279,9 @@ def meta_train(args: argparse.Namespace, argv: list[str], accelerator: Accelerat
 
     # What a checkpoint must agree with to be resumed (the world size may change: one file per task).
     source = args.dataset_name or Path(args.dataset_dir or args.train_dir).resolve().name
-    split = f"task_column:{args.task_column}" if args.task_column else args.split_scheme
     run = dict(
         source_dataset=source,
-        split_scheme=split,
+        split_scheme=recorded_split(args.split_scheme, args.task_column),
         task_classes_sha256=class_lists_hash(specs),
         num_tasks=len(specs),
         architecture=args.model_type,

@@ -23,7 +23,7 @@ from mp_hub.data import (
     load_splits,
     train_loader,
 )
-from mp_hub.data.tasks import InfiniteBatches, class_lists_hash, split_tasks
+from mp_hub.data.tasks import InfiniteBatches, class_lists_hash, recorded_split, recorded_task_column, split_tasks
 from mp_hub.datasets import FASHION_MNIST_TINY
 from mp_hub.errors import ConfigError, DataError
 from mp_hub.zoo import DEFAULT_PHI
@@ -179,6 +179,11 @@ def test_task_column_split():
     assert all(len(s.train_rows) == 6 and len(s.valid_rows) == 6 for s in specs)
     with pytest.raises(ConfigError, match="disagrees"):
         split_tasks(labels, seed=0, task_ids=task_ids, num_tasks=3)
+
+
+def test_a_recorded_split_reads_back_its_task_column():
+    assert recorded_split("halves", "task") == "task_column:task" and recorded_task_column("task_column:task") == "task"
+    assert recorded_split("disjoint", None) == "disjoint" and recorded_task_column("disjoint") is None
 
 
 def test_split_errors():

@@ -15,7 +15,17 @@ from .loading import (
     samples_per_class_subset,
 )
 from .splits import EVAL_SPLITS, ClassificationData, Splits, decode_splits, label_map, lazy_splits, load_splits
-from .tasks import SPLIT_SCHEMES, TaskData, TaskSpec, class_lists_hash, derive_seed, split_tasks, task_images
+from .tasks import (
+    SPLIT_SCHEMES,
+    TaskData,
+    TaskSpec,
+    class_lists_hash,
+    derive_seed,
+    recorded_split,
+    recorded_task_column,
+    split_tasks,
+    task_images,
+)
 
 __all__ = [
     "EVAL_SPLITS",
@@ -43,6 +53,8 @@ __all__ = [
     "normalize",
     "renormalize",
     "samples_per_class_subset",
+    "recorded_split",
+    "recorded_task_column",
     "split_tasks",
     "task_images",
     "train_loader",

@@ -69,6 +69,20 @@ def _class_groups(classes: np.ndarray, num_groups: int, what: str) -> list[np.nd
     return np.array_split(classes, num_groups)  # contiguous; sizes differ by at most one
 
 
+TASK_COLUMN_SPLIT = "task_column:"
+
+
+def recorded_split(split_scheme: str, task_column: str | None) -> str:
+    """How a meta-training run records its tasks' split: `task_column:<column>` for tasks from a column, else the
+    split scheme (`recorded_task_column` reads the column back)."""
+    return f"{TASK_COLUMN_SPLIT}{task_column}" if task_column else split_scheme
+
+
+def recorded_task_column(split: str) -> str | None:
+    """The task column a `recorded_split` names, or None where it records a split scheme."""
+    return split[len(TASK_COLUMN_SPLIT) :] if split.startswith(TASK_COLUMN_SPLIT) else None
+
+
 def split_tasks(
     labels: np.ndarray | list[int],
     *,
