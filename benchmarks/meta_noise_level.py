@@ -45,7 +45,7 @@ from mp_hub.data import (  # noqa: E402
     split_tasks,
     task_images,
 )
-from mp_hub.errors import CheckpointError  # noqa: E402
+from mp_hub.errors import CheckpointError, DataError  # noqa: E402
 from mp_hub.training.meta import TaskLearner  # noqa: E402
 
 
@@ -121,14 +121,17 @@ def main() -> None:
     args = parser.parse_args()
     check_sampling(parser, args)
     torch.set_num_threads(1)
-    splits = load_image_dataset(dataset_dir=args.dataset_dir)
-    if "train" not in splits:
-        parser.error(f"{args.dataset_dir} has no train split (meta-training's tasks come from it): {list(splits)}")
-    source = splits["train"]
     runs = [(checkpoint, *checkpoint_run(parser, checkpoint)) for checkpoint in args.checkpoint]
     steps = [step for _, _, step in runs]
     if len(set(steps)) < len(steps):  # the rows of a checkpoint are labelled by its step
         parser.error(f"--checkpoint folders of the same step ({steps}): pass checkpoints of one run")
+    try:
+        splits = load_image_dataset(dataset_dir=args.dataset_dir)
+    except DataError as err:
+        parser.error(str(err))
+    if "train" not in splits:
+        parser.error(f"{args.dataset_dir} has no train split (meta-training's tasks come from it): {list(splits)}")
+    source = splits["train"]
     rows = []
     for checkpoint, run, step in runs:
         for learner in task_learners(parser, args, checkpoint, run, source):

@@ -49,5 +49,7 @@ def test_other_tasks_or_a_folder_that_is_no_checkpoint_are_refused(checkpoint, t
     assert done.returncode == 2 and "is not a complete meta_train.py checkpoint" in done.stderr
     done = run("--checkpoint", step_2, "--dataset_dir", dataset, "--images", "1000")
     assert done.returncode == 2 and "validation images" in done.stderr
+    done = run("--checkpoint", step_2, "--dataset_dir", tmp_path / "absent")
+    assert done.returncode == 2 and "is not a directory" in done.stderr
     done = run("--checkpoint", step_2, step_2, "--dataset_dir", dataset, "--images", "4")
     assert done.returncode == 2 and "folders of the same step ([2, 2])" in done.stderr
