@@ -388,6 +388,12 @@ def total_steps(args: argparse.Namespace, batches: TrainBatches) -> int:
     return DEFAULT_STEPS
 
 
+def periodic_eval_interval(eval_steps: int | None, steps: int) -> int:
+    """--eval_steps, else a third of the steps rounded up: two periodic evaluations before the final one, and none
+    a step or two before it."""
+    return eval_steps or -(-steps // 3)
+
+
 def make_scheduler(args: argparse.Namespace, optimizer: torch.optim.Optimizer, steps: int, num_processes: int):
     # accelerate steps a prepared scheduler once per process per optimizer step: count steps the same way.
     return build_lr_scheduler(
@@ -484,7 +490,7 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
     steps_on_metric = args.lr_scheduler_type in METRIC_LR_SCHEDULER_TYPES
     forward_model = compiled(model, args)
     eval_mode = args.inference_mode if reg.kind == "metaperturb" else None
-    eval_every = args.eval_steps or max(1, steps // 3)  # two periodic evaluations, then the final one
+    eval_every = periodic_eval_interval(args.eval_steps, steps)
     epoch_steps = max(1, batches.steps_per_epoch // accumulate)
     ckpt_every = epoch_steps if args.checkpointing_steps == "epoch" else args.checkpointing_steps
     signature = {k: getattr(args, k) for k in SIGNATURE} | {

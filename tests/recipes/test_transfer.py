@@ -247,6 +247,13 @@ def test_a_metric_schedule_is_stepped_with_the_evaluation_loss(plateau_run):
     assert [e["step"] for e in state["evals"]] == [1, 2]
 
 
+@pytest.mark.parametrize(("steps", "expected"), [(2000, [667, 1334]), (1200, [400, 800]), (4, [2]), (1, [])])
+def test_default_periodic_evaluations_are_two_and_none_just_before_the_final_one(recipe, steps, expected):
+    every = recipe.periodic_eval_interval(None, steps)
+    assert [step for step in range(1, steps) if step % every == 0] == expected
+    assert recipe.periodic_eval_interval(5, steps) == 5
+
+
 def test_checkpoints_total_limit_keeps_the_newest(plateau_run):
     assert sorted(p.name for p in (plateau_run / "checkpoints").iterdir()) == ["step_2", "step_3"]
 

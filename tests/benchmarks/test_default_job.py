@@ -1,0 +1,86 @@
+"""benchmarks/default_job.py: the budget parser, the φ-against-none verdict, and one tiny budget end to end
+(`accelerate launch` twice on the shipped Fashion-MNIST tiny) with its record and the reuse of finished runs."""
+
+import argparse
+import json
+
+import pytest
+from default_job import compare, parse_budget
+
+from mp_hub.training.threads import usable_cores
+
+TINY = [
+    "--max_train_samples", "32", "--max_eval_samples", "20", "--per_device_train_batch_size", "8",
+    "--per_device_eval_batch_size", "20", "--eval_mc_samples", "2", "--periodic_eval_mc_samples", "2",
+    "--mean_mode_calibration_images", "0", "--model_config_overrides", '{"depth": 8}',
+]  # fmt: skip
+
+
+def test_parse_budget():
+    assert parse_budget("2000x32") == (2000, 32)
+    for bad in ("2000", "2000x", "x32", "0x32", "2000x0", "-1x32", "2000x32x1", "1e3x32"):
+        with pytest.raises(argparse.ArgumentTypeError, match="STEPSxIMAGE_SIZE"):
+            parse_budget(bad)
+
+
+def _run(accuracy, ece, nll, wall=100.0):
+    return {"eval_accuracy": accuracy, "eval_ece": ece, "eval_nll": nll, "wall_s": wall}
+
+
+@pytest.mark.parametrize(
+    ("phi", "wanted"),
+    [
+        (_run(0.825, 0.02, 0.50), True),  # 0.5 points below none, better calibrated: wanted
+        (_run(0.815, 0.02, 0.50), False),  # 1.5 points below none
+        (_run(0.84, 0.05, 0.50), False),  # ECE not lower
+        (_run(0.84, 0.02, 0.60), False),  # NLL not lower
+    ],
+)
+def test_compare_says_whether_phi_is_wanted(phi, wanted):
+    none = _run(0.83, 0.05, 0.55)
+    verdict = compare(phi, none, time_goal_s=240)
+    assert verdict["wanted"] is wanted
+    assert verdict["accuracy_gap_points"] == pytest.approx(100 * (phi["eval_accuracy"] - 0.83))
+    assert verdict["within_time_goal"]
+    assert not compare(_run(0.83, 0.02, 0.5, wall=241.0), none, time_goal_s=240)["within_time_goal"]
+
+
+def test_default_job_runs_both_regularizers_and_reuses_finished_runs(run_script, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # removed for the runs: accelerate would take its threads from it
+    work = tmp_path / "work"
+    report, path = run_script("default_job.py", "--budgets", "2x16", "--seeds", "3", "--work_dir", str(work), *TINY)
+    assert path.name == "default_job-2x16-seeds3-jobs2.json"
+    assert json.loads(path.read_text()) == report
+    (row,) = report["rows"]
+    assert (row["budget"], row["seed"]) == ("2x16", 3)
+    for regularizer in ("metaperturb", "none"):
+        run = row[regularizer]
+        assert 0 <= run["eval_accuracy"] <= 1 and run["eval_nll"] > 0 and run["wall_s"] > 0
+        log = (work / f"2x16-{regularizer}-seed3" / "log.txt").read_text()
+        if usable_cores() >= 2:  # the recipe's hint, printed where a core is left idle
+            assert "computing on 1 CPU thread(s)" in log  # accelerate's default, as a user's no-flag launch gets
+    assert row["accuracy_gap_points"] == pytest.approx(
+        100 * (row["metaperturb"]["eval_accuracy"] - row["none"]["eval_accuracy"]), abs=0.01
+    )
+    assert report["recipe_flags"] == TINY
+    again, _ = run_script("default_job.py", "--budgets", "2x16", "--seeds", "3", "--work_dir", str(work), *TINY)
+    assert again["rows"] == report["rows"]  # read back from each run's job.json, not run again
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--budgets", "2x16", "2x16"], "must not repeat"),
+        (["--seeds", "0", "0"], "must not repeat"),
+        (["--jobs", "0"], "--jobs must be >= 1"),
+        (["--max_train_steps", "5"], "--max_train_steps is set by this script"),
+        (["--seed=1"], "--seed is set by this script"),
+    ],
+)
+def test_bad_arguments_are_refused(argv, message, monkeypatch, capsys):
+    import default_job
+
+    monkeypatch.setattr("sys.argv", ["default_job.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        default_job.main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
