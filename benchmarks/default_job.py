@@ -14,9 +14,10 @@ once (2 on a 2-core machine: one core each, so each run's time is that of a one-
 Figures per run: the wall time of the whole command (start-up, training, evaluation and saving) and the final
 metrics. Per budget and seed, φ against none: the accuracy difference in points, and whether φ's model is "one
 a user wants" (accuracy at most 1 point below none's, ECE and NLL lower) and finished within --time_goal_s.
-A finished run is reused (its `job.json` in --work_dir); a run that did not finish is started again. Prints the
-table and a final JSON line with the git commit, also written to
-benchmarks/results/default_job-<budgets>-seeds<...>-jobs<J>.json (--results_dir, --results_file).
+A finished run is reused (its `job.json` in --work_dir); a run that did not finish is started again, and a second
+script on the same --work_dir is refused while the first runs. Prints the table and a final JSON line with the git
+commit, also written to benchmarks/results/default_job-<budgets>-seeds<...>-jobs<J>.json (--results_dir,
+--results_file).
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import add_results_arguments, publish, require_at_least, results_name, results_path
+
+from mp_hub.errors import OutputDirError, OutputDirInUseError
+from mp_hub.output_dir import claim_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "transfer.py"
@@ -144,8 +148,11 @@ def main() -> None:
 
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="default_job-"))
     runs = [(b, reg, s) for b in args.budgets for s in args.seeds for reg in REGULARIZERS]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        done = list(pool.map(lambda run: run_job(work_dir, *run, extra), runs))
+    try:  # one script per --work_dir: a second would start this one's unfinished runs again, deleting them
+        with claim_output_dir(work_dir), ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            done = list(pool.map(lambda run: run_job(work_dir, *run, extra), runs))
+    except (OutputDirInUseError, OutputDirError) as err:
+        raise SystemExit(f"--work_dir: {err}") from err
     by_run = dict(zip(runs, done))
     rows = []
     for budget in args.budgets:

@@ -3,11 +3,17 @@
 
 import argparse
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from default_job import compare, parse_budget
 
+from mp_hub.output_dir import claim_output_dir
 from mp_hub.training.threads import usable_cores
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "default_job.py"
 
 TINY = [
     "--max_train_samples", "32", "--max_eval_samples", "20", "--per_device_train_batch_size", "8",
@@ -84,3 +90,17 @@ def test_bad_arguments_are_refused(argv, message, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         default_job.main()
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_work_dir_in_use_is_refused(tmp_path):
+    """A second script on a --work_dir would start the first one's unfinished runs again: it is refused."""
+    work = tmp_path / "work"
+    with claim_output_dir(work):
+        done = subprocess.run(
+            [sys.executable, str(SCRIPT), "--budgets", "2x16", "--seeds", "0", "--work_dir", str(work), *TINY],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode != 0 and "--work_dir" in done.stderr and "in use" in done.stderr.lower(), done.stderr
+    assert not list(work.glob("2x16-*"))  # no run was started
