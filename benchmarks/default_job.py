@@ -149,10 +149,10 @@ def main() -> None:
     work_dir = args.work_dir or Path(tempfile.mkdtemp(prefix="default_job-"))
     runs = [(b, reg, s) for b in args.budgets for s in args.seeds for reg in REGULARIZERS]
     try:  # one script per --work_dir: a second would start this one's unfinished runs again, deleting them
-        with claim_output_dir(work_dir), ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        with claim_output_dir(work_dir, flag="--work_dir"), ThreadPoolExecutor(max_workers=args.jobs) as pool:
             done = list(pool.map(lambda run: run_job(work_dir, *run, extra), runs))
     except (OutputDirInUseError, OutputDirError) as err:
-        raise SystemExit(f"--work_dir: {err}") from err
+        raise SystemExit(str(err)) from err
     by_run = dict(zip(runs, done))
     rows = []
     for budget in args.budgets:

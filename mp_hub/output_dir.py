@@ -154,8 +154,9 @@ def check_writable(folder: Path) -> None:
         raise error from err
 
 
-def acquire(folder: Path) -> FileLock:
-    """Check `folder` writable and take its lock, recording this process as the holder; refuse if it is held."""
+def acquire(folder: Path, flag: str = "--output_dir") -> FileLock:
+    """Check `folder` writable and take its lock, recording this process as the holder; refuse if it is held (the
+    refusal names `flag`, the option that chose the folder)."""
     check_writable(folder)
     lock = FileLock(folder / LOCK_NAME)
     try:
@@ -163,7 +164,7 @@ def acquire(folder: Path) -> FileLock:
     except Timeout:
         raise OutputDirInUseError(
             f"output folder {folder} is in use by another run ({describe_holder(read_holder(folder))}); "
-            "wait for it to finish or choose another --output_dir"
+            f"wait for it to finish or choose another {flag}"
         ) from None
     except OSError as err:
         raise write_error(folder / LOCK_NAME, "the lock file", err) from err
@@ -188,12 +189,15 @@ def release(folder: Path, lock: FileLock) -> None:
 
 
 @contextmanager
-def claim_output_dir(path: str | os.PathLike, accelerator: Accelerator | None = None) -> Iterator[Path]:
+def claim_output_dir(
+    path: str | os.PathLike, accelerator: Accelerator | None = None, *, flag: str = "--output_dir"
+) -> Iterator[Path]:
     """Hold the output folder `path` for the block: created, writable, and written by this run alone.
 
     A second claim (another run, or this process again) is refused with an `OutputDirInUseError` naming the
-    holder; an unwritable folder is an `OutputDirError` naming it and why. With an `accelerator` of several
-    processes, every process must enter together: the main process claims and every process raises its refusal.
+    holder (and `flag`, the option that chose the folder, in its advice); an unwritable folder is an
+    `OutputDirError` naming it and why. With an `accelerator` of several processes, every process must enter
+    together: the main process claims and every process raises its refusal.
     In the block, a write that fails for lack of space or a read-only file system is an `OutputDirError`.
     """
     folder = Path(path)
@@ -201,7 +205,7 @@ def claim_output_dir(path: str | os.PathLike, accelerator: Accelerator | None = 
     lock, refusal = None, None
     if is_main:
         try:
-            lock = acquire(folder)
+            lock = acquire(folder, flag)
         except (OutputDirError, OutputDirInUseError) as err:
             refusal = err
     if accelerator is not None and accelerator.num_processes > 1:

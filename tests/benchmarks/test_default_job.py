@@ -102,5 +102,6 @@ def test_a_work_dir_in_use_is_refused(tmp_path):
             text=True,
             timeout=120,
         )
-    assert done.returncode != 0 and "--work_dir" in done.stderr and "in use" in done.stderr.lower(), done.stderr
+    assert done.returncode != 0 and f"{work} is in use" in done.stderr, done.stderr
+    assert "choose another --work_dir" in done.stderr, done.stderr
     assert not list(work.glob("2x16-*"))  # no run was started
