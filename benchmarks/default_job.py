@@ -33,7 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import add_results_arguments, publish, require_at_least, results_name, results_path
+from _common import add_results_arguments, publish, require_at_least, results_name, results_path, write_json_atomic
 
 from mp_hub.errors import OutputDirError, OutputDirInUseError
 from mp_hub.output_dir import claim_output_dir
@@ -89,9 +89,7 @@ def run_job(work_dir: Path, budget: tuple[int, int], regularizer: str, seed: int
         raise SystemExit(f"{folder.name} failed (exit {proc.returncode}); its output: {folder / 'log.txt'}")
     results = json.loads((folder / "output" / "all_results.json").read_text())
     done = {"command": command, "wall_s": round(wall, 1), **{k: results[k] for k in METRICS}}
-    tmp = record.with_suffix(".tmp")
-    tmp.write_text(json.dumps(done, indent=2) + "\n")
-    tmp.replace(record)  # a killed run leaves no job.json: it is run again
+    write_json_atomic(record, done)  # a killed run leaves no job.json: it is run again
     print(f"{folder.name}: {json.dumps(done | {'command': None})}", file=sys.stderr)
     return done
 
@@ -140,6 +138,8 @@ def main() -> None:
     add_results_arguments(parser)
     args, extra = parser.parse_known_args()
     require_at_least(parser, args, jobs=1)
+    if not args.time_goal_s > 0:
+        parser.error(f"--time_goal_s must be > 0, got {args.time_goal_s}")
     if len(set(args.budgets)) != len(args.budgets) or len(set(args.seeds)) != len(args.seeds):
         parser.error("--budgets and --seeds must not repeat a value")
     for flag in ("--max_train_steps", "--image_size", "--seed", "--regularizer", "--output_dir"):
@@ -157,13 +157,11 @@ def main() -> None:
     rows = []
     for budget in args.budgets:
         for seed in args.seeds:
-            phi, none = (by_run[(budget, reg, seed)] for reg in REGULARIZERS)
             figures = {
                 reg: {k: v for k, v in by_run[(budget, reg, seed)].items() if k != "command"} for reg in REGULARIZERS
             }
-            rows.append(
-                {"budget": f"{budget[0]}x{budget[1]}", "seed": seed, **figures, **compare(phi, none, args.time_goal_s)}
-            )
+            verdict = compare(figures["metaperturb"], figures["none"], args.time_goal_s)
+            rows.append({"budget": f"{budget[0]}x{budget[1]}", "seed": seed, **figures, **verdict})
     print(table(rows), file=sys.stderr)
     budgets = "+".join(f"{steps}x{size}" for steps, size in args.budgets)
     name = results_name("default_job", budgets, "seeds" + "+".join(map(str, args.seeds)), f"jobs{args.jobs}")

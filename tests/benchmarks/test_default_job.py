@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from default_job import compare, parse_budget
+from default_job import compare, main, parse_budget
 
 from mp_hub.output_dir import claim_output_dir
 from mp_hub.training.threads import usable_cores
@@ -81,14 +81,13 @@ def test_default_job_runs_both_regularizers_and_reuses_finished_runs(run_script,
         (["--jobs", "0"], "--jobs must be >= 1"),
         (["--max_train_steps", "5"], "--max_train_steps is set by this script"),
         (["--seed=1"], "--seed is set by this script"),
+        (["--time_goal_s", "0"], "--time_goal_s must be > 0"),
     ],
 )
 def test_bad_arguments_are_refused(argv, message, monkeypatch, capsys):
-    import default_job
-
     monkeypatch.setattr("sys.argv", ["default_job.py", *argv])
     with pytest.raises(SystemExit) as exit_:
-        default_job.main()
+        main()
     assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
