@@ -102,7 +102,7 @@ def kernel_layouts(phi: MetaPerturb, feature: torch.Tensor, threads: int) -> dic
     batch, channels, height, width = feature.shape
     scale = torch.full((channels,), 0.5)
     common = (batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),
-              scale.data_ptr(), 1.0, 100.0, 1, 2, None, 0, 0)  # fmt: skip
+              scale.data_ptr(), 1.0, 100.0, 1, 2, None, 0, 0, 0)  # fmt: skip
     out = {"padded": torch.empty_like(feature), "stacked": torch.empty_like(feature)}
     calls = {
         "padded": lambda: lib.mp_forward(feature.data_ptr(), out["padded"].data_ptr(), *common, threads),

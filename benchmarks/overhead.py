@@ -2,7 +2,7 @@
 
     python benchmarks/overhead.py [--steps 10] [--warmup 3] [--settle 0] [--batch 128] [--threads 2] [--phi ...]
                                   [--no-memory] [--omp-passive] [--keep-freed-memory] [--device cuda] [--compile]
-                                  [--compile-backend inductor] [--breakdown] [--no-eager]
+                                  [--compile-backend inductor] [--breakdown] [--no-eager] [--channels-last]
 
 Variants, interleaved in one process (on a shared machine load drifts; interleaving spreads it over all
 variants alike), each step = forward + cross-entropy + backward + Adam step, batch of 32×32 images. By default
@@ -41,6 +41,9 @@ ranges, but its ranges also hold ~0.1–0.4 ms of its own cost per call inside a
 On a machine shared with other jobs, OpenMP threads that spin at barriers while their partner is descheduled
 can make whole phases of a run 5–10× slower (bimodal step times, for every variant); --omp-passive sets
 OMP_WAIT_POLICY=PASSIVE for steadier figures.
+
+--channels-last: every model and batch in channels-last memory (`model.to(memory_format=torch.channels_last)`),
+as a channels-last training script has them; the fused kernels read and write that layout as it is.
 
 --keep-freed-memory: glibc's malloc keeps freed memory instead of page-faulting every large activation in
 again (`_common.KEEP_FREED_MEMORY`; about half the bare forward's time on this machine goes to those faults).
@@ -81,9 +84,15 @@ COMPILED = ("bare_compiled", "eager_compiled", "fused_compiled")
 CPU_ONLY = ("fused", "fused_compiled")  # the fused kernels run on CPU only
 
 
-def build(trainable_phi: bool, batch: int, device: torch.device, compile_backend: str | None = None):
+def build(
+    trainable_phi: bool,
+    batch: int,
+    device: torch.device,
+    compile_backend: str | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+):
     """step(variant) for one model (the same weights and batch every time: seed 0); `compile_backend`: the model
-    runs under torch.compile(fullgraph=True) with that backend."""
+    runs under torch.compile(fullgraph=True) with that backend; `memory_format`: of the model and the batch."""
     torch.manual_seed(0)
     model = model_from_type("cifar_resnet20", num_labels=10, image_size=32).train().to(device)
     phi = MetaPerturb()
@@ -92,7 +101,8 @@ def build(trainable_phi: bool, batch: int, device: torch.device, compile_backend
     assert len(sites) == 9, f"expected 9 sites on ResNet-20, got {len(sites)}"
     params = [p for p in model.parameters() if p.requires_grad]  # includes φ when trainable
     optimizer = torch.optim.Adam(params, lr=1e-3)
-    x = torch.randn(batch, 3, 32, 32).to(device)
+    model.to(memory_format=memory_format)
+    x = torch.randn(batch, 3, 32, 32).to(device).contiguous(memory_format=memory_format)
     labels = torch.randint(0, 10, (batch,)).to(device)
     forward = torch.compile(model, fullgraph=True, backend=compile_backend) if compile_backend else model
 
@@ -150,7 +160,8 @@ def wanted(variant: str, device: torch.device, args) -> bool:
 
 def measure(trainable_phi: bool, args) -> dict:
     device = torch.device(args.device)
-    step = build(trainable_phi, args.batch, device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    step = build(trainable_phi, args.batch, device, memory_format=memory_format)
     # the fused kernels are CPU-only: on a GPU the variant would only time the eager path again
     variants = [v for v in VARIANTS if wanted(v, device, args)]
     steps = {v: step for v in variants}
@@ -158,7 +169,7 @@ def measure(trainable_phi: bool, args) -> dict:
     if args.compile:
         compiled = [v for v in COMPILED if wanted(v, device, args)]
         for variant in compiled:  # one model each: no recompilation when the timing alternates them
-            steps[variant] = build(trainable_phi, args.batch, device, compile_backend=args.compile_backend)
+            steps[variant] = build(trainable_phi, args.batch, device, args.compile_backend, memory_format)
             t0 = time.perf_counter()
             steps[variant](variant)  # compiles forward and backward
             compile_s[variant] = time.perf_counter() - t0
@@ -200,12 +211,13 @@ def row(r: dict, variant: str) -> str:
 
 def results_file_name(args, modes: list[str]) -> str:
     """overhead-<φ modes>-b<batch>-t<threads>[-<device>][-compile[-<backend>]][-breakdown][-keepmem][-passive]
-    [-settle<N>][-noeager].json: the settings that change the figures (not the number of steps, which only changes
-    their precision)."""
+    [-settle<N>][-noeager][-channelslast].json: the settings that change the figures (not the number of steps,
+    which only changes their precision)."""
     return results_name(
         "overhead", "+".join(modes), f"b{args.batch}", f"t{args.threads}", args.device != "cpu" and args.device,
         compile_suffix(args), args.breakdown and "breakdown", args.keep_freed_memory and "keepmem",
         args.omp_passive and "passive", args.settle and f"settle{args.settle}", args.no_eager and "noeager",
+        args.channels_last and "channelslast",
     )  # fmt: skip
 
 
@@ -224,6 +236,7 @@ def main() -> None:
         "--no-eager", action="store_true", help="leave out eager and eager_compiled (slow; their heap follows them)"
     )
     add_device_arguments(parser, compile_help="also time torch.compile'd bare, eager and fused (CPU) models")
+    parser.add_argument("--channels-last", action="store_true", help="models and batches in channels-last memory")
     parser.add_argument(
         "--breakdown", action="store_true", help="time more fused steps: ms per step of each fused-kernel pass"
     )

@@ -15,7 +15,7 @@ from _builders import ConvNet, make_phi, resnet8
 
 import mp_hub
 from mp_hub import InvalidInputError, PerturbSite, kernels
-from mp_hub.kernels import fused
+from mp_hub.kernels import fused, passes
 
 BACKENDS = ["fused", "eager"]
 
@@ -122,10 +122,19 @@ def test_a_fused_site_the_kernels_cannot_serve_warns_once_under_compile_too(capl
 @pytest.mark.parametrize(
     ("backend", "mode"), [("fused", "mc"), pytest.param("eager", "mean", marks=pytest.mark.slow)]
 )  # the eager sites' graph is the larger one to generate code for: with the slow tests
-def test_inductor_compiles_a_training_step(backend, mode):
+def test_inductor_compiles_a_training_step(backend, mode, monkeypatch):
     """The inductor test (C++ code generation: the slowest here): a two-block ConvNet, a training step and an eval
-    step, to float32 rounding (inductor fuses and reorders the float operations)."""
+    step, to float32 rounding (inductor fuses and reorders the float operations). Fused sites take x as inductor
+    has it (the ops' flexible layout): channels-last where its CPU convolutions left it so, not copied to NCHW."""
     _needs(backend)
+    layouts = []
+    kernel_forward = passes.forward
+
+    def recording_forward(lib, call, x, *args, **kwargs):
+        layouts.append(passes.channels_last(x))
+        return kernel_forward(lib, call, x, *args, **kwargs)
+
+    monkeypatch.setattr(passes, "forward", recording_forward)
     targets = dict(targets=r"blocks\.\d+\.2", placement="input", spatial_norm=8)
     model = ConvNet(widths=(4, 4), seed=0)
     handle = mp_hub.attach(model, make_phi(), trainable_phi=True, inference_mode=mode, **targets)
@@ -134,7 +143,8 @@ def test_inductor_compiles_a_training_step(backend, mode):
     twin = copy.deepcopy(model)
     x, labels = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
     started = time.perf_counter()
-    with torch._inductor.config.patch(fallback_random=True):
+    # no FX graph cache: a graph cached by an earlier mp_hub, whose ops took NCHW only, would be reused
+    with torch._inductor.config.patch(fallback_random=True, force_disable_caches=True):
         compiled = torch.compile(model, fullgraph=True, backend="inductor")
         torch.manual_seed(0)
         loss = train_step(compiled, x, labels)
@@ -143,6 +153,8 @@ def test_inductor_compiles_a_training_step(backend, mode):
             torch.manual_seed(1)
             logits = compiled(x)
     print(f"inductor, {backend} sites: compiled and ran in {time.perf_counter() - started:.1f} s")
+    if backend == "fused":  # 2 sites, a training step and an eval step; inductor picks each input's layout
+        assert len(layouts) == 4 and any(layouts), layouts
     torch.manual_seed(0)
     assert torch.allclose(loss, train_step(twin, x, labels), rtol=1e-5, atol=1e-6)
     for a, b in zip(model.parameters(), twin.parameters()):

@@ -170,5 +170,5 @@ def test_non_finite_inputs_spread_alike_in_both_kernel_layouts(mode, relu):
     for forward in (reference.mp_forward, lib.mp_forward_stacked):
         y = torch.empty_like(x)
         forward(x.data_ptr(), y.data_ptr(), *SHAPE, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),
-                scale.data_ptr(), 0.7, 1.5, relu, mode, eps.data_ptr(), 0, 0, 1)  # fmt: skip
+                scale.data_ptr(), 0.7, 1.5, relu, mode, eps.data_ptr(), 0, 0, 0, 1)  # fmt: skip
         assert_same_non_finite(y, y_ref)

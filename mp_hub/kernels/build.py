@@ -29,7 +29,7 @@ from .sources import KernelBuildError
 
 logger = logging.getLogger(__name__)
 
-ABI_VERSION = 12  # bump with any change to an exported signature (csrc/mp_kernels.h, SIGNATURES below)
+ABI_VERSION = 13  # bump with any change to an exported signature (csrc/mp_kernels.h, SIGNATURES below)
 # -fno-trapping-math / -fno-math-errno let gcc vectorise the selects and sqrt; no -ffast-math: the kernels rely
 # on NaN comparisons (the non-finite check, the clamp) and on the order of the float operations as written.
 _BASE_FLAGS = ["-O3", "-fPIC", "-shared", "-fno-math-errno", "-fno-trapping-math", "-fno-tree-loop-distribute-patterns"]
@@ -44,10 +44,10 @@ _P, _L, _F, _U, _I = ctypes.c_void_p, ctypes.c_long, ctypes.c_float, ctypes.c_ui
 SIGNATURES = {
     "mp_abi_version": ([], _I),
     "mp_has_masks": ([], _I),
-    "mp_features": ([_P, _L, _L, _L, _L, _P, _L, _P, _P, _I], _I),
-    "mp_features_backward": ([_P, _P, _P, _L, _L, _L, _L, _P, _L, _P, _P, _I], None),
-    "mp_forward_stacked": ([_P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _U, _U, _I], None),
-    "mp_backward": ([_P, _P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _U, _U, _P, _P, _I], None),
+    "mp_features": ([_P, _L, _L, _L, _L, _P, _L, _P, _P, _I, _I], _I),
+    "mp_features_backward": ([_P, _P, _P, _L, _L, _L, _L, _P, _L, _P, _P, _I, _I], None),
+    "mp_forward_stacked": ([_P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _U, _U, _I, _I], None),
+    "mp_backward": ([_P, _P, _P, _L, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _I, _I, _P, _U, _U, _P, _P, _I, _I], None),
     "mp_scale_forward": ([_P, _L, _L, _L, _P, _P, _P, _F, _F, _F, _P, _P, _P], None),
     "mp_scale_backward": ([_P, _L, _L, _L, _P, _P, _P, _P, _P, _F, _F, _L, _P, _P], None),
     "mp_normal": ([_P, _L, _U, _U, _U], None),

@@ -115,8 +115,9 @@ class _FusedSite(torch.autograd.Function):
 
 
 def site_forward(site, params: tuple[Tensor, ...], x: Tensor, noise: Tensor | None) -> Tensor:
-    """y = site(x, noise) on the fused kernels; `params` is what `kernels_for` returned for this call."""
-    x = x.contiguous()
+    """y = site(x, noise) on the fused kernels; `params` is what `kernels_for` returned for this call. y comes in
+    x's layout where the kernels read it as it is (NCHW or channels-last), else NCHW."""
+    x = passes.dense(x)
     if site.inference_mode == "mean":  # like the eager path, "mean" ignores a given noise
         noise, mode = None, MODE_MEAN
     elif noise is not None:

@@ -42,11 +42,18 @@ def _empties(x: Tensor, count: int) -> tuple[Tensor, ...]:
 
 
 def _contiguous(x: Tensor, noise: Tensor | None, *params: Tensor) -> tuple[Tensor, Tensor | None, tuple[Tensor, ...]]:
-    """The kernels read dense NCHW memory: a compiled graph may hand an op other strides."""
-    return x.contiguous(), None if noise is None else noise.contiguous(), tuple(p.contiguous() for p in params)
+    """The kernels read x as dense NCHW or channels-last memory, the rest as dense NCHW: a compiled graph may hand
+    an op other strides."""
+    return passes.dense(x), None if noise is None else noise.contiguous(), tuple(p.contiguous() for p in params)
 
 
-@torch.library.custom_op(f"{NAMESPACE}::site_forward", mutates_args=())
+# flexible_layout: inductor hands the ops x and dL/dy in the layout it has them, not the strides seen while tracing;
+# its CPU convolutions run channels-last, which the kernels read as it is instead of through two copies per op.
+# The outputs take x's layout (`passes.dense`), in the fake implementations as in the kernels.
+LAYOUT = (torch.Tag.flexible_layout,)
+
+
+@torch.library.custom_op(f"{NAMESPACE}::site_forward", mutates_args=(), tags=LAYOUT)
 def site_forward(
     x: Tensor,
     noise: Tensor | None,
@@ -102,10 +109,10 @@ def _(x, noise, lambda1, gamma1, lambda2, gamma2, scale_kernels, fc_weight, runn
     masks = x.new_empty(passes.mask_words(*x.shape) if with_masks else 0, dtype=torch.int64)
     stats = x.new_empty(passes.stats_size(channels, h_dim) + 1)
     running = (x.new_empty(running_mean.shape), x.new_empty(running_var.shape)) if batch_stats else _empties(x, 2)
-    return x.new_empty(x.shape), features, masks, stats, *running  # dense, as the kernels write them
+    return torch.empty_like(passes.dense(x)), features, masks, stats, *running  # as the kernels write them
 
 
-@torch.library.custom_op(f"{NAMESPACE}::site_backward", mutates_args=())
+@torch.library.custom_op(f"{NAMESPACE}::site_backward", mutates_args=(), tags=LAYOUT)
 def site_backward(
     grad_y: Tensor,
     x: Tensor,
@@ -151,7 +158,7 @@ def _(grad_y, x, noise, lambda1, gamma1, lambda2, gamma2, scale_kernels, fc_weig
     need_ng, need_k, need_fc = needs[1:]
     through_stats = batch_stats and (needs[0] or need_k)
     return (
-        x.new_empty(x.shape),
+        torch.empty_like(passes.dense(x)),
         x.new_empty((4, 9) if need_ng else EMPTY),
         x.new_empty((h_dim, 9) if need_k and through_stats else EMPTY),
         x.new_empty((2 * h_dim + 2,) if need_fc else EMPTY),

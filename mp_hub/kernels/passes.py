@@ -119,6 +119,17 @@ def _ptr(t: Tensor | None):
     return None if t is None else t.data_ptr()
 
 
+def channels_last(x: Tensor) -> bool:
+    """x is dense channels-last (NHWC) memory and not also dense NCHW: the kernels' `nhwc` layout."""
+    return x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def dense(x: Tensor) -> Tensor:
+    """x in a layout the kernels read: as it is when dense NCHW or channels-last (a channels-last model, or what
+    torch.compile's convolutions produce on CPU), else an NCHW copy."""
+    return x if x.is_contiguous() or channels_last(x) else x.contiguous()
+
+
 def forward(
     lib,
     call: SiteCall,
@@ -132,10 +143,11 @@ def forward(
 ) -> tuple[Tensor, tuple[Tensor | None, Tensor | None, Tensor, Tensor, Tensor]]:
     """y, and what the backward needs besides x: (features, masks, scale, mean, var), the last three views of
     `stats` (allocated here if not given, `stats_size` floats or more). With `call.batch_stats` the running
-    statistics are updated in place, like the eager path's `update_running_stats`."""
+    statistics are updated in place, like the eager path's `update_running_stats`. x is `dense`; y comes in its
+    layout, and a given noise is dense NCHW whatever x's layout."""
     l1, g1, l2, g2, kernels, fc_weight = params
     batch, channels, height, width = x.shape
-    h_dim, threads = kernels.shape[0], torch.get_num_threads()
+    h_dim, threads, nhwc = kernels.shape[0], torch.get_num_threads(), int(channels_last(x))
     features = masks = None
     if call.batch_stats:
         features = torch.empty(batch, channels, h_dim)
@@ -143,7 +155,7 @@ def forward(
             masks = torch.empty(mask_words(batch, channels, height, width), dtype=torch.int64)
         with _range("features"):
             bad = lib.mp_features(x.data_ptr(), batch, channels, height, width, kernels.data_ptr(), h_dim,
-                                  features.data_ptr(), _ptr(masks), threads)  # fmt: skip
+                                  features.data_ptr(), _ptr(masks), nhwc, threads)  # fmt: skip
         if bad:
             raise InvalidInputError(NON_FINITE_MESSAGE)
     stats = torch.empty(stats_size(channels, h_dim)) if stats is None else stats
@@ -156,7 +168,7 @@ def forward(
     with _range("forward"):
         lib.mp_forward_stacked(x.data_ptr(), y.data_ptr(), batch, channels, height, width, l1.data_ptr(),
                                g1.data_ptr(), l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), call.kappa, call.clip,
-                               call.relu, call.mode, _ptr(noise), *call.keys, threads)  # fmt: skip
+                               call.relu, call.mode, _ptr(noise), *call.keys, nhwc, threads)  # fmt: skip
     return y, (features, masks, scale, mean, var)
 
 
@@ -172,20 +184,20 @@ def backward(
 ) -> tuple[Tensor, Tensor | None, Tensor | None, Tensor | None]:
     """dL/dx, dL/d(λ₁, γ₁, λ₂, γ₂) as a (4, 9) tensor, dL/d(scale kernels) as (h, 9), dL/d(fc weight) as (2h + 2,);
     `needs` says which of the four are wanted (x, the noise generator, the scale kernels, the fc weight): the
-    others come back None. dL/dx is computed whatever `needs[0]` says (pass 3 writes it)."""
+    others come back None. dL/dx is computed whatever `needs[0]` says (pass 3 writes it), in x's layout."""
     need_x, need_ng, need_k, need_fc = needs
     l1, g1, l2, g2, kernels, fc_weight = params
     features, masks, scale, mean, var = saved
     batch, channels, height, width = x.shape
-    h_dim, threads = kernels.shape[0], torch.get_num_threads()
-    grad_y = grad_y.contiguous()
+    h_dim, threads, nhwc = kernels.shape[0], torch.get_num_threads(), int(channels_last(x))
+    grad_y = grad_y.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     gx = torch.empty_like(x)
     gs = torch.empty(channels)
     gng = torch.empty(4, 9) if need_ng else None
     with _range("backward"):
         lib.mp_backward(x.data_ptr(), grad_y.data_ptr(), gx.data_ptr(), batch, channels, height, width,
                         l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(), scale.data_ptr(), call.kappa,
-                        call.clip, call.relu, call.mode, _ptr(noise), *call.keys, gs.data_ptr(), _ptr(gng),
+                        call.clip, call.relu, call.mode, _ptr(noise), *call.keys, gs.data_ptr(), _ptr(gng), nhwc,
                         threads)  # fmt: skip
     through_stats = call.batch_stats and (need_x or need_k)
     g_fc = torch.empty(2 * h_dim + 2) if need_fc else None
@@ -199,5 +211,5 @@ def backward(
         g_k = torch.empty(h_dim, 9) if need_k else None
         with _range("features_backward"):
             lib.mp_features_backward(x.data_ptr(), _ptr(masks), gx.data_ptr(), batch, channels, height, width,
-                                     kernels.data_ptr(), h_dim, coeff.data_ptr(), _ptr(g_k), threads)  # fmt: skip
+                                     kernels.data_ptr(), h_dim, coeff.data_ptr(), _ptr(g_k), nhwc, threads)  # fmt: skip
     return gx, gng, g_k, g_fc

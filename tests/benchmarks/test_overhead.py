@@ -17,7 +17,8 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 def settings(**changes) -> Namespace:
     defaults = dict(batch=128, threads=2, device="cpu", compile=False, compile_backend="inductor", breakdown=False,
-                    keep_freed_memory=False, omp_passive=False, settle=0, no_eager=False)  # fmt: skip
+                    keep_freed_memory=False, omp_passive=False, settle=0, no_eager=False,
+                    channels_last=False)  # fmt: skip
     return Namespace(**{**defaults, **changes})
 
 
@@ -31,7 +32,7 @@ def test_each_configuration_has_its_own_results_file():
         (settings(device="cuda:0"), both), (settings(compile=True), both), (settings(breakdown=True), both),
         (settings(keep_freed_memory=True), both), (settings(omp_passive=True), both),
         (settings(compile=True, compile_backend="aot_eager"), both), (settings(settle=1), both),
-        (settings(no_eager=True), both),
+        (settings(no_eager=True), both), (settings(channels_last=True), both),
     ]  # fmt: skip
     names = [overhead.results_file_name(args, modes) for args, modes in configurations]
     assert len(set(names)) == len(names)
@@ -47,6 +48,23 @@ def test_no_eager_leaves_out_the_eager_variants_only():
     kept = [v for v in every if overhead.wanted(v, cpu, settings(no_eager=True))]
     assert kept == ["bare", "fused", "bare_compiled", "fused_compiled"]
     assert [v for v in every if overhead.wanted(v, cuda, settings(no_eager=True))] == ["bare", "bare_compiled"]
+
+
+def test_channels_last_steps_keep_the_layout_through_the_fused_sites(monkeypatch):
+    import overhead
+
+    from mp_hub.kernels import passes
+
+    if not kernels.fused_available():
+        pytest.skip(f"fused kernels unavailable here: {kernels.build.load_error()}")
+    layouts = []
+    kernel_forward = passes.forward
+    monkeypatch.setattr(passes, "forward", lambda lib, call, x, *a, **k: layouts.append(passes.channels_last(x))
+                        or kernel_forward(lib, call, x, *a, **k))  # fmt: skip
+    step = overhead.build(False, 2, torch.device("cpu"), memory_format=torch.channels_last)
+    for variant in ("bare", "fused"):
+        step(variant)
+    assert layouts == [True] * 9  # the fused step's nine sites; the bare step runs none
 
 
 @pytest.mark.slow

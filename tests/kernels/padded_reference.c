@@ -5,7 +5,7 @@
 
 void mp_forward(const float *x, float *y, long B, long C, long H, long W, const float *l1, const float *g1,
                 const float *l2, const float *g2, const float *scale, float kappa, float clip, int relu, int mode,
-                const float *eps, uint32_t k1, uint32_t k2, int nt);
+                const float *eps, uint32_t k1, uint32_t k2, int nhwc, int nt);
 
 static void compact(float *restrict dst, const float *restrict p, const Geom *g) {
   const long W = g->W, Wp = g->Wp;
@@ -79,10 +79,12 @@ static void ng_mu(long c, const float *ng, Img *s, const Geom *g) {  // mu of ch
   compact(s->mu, o, g);
 }
 
-// mp_forward_stacked's arguments and, bit for bit, its y.
+// mp_forward_stacked's arguments and, bit for bit, its y; NCHW only (nhwc must be 0: the channels-last path is
+// tested against the NCHW one).
 void mp_forward(const float *x, float *y, long B, long C, long H, long W, const float *l1, const float *g1,
                 const float *l2, const float *g2, const float *scale, float kappa, float clip, int relu, int mode,
-                const float *eps, uint32_t k1, uint32_t k2, int nt) {
+                const float *eps, uint32_t k1, uint32_t k2, int nhwc, int nt) {
+  if (nhwc) abort();
   float ng[36];
   gather_ng(ng, l1, g1, l2, g2);
   Geom g = geom(H, W);

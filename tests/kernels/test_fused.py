@@ -113,8 +113,9 @@ def _forward_both_layouts(lib, reference, phi, x, mode, eps, relu):
     l1, g1, l2, g2 = (k.detach().contiguous() for k in fused.phi_params(phi)[:4])
     batch, channels, height, width = x.shape
     scale = torch.rand(channels) + 0.5
+    noise = None if eps is None else eps.data_ptr()
     common = (batch, channels, height, width, l1.data_ptr(), g1.data_ptr(), l2.data_ptr(), g2.data_ptr(),
-              scale.data_ptr(), 0.7, 1.5, relu, mode, None if eps is None else eps.data_ptr(), 11, 22, 2)  # fmt: skip
+              scale.data_ptr(), 0.7, 1.5, relu, mode, noise, 11, 22, 0, 2)  # fmt: skip
     padded, stacked = torch.empty_like(x), torch.empty_like(x)
     reference.mp_forward(x.data_ptr(), padded.data_ptr(), *common)
     lib.mp_forward_stacked(x.data_ptr(), stacked.data_ptr(), *common)

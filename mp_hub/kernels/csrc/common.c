@@ -81,6 +81,89 @@ static void expand_add(float *restrict dst, const float *restrict p, const Geom 
   }
 }
 
+// Channels-last (NHWC) tensors: the kernels work on planes, so one image of such a tensor (n positions of C
+// channels) goes to C planes (plane c at planes + c * ps) and back. With AVX-512 and C a multiple of 16, in 16 x 16
+// blocks transposed in registers; else (and for the last n % 16 positions) element by element.
+#if defined(__AVX512F__)
+// out[j] = column j of the 16 x 16 block at src (rows ss floats apart).
+static inline void transpose16(const float *src, long ss, __m512 *out) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * ss);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; i++) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 8; i++) {
+    out[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    out[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+}
+#define NHWC_BLOCKS(C, n) ((C) % 16 == 0 ? (n) / 16 * 16 : 0)  // positions done in 16 x 16 blocks
+#else
+#define NHWC_BLOCKS(C, n) 0
+#endif
+static void image_to_planes(float *restrict planes, long ps, const float *restrict img, long C, long n) {
+  const long blocked = NHWC_BLOCKS(C, n);
+#if defined(__AVX512F__)
+  __m512 col[16];
+  for (long k0 = 0; k0 < blocked; k0 += 16)
+    for (long c0 = 0; c0 < C; c0 += 16) {
+      transpose16(img + k0 * C + c0, C, col);
+      for (int j = 0; j < 16; j++) _mm512_storeu_ps(planes + (c0 + j) * ps + k0, col[j]);
+    }
+#endif
+  for (long c = 0; c < C; c++)
+    for (long k = blocked; k < n; k++) planes[c * ps + k] = img[k * C + c];
+}
+static void planes_to_image(float *restrict img, const float *restrict planes, long ps, long C, long n) {
+  const long blocked = NHWC_BLOCKS(C, n);
+#if defined(__AVX512F__)
+  __m512 row[16];
+  for (long k0 = 0; k0 < blocked; k0 += 16)
+    for (long c0 = 0; c0 < C; c0 += 16) {
+      transpose16(planes + c0 * ps + k0, ps, row);
+      for (int j = 0; j < 16; j++) _mm512_storeu_ps(img + (k0 + j) * C + c0, row[j]);
+    }
+#endif
+  for (long k = blocked; k < n; k++)
+    for (long c = 0; c < C; c++) img[k * C + c] = planes[c * ps + k];
+}
+static void planes_add_to_image(float *restrict img, const float *restrict planes, long ps, long C, long n) {
+  const long blocked = NHWC_BLOCKS(C, n);
+#if defined(__AVX512F__)
+  __m512 row[16];
+  for (long k0 = 0; k0 < blocked; k0 += 16)
+    for (long c0 = 0; c0 < C; c0 += 16) {
+      transpose16(planes + c0 * ps + k0, ps, row);
+      for (int j = 0; j < 16; j++) {
+        float *dst = img + (k0 + j) * C + c0;
+        _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), row[j]));
+      }
+    }
+#endif
+  for (long k = blocked; k < n; k++)
+    for (long c = 0; c < C; c++) img[k * C + c] += planes[c * ps + k];
+}
+static void expand(float *restrict dst, const float *restrict p, const Geom *g) {  // dst = interior of p
+  const long W = g->W, Wp = g->Wp;
+  for (long i = 0; i < g->H; i++) {
+#pragma omp simd
+    for (long j = 0; j < W; j++) dst[i * W + j] = p[(i + 1) * Wp + 1 + j];
+  }
+}
+
 #define TAPS(p, k, s)                                                                                            \
   (v0 * p[k - s - 1] + v1 * p[k - s] + v2 * p[k - s + 1] + v3 * p[k - 1] + v4 * p[k] + v5 * p[k + 1] +         \
    v6 * p[k + s - 1] + v7 * p[k + s] + v8 * p[k + s + 1])

@@ -25,15 +25,17 @@ typedef struct {
   float *t, *mu, *eps;       // t = gamma * mean_c(.), mu of one channel, the normals of one plane
   uint32_t *words, *ml, *mrk;
   uint32_t *mlc, *mrc;       // weight gradients only: ml and mrk over all C planes (each starts at a multiple of W)
+  float *yi, *gyi, *gxi;     // channels-last only: an image's C planes of y (forward), of dL/dy and of dL/dx
 } Stack;
-// bwd: room for the backward's planes; weights: also the masks over all C planes (the weight gradients)
-static Stack stack_layout(long C, long H, long W, int bwd, int weights) {
+// bwd: room for the backward's planes; weights: also the masks over all C planes (the weight gradients); nhwc:
+// the dense planes that channels-last tensors go through
+static Stack stack_layout(long C, long H, long W, int bwd, int weights, int nhwc) {
   const long n = H * W, lead = round16(W + 1), sp = n + W;  // lead: room for the taps above the first row
   const size_t planes = (size_t)(lead + C * sp + W + 16), single = (size_t)(lead + sp + W + 16);
   const size_t blocks = bwd ? 4 : 2;  // of C planes, and as many single planes
   const size_t whole = weights ? (size_t)round16(C * sp) : 0;
   const size_t total = blocks * (planes + single) + 3 * (size_t)round16(n) + (size_t)round16(n + 1) + 32 +
-                       2 * (size_t)round16(n) + 2 * whole;
+                       2 * (size_t)round16(n) + 2 * whole + (nhwc ? (bwd ? 2 : 1) * (size_t)round16(C * n) : 0);
   float *ws = scratch(total);
   memset(ws, 0, sizeof(float) * total);  // the zero rows: only plane interiors are written below
   Stack s;
@@ -50,6 +52,9 @@ static Stack stack_layout(long C, long H, long W, int bwd, int weights) {
     s.mrk[k] = k % W != W - 1 ? 0xffffffffu : 0u;
   }
   s.mlc = weights ? s.mrk + round16(n) : NULL; s.mrc = weights ? s.mlc + whole : NULL;
+  float *image = (float *)(s.mrk + round16(n) + 2 * whole);  // after the masks
+  s.yi = nhwc && !bwd ? image : NULL;
+  s.gyi = nhwc && bwd ? image : NULL; s.gxi = nhwc && bwd ? image + round16(C * n) : NULL;
   if (weights)  // the plane's pattern, then its zero row (whose masks do not matter), C times
     for (long c = 0; c < C; c++) {
       memcpy(s.mlc + c * sp, s.ml, sizeof(uint32_t) * (size_t)n);
@@ -68,21 +73,30 @@ static void mean_term(float *restrict t, float *restrict m, const float *w, floa
   for (long k = 0; k < n; k++) t[k] = TAPS_M(m, k, W, ml, mrk);
 }
 
-// One image: xs, rs and t = gamma2 * mean_c(r), ready for stacked_mu.
-static void stacked_phase1(const float *xb, long C, long H, long W, const float *ng, const Stack *s) {
+// One image: xs, rs and t = gamma2 * mean_c(r), ready for stacked_mu. nhwc: xb is channels-last.
+static void stacked_phase1(const float *xb, long C, long H, long W, const float *ng, const Stack *s, int nhwc) {
   const long n = H * W;
   const long sp = n + W;
   const uint32_t *restrict ml = s->ml, *restrict mrk = s->mrk;
   float *restrict mx = s->mx, *restrict mr = s->mr, *restrict t = s->t;
   memset(mx, 0, sizeof(float) * (size_t)n);
-  for (long c = 0; c < C; c++) {  // copy x into the stacked planes and sum the channels in the same loop
-    const float *restrict src = xb + c * n;
-    float *restrict dst = s->xs + c * sp;
+  if (nhwc) {  // x's planes into the stacked ones, then the channels summed in the order of the NCHW loop below
+    image_to_planes(s->xs, sp, xb, C, n);
+    for (long c = 0; c < C; c++) {
+      const float *restrict src = s->xs + c * sp;
 #pragma omp simd
-    for (long k = 0; k < n; k++) {
-      const float v = src[k];
-      dst[k] = v;
-      mx[k] += v;
+      for (long k = 0; k < n; k++) mx[k] += src[k];
+    }
+  } else {
+    for (long c = 0; c < C; c++) {  // copy x into the stacked planes and sum the channels in the same loop
+      const float *restrict src = xb + c * n;
+      float *restrict dst = s->xs + c * sp;
+#pragma omp simd
+      for (long k = 0; k < n; k++) {
+        const float v = src[k];
+        dst[k] = v;
+        mx[k] += v;
+      }
     }
   }
   mean_term(t, mx, ng + 9, 1.0f / (float)C, s, n, W);  // gamma1 * mean_c(x)
@@ -109,25 +123,41 @@ static void stacked_mu(long c, long n, long W, const float *ng, const Stack *s) 
   for (long k = 0; k < n; k++) mu[k] = t[k] + TAPS_M(rp, k, W, ml, mrk);
 }
 
+// plane_output for channels-last x and y: x from its stacked copy, y into the image's planes s->yi. The noise is
+// drawn (or read, eps being dense NCHW whatever the layout of x) for plane (b, c) as in the NCHW case: the same y.
+static void plane_output_nhwc(const Outputs *o, long b, long c, long W, const Stack *s) {
+  const float *es = NULL;
+  if (o->mode != 2) {
+    es = o->eps ? o->eps + (b * o->C + c) * o->n : s->eps;
+    if (!o->eps) normals(s->eps, s->words, o->n, (uint32_t)(b * o->C + c), o->k1, o->k2);
+  }
+  site_output(s->xs + c * (o->n + W), s->mu, es, s->yi + c * o->n, o->n, o->scale[c], o->kappa, o->clip, o->relu);
+}
+
 // y = the site's output. mode: 0 = eps given, 1 = counter-based normal draws (keys k1, k2), 2 = "mean"
-// (z = E[softplus(mu + eps)]). l1, g1, l2, g2: lambda1, gamma1, lambda2, gamma2 (9 values each).
+// (z = E[softplus(mu + eps)]). l1, g1, l2, g2: lambda1, gamma1, lambda2, gamma2 (9 values each). nhwc: x and y
+// are channels-last.
 void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W, const float *l1, const float *g1,
                         const float *l2, const float *g2, const float *scale, float kappa, float clip, int relu,
-                        int mode, const float *eps, uint32_t k1, uint32_t k2, int nt) {
+                        int mode, const float *eps, uint32_t k1, uint32_t k2, int nhwc, int nt) {
   float ng[36];
   gather_ng(ng, l1, g1, l2, g2);
   const long n = H * W;
   const Outputs out = {x, scale, eps, y, kappa, clip, relu, mode, k1, k2, C, n};
 #pragma omp parallel num_threads(nt)
   {
-    Stack s = stack_layout(C, H, W, 0, 0);
+    Stack s = stack_layout(C, H, W, 0, 0, nhwc);
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
-      stacked_phase1(x + b * C * n, C, H, W, ng, &s);
+      stacked_phase1(x + b * C * n, C, H, W, ng, &s, nhwc);
       for (long c = 0; c < C; c++) {
         stacked_mu(c, n, W, ng, &s);
-        plane_output(&out, b, c, s.mu, s.eps, s.words);
+        if (nhwc)
+          plane_output_nhwc(&out, b, c, W, &s);
+        else
+          plane_output(&out, b, c, s.mu, s.eps, s.words);
       }
+      if (nhwc) planes_to_image(y + b * C * n, s.yi, n, C, n);
     }
   }
 }
@@ -194,11 +224,12 @@ static void stacked_ceo1_transpose_add(float *gx_b, const float *ng, const Stack
 
 // Backward from x: mu and the noise are recomputed rather than kept (keeping them, as an earlier version did
 // for frozen φ, saved no time once this backward ran on the stacked layout); gng_out (optional, 36 floats)
-// receives dL/d(lambda1, gamma1, lambda2, gamma2).
+// receives dL/d(lambda1, gamma1, lambda2, gamma2). nhwc: x, gy and gx are channels-last (an image at a time, through
+// C planes of each).
 void mp_backward(const float *x, const float *gy, float *gx, long B, long C, long H, long W, const float *l1,
                  const float *g1, const float *l2, const float *g2, const float *scale, float kappa, float clip,
                  int relu, int mode, const float *eps, uint32_t k1, uint32_t k2, float *gs_out, float *gng_out,
-                 int nt) {
+                 int nhwc, int nt) {
   float ng[36];
   gather_ng(ng, l1, g1, l2, g2);
   float *gs = (float *)malloc(sizeof(float) * (size_t)(B * C));
@@ -206,17 +237,20 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
   const long n = H * W, sp = n + W;
 #pragma omp parallel num_threads(nt)
   {
-    Stack s = stack_layout(C, H, W, 1, gng != NULL);
+    Stack s = stack_layout(C, H, W, 1, gng != NULL, nhwc);
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
       double acc[36] = {0};
-      stacked_phase1(x + b * C * n, C, H, W, ng, &s);
+      float *gx_b = nhwc ? s.gxi : gx + b * C * n;
+      stacked_phase1(x + b * C * n, C, H, W, ng, &s, nhwc);
+      if (nhwc) image_to_planes(s.gyi, n, gy + b * C * n, C, n);
       memset(s.s2, 0, sizeof(float) * (size_t)n);
       for (long c = 0; c < C; c++) {
         stacked_mu(c, n, W, ng, &s);
         const long off = (b * C + c) * n;
-        const float *restrict xs = x + off, *restrict gys = gy + off, *restrict mu = s.mu;
-        float *restrict gxs = gx + off, *restrict gmu = s.gm + c * sp, *restrict s2 = s.s2;
+        const float *restrict xs = nhwc ? s.xs + c * sp : x + off, *restrict gys = nhwc ? s.gyi + c * n : gy + off;
+        const float *restrict mu = s.mu;
+        float *restrict gxs = gx_b + c * n, *restrict gmu = s.gm + c * sp, *restrict s2 = s.s2;
         const float sc = scale[c];
         float gsum = 0.0f, dz, gxv, gsz;
         if (mode == 2) {
@@ -251,7 +285,8 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
         wgrad3_stacked(acc, s.ga, s.xs, C * sp - W, W, s.mlc, s.mrc);
         wgrad3_stacked(acc + 9, s.s1, s.mx, n, W, s.ml, s.mrk);
       }
-      stacked_ceo1_transpose_add(gx + b * C * n, ng, &s, C, n, W);
+      stacked_ceo1_transpose_add(gx_b, ng, &s, C, n, W);
+      if (nhwc) planes_to_image(gx + b * C * n, gx_b, n, C, n);
       if (gng)
         for (int d = 0; d < 36; d++) gng[b * 36 + d] = (float)acc[d];
     }
