@@ -42,8 +42,10 @@ On a machine shared with other jobs, OpenMP threads that spin at barriers while 
 can make whole phases of a run 5–10× slower (bimodal step times, for every variant); --omp-passive sets
 OMP_WAIT_POLICY=PASSIVE for steadier figures.
 
---channels-last: every model and batch in channels-last memory (`model.to(memory_format=torch.channels_last)`),
-as a channels-last training script has them; the fused kernels read and write that layout as it is.
+--channels-last: two more variants, bare_channels_last and fused_channels_last, a model and batch in
+channels-last memory (`model.to(memory_format=torch.channels_last)`, as `recipes/transfer.py --channels_last`
+has them), whose convolutions and fused sites run in that layout; `fused_channels_last_vs_bare_channels_last` is
+the sites' cost there.
 
 --keep-freed-memory: glibc's malloc keeps freed memory instead of page-faulting every large activation in
 again (`_common.KEEP_FREED_MEMORY`; about half the bare forward's time on this machine goes to those faults).
@@ -81,7 +83,8 @@ from mp_hub.models import model_from_type  # noqa: E402
 
 VARIANTS = ("bare", "eager", "fused")
 COMPILED = ("bare_compiled", "eager_compiled", "fused_compiled")
-CPU_ONLY = ("fused", "fused_compiled")  # the fused kernels run on CPU only
+CHANNELS_LAST = ("bare_channels_last", "fused_channels_last")
+CPU_ONLY = ("fused", "fused_compiled", "fused_channels_last")  # the fused kernels run on CPU only
 
 
 def build(
@@ -160,8 +163,7 @@ def wanted(variant: str, device: torch.device, args) -> bool:
 
 def measure(trainable_phi: bool, args) -> dict:
     device = torch.device(args.device)
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    step = build(trainable_phi, args.batch, device, memory_format=memory_format)
+    step = build(trainable_phi, args.batch, device)
     # the fused kernels are CPU-only: on a GPU the variant would only time the eager path again
     variants = [v for v in VARIANTS if wanted(v, device, args)]
     steps = {v: step for v in variants}
@@ -169,11 +171,16 @@ def measure(trainable_phi: bool, args) -> dict:
     if args.compile:
         compiled = [v for v in COMPILED if wanted(v, device, args)]
         for variant in compiled:  # one model each: no recompilation when the timing alternates them
-            steps[variant] = build(trainable_phi, args.batch, device, args.compile_backend, memory_format)
+            steps[variant] = build(trainable_phi, args.batch, device, compile_backend=args.compile_backend)
             t0 = time.perf_counter()
             steps[variant](variant)  # compiles forward and backward
             compile_s[variant] = time.perf_counter() - t0
         variants += compiled
+    if args.channels_last:  # one model for both variants, as bare and fused share one above
+        last = build(trainable_phi, args.batch, device, memory_format=torch.channels_last)
+        layout_variants = [v for v in CHANNELS_LAST if wanted(v, device, args)]
+        steps.update(dict.fromkeys(layout_variants, last))
+        variants += layout_variants
     out = time_interleaved({v: (lambda v=v: steps[v](v)) for v in variants}, args.warmup, args.steps, args.settle)
     out["variants"] = variants
     for variant in variants[1:]:
@@ -183,6 +190,8 @@ def measure(trainable_phi: bool, args) -> dict:
         for variant in compiled[1:]:
             out[f"{variant}_vs_bare_compiled"] = out[f"{variant}_ms"] / out["bare_compiled_ms"]
         out.update({f"{variant}_compile_s": seconds for variant, seconds in compile_s.items()})
+    if "fused_channels_last" in variants:
+        out["fused_channels_last_vs_bare_channels_last"] = out["fused_channels_last_ms"] / out["bare_channels_last_ms"]
     if args.breakdown and "fused" in variants:
         out["kernel_ms"] = kernel_breakdown(step, args.steps)
         out["kernel_total_ms"] = sum(out["kernel_ms"].values())
@@ -236,7 +245,9 @@ def main() -> None:
         "--no-eager", action="store_true", help="leave out eager and eager_compiled (slow; their heap follows them)"
     )
     add_device_arguments(parser, compile_help="also time torch.compile'd bare, eager and fused (CPU) models")
-    parser.add_argument("--channels-last", action="store_true", help="models and batches in channels-last memory")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="also time bare and fused models in channels-last memory"
+    )
     parser.add_argument(
         "--breakdown", action="store_true", help="time more fused steps: ms per step of each fused-kernel pass"
     )
@@ -274,6 +285,8 @@ def main() -> None:
             print("  compiled, sites vs bare: " + ", ".join(f"{v} ×{r[v + '_vs_bare_compiled']:.3f}"
                   for v in compiled[1:]) + "; compile time " + ", ".join(f"{v} {r[v + '_compile_s']:.0f} s"
                   for v in compiled))  # fmt: skip
+        if "fused_channels_last_vs_bare_channels_last" in r:
+            print(f"  channels-last, sites vs bare: ×{r['fused_channels_last_vs_bare_channels_last']:.3f}")
     for mode, r in results.items():
         if "fused_ms" in r and "eager_ms" in r:
             print(f"speed-up of fused over eager (φ {mode}): ×{r['eager_ms'] / r['fused_ms']:.2f}")

@@ -62,21 +62,29 @@ def test_channels_last_steps_keep_the_layout_through_the_fused_sites(monkeypatch
     monkeypatch.setattr(passes, "forward", lambda lib, call, x, *a, **k: layouts.append(passes.channels_last(x))
                         or kernel_forward(lib, call, x, *a, **k))  # fmt: skip
     step = overhead.build(False, 2, torch.device("cpu"), memory_format=torch.channels_last)
-    for variant in ("bare", "fused"):
+    for variant in overhead.CHANNELS_LAST:
         step(variant)
     assert layouts == [True] * 9  # the fused step's nine sites; the bare step runs none
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert [v for v in overhead.CHANNELS_LAST if overhead.wanted(v, cuda, settings())] == ["bare_channels_last"]
+    assert all(overhead.wanted(v, cpu, settings(no_eager=True)) for v in overhead.CHANNELS_LAST)
 
 
 @pytest.mark.slow
 def test_overhead_benchmark_runs_and_writes_its_record(run_script):
     args = ("--steps", "2", "--warmup", "0", "--batch", "4", "--no-memory")
-    report, path = run_script("overhead.py", *args, *(("--breakdown",) if kernels.fused_available() else ()))
-    assert path.name.startswith("overhead-frozen+trainable-b4-t2")
+    report, path = run_script(
+        "overhead.py", *args, "--channels-last", *(("--breakdown",) if kernels.fused_available() else ())
+    )
+    assert path.name.startswith("overhead-frozen+trainable-b4-t2") and "-channelslast" in path.name
     for result in report["results"].values():
         for v in result["variants"]:
             assert result[f"{v}_paired_q25"] <= result[f"{v}_paired_ratio"] <= result[f"{v}_paired_q75"]
         for variant in result["variants"][1:]:  # each a ratio of its own median to bare's
             assert result[f"{variant}_ratio"] == pytest.approx(result[f"{variant}_ms"] / result["bare_ms"])
+        assert result["variants"][-2:] == ["bare_channels_last", "fused_channels_last"]
+        ratio = result["fused_channels_last_ms"] / result["bare_channels_last_ms"]
+        assert result["fused_channels_last_vs_bare_channels_last"] == pytest.approx(ratio)
         if kernels.fused_available():  # every pass ran in the timed steps, frozen and trainable
             assert list(result["kernel_ms"]) == list(PASSES) and all(ms > 0 for ms in result["kernel_ms"].values())
             assert result["kernel_total_ms"] == pytest.approx(sum(result["kernel_ms"].values()))

@@ -210,6 +210,31 @@ def test_torch_compile_trains_and_evaluates_as_the_uncompiled_model(tmp_path, ph
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-4) for k in a)
 
 
+def test_channels_last_trains_as_the_nchw_model_resumes_exactly_and_saves_plain_weights(
+    tmp_path, phi_dir, recipe, uninterrupted, monkeypatch
+):
+    """--channels_last: every site call gets channels-last features, the same run to float32 rounding (its
+    convolutions round differently), a resumed run bit-identical to an uninterrupted one, the saved model loads."""
+    from mp_hub.kernels import passes
+
+    layouts = []
+    kernel_forward = passes.forward
+    monkeypatch.setattr(passes, "forward", lambda lib, call, x, *a, **k: layouts.append(passes.channels_last(x))
+                        or kernel_forward(lib, call, x, *a, **k))  # fmt: skip
+    base = [*_resume_base(phi_dir), "--channels_last"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    assert recipe.main([*base, "--output_dir", str(full)]) == 0
+    assert all(layouts) and (layouts or not mp_hub.kernels.fused_available())  # the fused sites saw NHWC
+    ra, rb = (json.loads((d / "all_results.json").read_text()) for d in (uninterrupted, full))
+    for key in ("train_loss", "eval_nll", "eval_accuracy", "eval_mean_mode_nll"):
+        assert rb[key] == pytest.approx(ra[key], rel=1e-4, abs=1e-5), key
+    assert recipe.main([*base, "--output_dir", str(split), "--stop_after_steps", "2"]) == 0
+    assert recipe.main([*base, "--output_dir", str(split), "--resume_from_checkpoint", "latest"]) == 0
+    _same_run(full, split)
+    model, handle = mp_hub.load_perturbed(full)
+    assert model.config.num_labels == 10 and handle.site_list()
+
+
 def test_gradient_accumulation_averages_the_batches_of_one_optimizer_step(tmp_path, recipe, monkeypatch):
     import mp_hub.data.batches
 
