@@ -207,7 +207,7 @@ def measure(trainable_phi: bool, args) -> dict:
 
 
 def row(r: dict, variant: str) -> str:
-    text = f"{variant:14s} {r[variant + '_ms']:8.1f} | {r[variant + '_cpu_ms']:8.1f}"
+    text = f"{variant:19s} {r[variant + '_ms']:8.1f} | {r[variant + '_cpu_ms']:8.1f}"
     if variant != "bare":
         text += f"  ×{r[variant + '_ratio']:.3f} | ×{r[variant + '_cpu_ratio']:.3f}"
         text += f" | paired ×{r[variant + '_paired_ratio']:.3f}"
