@@ -16,15 +16,18 @@ metrics. Per budget and seed, φ against none: the accuracy difference in points
 a user wants" (accuracy at most 1 point below none's, ECE and NLL lower) and finished within --time_goal_s.
 A finished run is reused (its `job.json` in --work_dir); a run that did not finish is started again, and a second
 script on the same --work_dir is refused while the first runs. Prints the table and a final JSON line with the git
-commit, also written to benchmarks/results/default_job-<budgets>-seeds<...>-jobs<J>.json (--results_dir,
---results_file).
+commit, also written to benchmarks/results/default_job-<budgets>-seeds<...>-jobs<J>[-<recipe flags>].json
+(--results_dir, --results_file; the recipe flags as `with_channels_last`, or `flags<digest>` where they do not
+make a short, plain name).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,6 +58,17 @@ def parse_budget(text: str) -> tuple[int, int]:
 
 def run_name(budget: tuple[int, int], regularizer: str, seed: int) -> str:
     return f"{budget[0]}x{budget[1]}-{regularizer}-seed{seed}"
+
+
+def recipe_flags_setting(extra: list[str]) -> str | None:
+    """The record name's part for the recipe flags given (None for none): readable where they are short and plain
+    (`--channels_last` → `with_channels_last`), else a digest of them (the record lists them)."""
+    if not extra:
+        return None
+    plain = "+".join(flag.removeprefix("--") for flag in extra)
+    if len(plain) <= 48 and re.fullmatch(r"[A-Za-z0-9_.=+-]+", plain):
+        return "with_" + plain
+    return "flags" + hashlib.sha1("\0".join(extra).encode()).hexdigest()[:8]
 
 
 def job_command(budget: tuple[int, int], regularizer: str, seed: int, output_dir: Path, extra: list[str]):
@@ -164,7 +178,8 @@ def main() -> None:
             rows.append({"budget": f"{budget[0]}x{budget[1]}", "seed": seed, **figures, **verdict})
     print(table(rows), file=sys.stderr)
     budgets = "+".join(f"{steps}x{size}" for steps, size in args.budgets)
-    name = results_name("default_job", budgets, "seeds" + "+".join(map(str, args.seeds)), f"jobs{args.jobs}")
+    seeds = "seeds" + "+".join(map(str, args.seeds))
+    name = results_name("default_job", budgets, seeds, f"jobs{args.jobs}", recipe_flags_setting(extra))
     figures = {
         "rows": rows,
         "time_goal_s": args.time_goal_s,

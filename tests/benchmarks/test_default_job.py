@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from default_job import compare, main, parse_budget
+from default_job import compare, main, parse_budget, recipe_flags_setting
 
 from mp_hub.output_dir import claim_output_dir
 from mp_hub.training.threads import usable_cores
@@ -33,6 +33,14 @@ def _run(accuracy, ece, nll, wall=100.0):
     return {"eval_accuracy": accuracy, "eval_ece": ece, "eval_nll": nll, "wall_s": wall}
 
 
+def test_the_record_name_holds_the_recipe_flags():
+    assert recipe_flags_setting([]) is None
+    assert recipe_flags_setting(["--channels_last"]) == "with_channels_last"
+    assert recipe_flags_setting(["--learning_rate", "3e-3"]) == "with_learning_rate+3e-3"
+    tiny = recipe_flags_setting(TINY)  # braces, spaces and length: a digest, one per set of flags
+    assert tiny.startswith("flags") and len(tiny) == 13 and tiny != recipe_flags_setting(TINY[:-2])
+
+
 @pytest.mark.parametrize(
     ("phi", "wanted"),
     [
@@ -55,7 +63,7 @@ def test_default_job_runs_both_regularizers_and_reuses_finished_runs(run_script,
     monkeypatch.setenv("OMP_NUM_THREADS", "2")  # removed for the runs: accelerate would take its threads from it
     work = tmp_path / "work"
     report, path = run_script("default_job.py", "--budgets", "2x16", "--seeds", "3", "--work_dir", str(work), *TINY)
-    assert path.name == "default_job-2x16-seeds3-jobs2.json"
+    assert path.name == f"default_job-2x16-seeds3-jobs2-{recipe_flags_setting(TINY)}.json"
     assert json.loads(path.read_text()) == report
     (row,) = report["rows"]
     assert (row["budget"], row["seed"]) == ("2x16", 3)
