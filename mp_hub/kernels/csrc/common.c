@@ -127,20 +127,8 @@ static void image_to_planes(float *restrict planes, long ps, const float *restri
   for (long c = 0; c < C; c++)
     for (long k = blocked; k < n; k++) planes[c * ps + k] = img[k * C + c];
 }
-static void planes_to_image(float *restrict img, const float *restrict planes, long ps, long C, long n) {
-  const long blocked = NHWC_BLOCKS(C, n);
-#if defined(__AVX512F__)
-  __m512 row[16];
-  for (long k0 = 0; k0 < blocked; k0 += 16)
-    for (long c0 = 0; c0 < C; c0 += 16) {
-      transpose16(planes + c0 * ps + k0, ps, row);
-      for (int j = 0; j < 16; j++) _mm512_storeu_ps(img + (k0 + j) * C + c0, row[j]);
-    }
-#endif
-  for (long k = blocked; k < n; k++)
-    for (long c = 0; c < C; c++) img[k * C + c] = planes[c * ps + k];
-}
-static void planes_add_to_image(float *restrict img, const float *restrict planes, long ps, long C, long n) {
+// add: img += the planes, else img = the planes.
+static void planes_to_image(float *restrict img, const float *restrict planes, long ps, long C, long n, int add) {
   const long blocked = NHWC_BLOCKS(C, n);
 #if defined(__AVX512F__)
   __m512 row[16];
@@ -149,12 +137,18 @@ static void planes_add_to_image(float *restrict img, const float *restrict plane
       transpose16(planes + c0 * ps + k0, ps, row);
       for (int j = 0; j < 16; j++) {
         float *dst = img + (k0 + j) * C + c0;
-        _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), row[j]));
+        _mm512_storeu_ps(dst, add ? _mm512_add_ps(_mm512_loadu_ps(dst), row[j]) : row[j]);
       }
     }
 #endif
   for (long k = blocked; k < n; k++)
-    for (long c = 0; c < C; c++) img[k * C + c] += planes[c * ps + k];
+    for (long c = 0; c < C; c++) {
+      const float v = planes[c * ps + k];
+      if (add)
+        img[k * C + c] += v;
+      else
+        img[k * C + c] = v;
+    }
 }
 static void expand(float *restrict dst, const float *restrict p, const Geom *g) {  // dst = interior of p
   const long W = g->W, Wp = g->Wp;

@@ -289,7 +289,7 @@ void mp_features_backward(const float *x, const uint64_t *masks, float *gx, long
                               gk ? gk + bc * h * 9 : NULL);
           expand(gi + c * n, o, &g);
         }
-        planes_add_to_image(gx + b * C * n, gi, n, C, n);
+        planes_to_image(gx + b * C * n, gi, n, C, n, 1);
       }
     } else {
 #pragma omp for schedule(guided)  // as in mp_features

@@ -157,7 +157,7 @@ void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W
         else
           plane_output(&out, b, c, s.mu, s.eps, s.words);
       }
-      if (nhwc) planes_to_image(y + b * C * n, s.yi, n, C, n);
+      if (nhwc) planes_to_image(y + b * C * n, s.yi, n, C, n, 0);
     }
   }
 }
@@ -286,7 +286,7 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
         wgrad3_stacked(acc + 9, s.s1, s.mx, n, W, s.ml, s.mrk);
       }
       stacked_ceo1_transpose_add(gx_b, ng, &s, C, n, W);
-      if (nhwc) planes_to_image(gx + b * C * n, gx_b, n, C, n);
+      if (nhwc) planes_to_image(gx + b * C * n, gx_b, n, C, n, 0);
       if (gng)
         for (int d = 0; d < 36; d++) gng[b * 36 + d] = (float)acc[d];
     }
