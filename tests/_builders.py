@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mp_hub import MetaPerturb
+from mp_hub.kernels import passes
 from mp_hub.models import model_from_type
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,3 +179,17 @@ class RecordedOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.names.add(str(func))
         return func(*args, **(kwargs or {}))
+
+
+def record_site_layouts(monkeypatch) -> list[bool]:
+    """A list that, until `monkeypatch` undoes it, gets one entry per fused site forward: whether its x came
+    channels-last (`passes.channels_last`)."""
+    layouts = []
+    kernel_forward = passes.forward
+
+    def recording_forward(lib, call, x, *args, **kwargs):
+        layouts.append(passes.channels_last(x))
+        return kernel_forward(lib, call, x, *args, **kwargs)
+
+    monkeypatch.setattr(passes, "forward", recording_forward)
+    return layouts

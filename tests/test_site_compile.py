@@ -11,11 +11,11 @@ import pytest
 import torch
 import torch._dynamo.testing
 import torch.nn.functional as F
-from _builders import ConvNet, make_phi, resnet8
+from _builders import ConvNet, make_phi, record_site_layouts, resnet8
 
 import mp_hub
 from mp_hub import InvalidInputError, PerturbSite, kernels
-from mp_hub.kernels import fused, passes
+from mp_hub.kernels import fused
 
 BACKENDS = ["fused", "eager"]
 
@@ -127,14 +127,7 @@ def test_inductor_compiles_a_training_step(backend, mode, monkeypatch):
     step, to float32 rounding (inductor fuses and reorders the float operations). Fused sites take x as inductor
     has it (the ops' flexible layout): channels-last where its CPU convolutions left it so, not copied to NCHW."""
     _needs(backend)
-    layouts = []
-    kernel_forward = passes.forward
-
-    def recording_forward(lib, call, x, *args, **kwargs):
-        layouts.append(passes.channels_last(x))
-        return kernel_forward(lib, call, x, *args, **kwargs)
-
-    monkeypatch.setattr(passes, "forward", recording_forward)
+    layouts = record_site_layouts(monkeypatch)
     targets = dict(targets=r"blocks\.\d+\.2", placement="input", spatial_norm=8)
     model = ConvNet(widths=(4, 4), seed=0)
     handle = mp_hub.attach(model, make_phi(), trainable_phi=True, inference_mode=mode, **targets)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _builders import record_site_layouts
 
 from mp_hub import kernels
 from mp_hub.kernels.fused import PASSES
@@ -53,14 +54,9 @@ def test_no_eager_leaves_out_the_eager_variants_only():
 def test_channels_last_steps_keep_the_layout_through_the_fused_sites(monkeypatch):
     import overhead
 
-    from mp_hub.kernels import passes
-
     if not kernels.fused_available():
         pytest.skip(f"fused kernels unavailable here: {kernels.build.load_error()}")
-    layouts = []
-    kernel_forward = passes.forward
-    monkeypatch.setattr(passes, "forward", lambda lib, call, x, *a, **k: layouts.append(passes.channels_last(x))
-                        or kernel_forward(lib, call, x, *a, **k))  # fmt: skip
+    layouts = record_site_layouts(monkeypatch)
     step = overhead.build(False, 2, torch.device("cpu"), memory_format=torch.channels_last)
     for variant in overhead.CHANNELS_LAST:
         step(variant)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _builders import load_script
+from _builders import load_script, record_site_layouts
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -215,12 +215,7 @@ def test_channels_last_trains_as_the_nchw_model_resumes_exactly_and_saves_plain_
 ):
     """--channels_last: every site call gets channels-last features, the same run to float32 rounding (its
     convolutions round differently), a resumed run bit-identical to an uninterrupted one, the saved model loads."""
-    from mp_hub.kernels import passes
-
-    layouts = []
-    kernel_forward = passes.forward
-    monkeypatch.setattr(passes, "forward", lambda lib, call, x, *a, **k: layouts.append(passes.channels_last(x))
-                        or kernel_forward(lib, call, x, *a, **k))  # fmt: skip
+    layouts = record_site_layouts(monkeypatch)
     base = [*_resume_base(phi_dir), "--channels_last"]
     full, split = tmp_path / "full", tmp_path / "split"
     assert recipe.main([*base, "--output_dir", str(full)]) == 0
