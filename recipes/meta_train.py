@@ -57,6 +57,7 @@ from mp_hub.hub import push_folder
 from mp_hub.output_dir import claim_output_dir
 from mp_hub.schedules import LR_SCHEDULER_TYPES, METRIC_LR_SCHEDULER_TYPES, build_lr_scheduler
 from mp_hub.training.distributed import assign_tasks, broadcast_parameters, check_in_sync, reduce_min_max
+from mp_hub.training.host_memory import keep_freed_memory
 from mp_hub.training.meta import MetaTrainer, TaskLearner, compile_task_models, seeded_phi
 from mp_hub.training.report import plot_curves
 from mp_hub.training.threads import cpu_thread_hint
@@ -105,6 +106,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     train.add_argument(
         "--channels_last", action="store_true", help="task models in channels-last memory (faster convolutions on CPU)"
+    )
+    train.add_argument(
+        "--malloc_defaults",
+        action="store_true",
+        help="on CPU, leave glibc's malloc as it is (default: it keeps freed memory, no page faults per step)",
     )
     out = parser.add_argument_group("output")
     out.add_argument("--output_dir")
@@ -193,6 +199,8 @@ def main(argv: list[str] | None = None) -> Path:
         logging.getLogger("mp_hub").setLevel(logging.WARNING)
     if hint := cpu_thread_hint(accelerator.device):
         logger.info(hint)
+    if accelerator.device.type == "cpu" and not args.malloc_defaults and keep_freed_memory():
+        logger.info("malloc keeps freed memory for reuse: no page faults per step (--malloc_defaults to leave it)")
     with claim_output_dir(args.output_dir, accelerator):  # before any work: one run per folder, and writable
         return meta_train(args, argv, accelerator)
 

@@ -265,6 +265,16 @@ def test_bad_input_is_a_typed_error(dataset, workdir, extra, error, match):
         run_meta_train(dataset, workdir, "bad", "--max_train_steps", "1", *extra)
 
 
+@pytest.mark.parametrize("malloc_defaults", [False, True])
+def test_a_cpu_run_keeps_freed_memory_unless_told_not_to(tmp_path, monkeypatch, malloc_defaults):
+    calls = []
+    monkeypatch.setattr(recipe, "keep_freed_memory", lambda: calls.append(1) or True)
+    flags = ["--malloc_defaults"] if malloc_defaults else []
+    with pytest.raises(DataError, match="absent"):  # the data are read after the setting
+        recipe.main(["--dataset_dir", str(tmp_path / "absent"), "--output_dir", str(tmp_path / "out"), *flags])
+    assert calls == ([] if malloc_defaults else [1])
+
+
 def test_a_task_without_valid_images_is_a_data_error(tmp_path):
     # task 3 has a single image: after the train/valid cut its train half is empty
     tasks = [0] * 40 + [1] * 40 + [2] * 15 + [3]

@@ -302,6 +302,17 @@ def test_a_cpu_run_on_fewer_threads_than_cores_says_how_to_use_them(tmp_path, re
     assert "1 CPU thread(s) while 64 cores" in caplog.text and "--num_cpu_threads_per_process 64" in caplog.text
 
 
+@pytest.mark.parametrize("malloc_defaults", [False, True])
+def test_a_cpu_run_keeps_freed_memory_unless_told_not_to(tmp_path, recipe, monkeypatch, caplog, malloc_defaults):
+    calls = []
+    monkeypatch.setattr(recipe, "keep_freed_memory", lambda: calls.append(1) or True)
+    flags = ["--malloc_defaults"] if malloc_defaults else []
+    with caplog.at_level(logging.INFO, logger="transfer"), pytest.raises(NotCachedError):
+        _run(recipe, tmp_path, "--perturb_model_id", "nobody/no-such-phi", *flags)  # set before any work
+    assert calls == ([] if malloc_defaults else [1])
+    assert ("keeps freed memory" in caplog.text) is not malloc_defaults
+
+
 def test_error_default_phi_missing_says_how_to_get_one(tmp_path, recipe, monkeypatch):
     monkeypatch.setattr(zoo, "BUNDLED_DIR", tmp_path / "no-bundled-folder")  # an installation without it
     with pytest.raises(CheckpointError, match="not bundled") as err:
