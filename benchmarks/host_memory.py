@@ -1,17 +1,19 @@
 """glibc's malloc keeping freed memory (the recipes' default on CPU) against its own defaults (`--malloc_defaults`),
-side by side: the recipe's no-flag job at one budget, both settings at once.
+side by side: the recipe's no-flag job at one budget, with each setting in turn.
 
-    python benchmarks/host_memory.py [--budget 500x32] [--repeats 3] [--work_dir DIR] [ANY RECIPE FLAG ...]
+    python benchmarks/host_memory.py [--budget 500x32] [--repeats 3] [--jobs 1] [--work_dir DIR] [ANY RECIPE FLAG ...]
 
-Each repeat launches the two runs together, `accelerate launch recipes/transfer.py` with no flags of its own (one
-CPU thread each, one core each on a 2-core machine), the same budget and seed; the setting that starts first
-alternates. Per run: the wall time of the whole command, the training loop's steps per second, and the minor page
-faults and system CPU seconds of the launch (os.wait4's resource usage, which counts the recipe process it
-waited for). Reported: each setting's medians, and the paired ratios kept / defaults of wall time and of steps per
-second (`_common.paired_ratios`). Keeping memory moves where tensors live, not what they hold: the two runs'
-final accuracy and NLL must be equal, and the script fails if they are not. The runs' folders go to --work_dir
-(default: a temporary folder), one per repeat and setting. The last line printed is JSON with the figures and the
-git commit, also written to benchmarks/results/host_memory-<budget>-r<repeats>[-<recipe flags>].json.
+Each repeat launches the two runs, `accelerate launch recipes/transfer.py` with no flags of its own (one CPU thread
+each), the same budget and seed: one after the other with `--jobs 1` (a user's job alone on the machine), or both
+at once with `--jobs 2` (one core each on a 2-core machine, as `default_job.py` runs). The setting that goes first
+alternates over the repeats. Per run: the wall time of the whole command, the training loop's steps per second, and
+the minor page faults and system CPU seconds of the launch (os.wait4's resource usage, which counts the recipe
+process it waited for). Reported: each setting's medians, and the paired ratios kept / defaults of wall time and of
+steps per second (`_common.paired_ratios`). Keeping memory moves where tensors live, not what they hold: the two
+runs' final accuracy and NLL must be equal, and the script fails if they are not. The runs' folders go to
+--work_dir (default: a temporary folder), one per repeat and setting. The last line printed is JSON with the
+figures and the git commit, also written to benchmarks/results/host_memory-<budget>-r<repeats>-jobs<J>[-<recipe
+flags>].json.
 """
 
 from __future__ import annotations
@@ -58,15 +60,15 @@ def launch(folder: Path, command: list[str]) -> dict:
     }
 
 
-def repeat_pair(work_dir: Path, budget: tuple[int, int], repeat: int, extra: list[str]) -> dict[str, dict]:
-    """Both settings at once; the one listed first starts first, alternating over the repeats."""
+def repeat_pair(work_dir: Path, budget: tuple[int, int], repeat: int, jobs: int, extra: list[str]) -> dict[str, dict]:
+    """Both settings, `jobs` at a time; the one that goes first alternates over the repeats."""
     order = list(SETTINGS) if repeat % 2 == 0 else list(reversed(SETTINGS))
 
     def run(setting: str) -> dict:
         folder = work_dir / f"repeat{repeat}-{setting}"
         return launch(folder, job_command(budget, "metaperturb", SEED, folder / "output", [*extra, *SETTINGS[setting]]))
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = {setting: pool.submit(run, setting) for setting in order}
         pair = {setting: future.result() for setting, future in futures.items()}
     for key in ("eval_accuracy", "eval_nll"):
@@ -82,6 +84,7 @@ def main() -> None:
     )
     parser.add_argument("--budget", type=parse_budget, default=(500, 32), help="STEPSxIMAGE_SIZE")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--jobs", type=int, choices=(1, 2), default=1, help="1: one run after the other; 2: at once")
     parser.add_argument("--work_dir", type=Path, default=None, help="the runs' folders (default: a temporary one)")
     add_results_arguments(parser)
     args, extra = parser.parse_known_args()
@@ -93,7 +96,7 @@ def main() -> None:
     if work_dir.exists() and any(work_dir.iterdir()):
         parser.error(f"--work_dir {work_dir} is not empty: the runs are not reused, give an empty or new folder")
 
-    pairs = [repeat_pair(work_dir, args.budget, r, extra) for r in range(args.repeats)]
+    pairs = [repeat_pair(work_dir, args.budget, r, args.jobs, extra) for r in range(args.repeats)]
     runs = {setting: [pair[setting] for pair in pairs] for setting in SETTINGS}
     medians = {
         setting: {key: statistics.median(run[key] for run in done) for key in done[0]} for setting, done in runs.items()
@@ -110,7 +113,8 @@ def main() -> None:
         "wall_kept_vs_defaults": paired_ratios(*wall),
         "steps_per_second_kept_vs_defaults": paired_ratios(*speed),
         "recipe_flags": extra,
-        "launcher": "accelerate launch (no flags of its own): one CPU thread per run, two runs at once",
+        "jobs": args.jobs,
+        "launcher": "accelerate launch (no flags of its own): one CPU thread per run",
     }
     for setting, m in medians.items():
         print(
@@ -119,7 +123,9 @@ def main() -> None:
             file=sys.stderr,
         )
     print(f"kept / defaults: wall ×{figures['wall_kept_vs_defaults']['ratio']:.3f}", file=sys.stderr)
-    name = results_name("host_memory", figures["budget"], f"r{args.repeats}", recipe_flags_setting(extra))
+    name = results_name(
+        "host_memory", figures["budget"], f"r{args.repeats}", f"jobs{args.jobs}", recipe_flags_setting(extra)
+    )
     publish("host_memory", figures, results_path(args, name))
 
 

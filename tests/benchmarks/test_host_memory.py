@@ -1,5 +1,5 @@
-"""benchmarks/host_memory.py: one tiny repeat end to end (the two settings launched at once on the shipped
-Fashion-MNIST tiny), its record, and the refused arguments."""
+"""benchmarks/host_memory.py: one tiny repeat end to end (the two settings one after the other and at once, on the
+shipped Fashion-MNIST tiny), its record, and the refused arguments."""
 
 import json
 
@@ -8,10 +8,13 @@ from host_memory import main
 from test_default_job import TINY
 
 
-def test_both_settings_run_at_once_and_give_the_same_figures(run_script, tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_both_settings_run_and_give_the_same_figures(run_script, tmp_path, jobs):
     work = tmp_path / "work"
-    report, path = run_script("host_memory.py", "--budget", "2x16", "--repeats", "1", "--work_dir", str(work), *TINY)
-    assert path.name.startswith("host_memory-2x16-r1-flags") and json.loads(path.read_text()) == report
+    argv = ["--budget", "2x16", "--repeats", "1", "--jobs", str(jobs), "--work_dir", str(work), *TINY]
+    report, path = run_script("host_memory.py", *argv)
+    assert path.name.startswith(f"host_memory-2x16-r1-jobs{jobs}-flags") and json.loads(path.read_text()) == report
+    assert report["jobs"] == jobs
     kept, defaults = report["runs"]["kept"][0], report["runs"]["defaults"][0]
     assert (kept["eval_accuracy"], kept["eval_nll"]) == (defaults["eval_accuracy"], defaults["eval_nll"])
     for run in (kept, defaults):
@@ -25,6 +28,7 @@ def test_both_settings_run_at_once_and_give_the_same_figures(run_script, tmp_pat
     ("argv", "message"),
     [
         (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--jobs", "3"], "invalid choice"),
         (["--malloc_defaults"], "--malloc_defaults is set by this script"),
         (["--seed=1"], "--seed is set by this script"),
         (["--budget", "2000"], "STEPSxIMAGE_SIZE"),
