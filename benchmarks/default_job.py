@@ -79,6 +79,22 @@ def job_command(budget: tuple[int, int], regularizer: str, seed: int, output_dir
     return [sys.executable, "-m", "accelerate.commands.launch", str(RECIPE), *flags]
 
 
+def launch_recipe(command: list[str], folder: Path, unset: tuple[str, ...]):
+    """Run a recipe's `command` in `folder` (its output to `log.txt` there), offline and without the variables in
+    `unset`: its wall time, resource usage (os.wait4's, which counts the processes it waited for) and
+    `output/all_results.json`. A failed run is a SystemExit naming its log."""
+    env = {k: v for k, v in os.environ.items() if k not in unset} | {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    start = time.perf_counter()
+    with open(folder / "log.txt", "w") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+        _, status, usage = os.wait4(proc.pid, 0)  # wait4, not proc.wait: the resource usage comes with it
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{folder.name} failed (exit {proc.returncode}); its output: {folder / 'log.txt'}")
+    return wall, usage, json.loads((folder / "output" / "all_results.json").read_text())
+
+
 def run_job(work_dir: Path, budget: tuple[int, int], regularizer: str, seed: int, extra: list[str]) -> dict:
     """One run's figures, from its `job.json` when it finished before with the same command."""
     folder = work_dir / run_name(budget, regularizer, seed)
@@ -93,15 +109,7 @@ def run_job(work_dir: Path, budget: tuple[int, int], regularizer: str, seed: int
         print(f"{folder.name}: an unfinished run, started again", file=sys.stderr)
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
-    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    start = time.perf_counter()
-    with open(folder / "log.txt", "w") as log:
-        proc = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{folder.name} failed (exit {proc.returncode}); its output: {folder / 'log.txt'}")
-    results = json.loads((folder / "output" / "all_results.json").read_text())
+    wall, _, results = launch_recipe(command, folder, unset=("OMP_NUM_THREADS",))
     done = {"command": command, "wall_s": round(wall, 1), **{k: results[k] for k in METRICS}}
     write_json_atomic(record, done)  # a killed run leaves no job.json: it is run again
     print(f"{folder.name}: {json.dumps(done | {'command': None})}", file=sys.stderr)

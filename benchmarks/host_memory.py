@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _common import add_results_arguments, paired_ratios, publish, require_at_least, results_name, results_path
-from default_job import job_command, parse_budget, recipe_flags_setting
+from default_job import job_command, launch_recipe, parse_budget, recipe_flags_setting
 
 SETTINGS = {"kept": [], "defaults": ["--malloc_defaults"]}  # the recipe flags of each setting
 SEED = 0
@@ -39,17 +36,7 @@ SEED = 0
 def launch(folder: Path, command: list[str]) -> dict:
     """Run `command` in `folder`; its wall time, page faults and system time, and the recipe's results."""
     folder.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "GLIBC_TUNABLES")}
-    env |= {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    start = time.perf_counter()
-    with open(folder / "log.txt", "w") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
-        _, status, usage = os.wait4(proc.pid, 0)  # wait4, not proc.wait: the resource usage comes with it
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"{folder.name} failed (exit {proc.returncode}); its output: {folder / 'log.txt'}")
-    results = json.loads((folder / "output" / "all_results.json").read_text())
+    wall, usage, results = launch_recipe(command, folder, unset=("OMP_NUM_THREADS", "GLIBC_TUNABLES"))
     return {
         "wall_s": round(wall, 1),
         "train_steps_per_second": results["train_steps_per_second"],
@@ -101,17 +88,16 @@ def main() -> None:
     medians = {
         setting: {key: statistics.median(run[key] for run in done) for key in done[0]} for setting, done in runs.items()
     }
-    wall = [run["wall_s"] for run in runs["kept"]], [run["wall_s"] for run in runs["defaults"]]
-    speed = (
-        [run["train_steps_per_second"] for run in runs["kept"]],
-        [run["train_steps_per_second"] for run in runs["defaults"]],
-    )
+
+    def kept_and_defaults(key: str) -> tuple[list[float], list[float]]:
+        return [run[key] for run in runs["kept"]], [run[key] for run in runs["defaults"]]
+
     figures = {
         "budget": f"{args.budget[0]}x{args.budget[1]}",
         "runs": runs,
         "medians": medians,
-        "wall_kept_vs_defaults": paired_ratios(*wall),
-        "steps_per_second_kept_vs_defaults": paired_ratios(*speed),
+        "wall_kept_vs_defaults": paired_ratios(*kept_and_defaults("wall_s")),
+        "steps_per_second_kept_vs_defaults": paired_ratios(*kept_and_defaults("train_steps_per_second")),
         "recipe_flags": extra,
         "jobs": args.jobs,
         "launcher": "accelerate launch (no flags of its own): one CPU thread per run",
