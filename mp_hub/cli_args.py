@@ -1,6 +1,6 @@
 """The recipes' command lines: `--config FILE.yaml` (its keys are the flags' names; the command line wins),
-shared checks of flag values, `launch_command` (the command that reproduces a run, for its card) and `run_cli`
-(a typed error is one line on stderr and exit code 2)."""
+shared checks of flag values, `load_phi` (the φ a flag names), `launch_command` (the command that reproduces a run,
+for its card) and `run_cli` (a typed error is one line on stderr and exit code 2)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, MetaPerturbError
+from .errors import CheckpointError, ConfigError, MetaPerturbError, NotCachedError
+from .perturb import MetaPerturb
+
+ZOO_HINT = "zoo names are listed by `mp-hub zoo`"
 
 
 def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -79,6 +82,16 @@ def json_object(value: str | Mapping[str, Any] | None, flag: str) -> dict[str, A
     if not isinstance(parsed, dict):
         raise ConfigError(f"{flag} must be a JSON object")
     return parsed
+
+
+def load_phi(model_id: str, *, flag: str = "--perturb_model_id", token: str | None = None) -> MetaPerturb:
+    """φ from a zoo name, a local folder or a Hub id given as `flag`; an error names the flag and the zoo listing."""
+    try:
+        return MetaPerturb.from_pretrained(model_id, token=token)
+    except NotCachedError as err:
+        raise NotCachedError(f"{flag}: {err}; or pass a zoo name ({ZOO_HINT})") from err
+    except CheckpointError as err:
+        raise CheckpointError(f"{flag} '{model_id}': {err}; {ZOO_HINT}") from err
 
 
 def launch_command(

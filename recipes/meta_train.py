@@ -38,6 +38,7 @@ from mp_hub.cli_args import (
     check_finite,
     json_object,
     launch_command,
+    load_phi,
     parse_args_with_config,
     run_cli,
 )
@@ -58,7 +59,7 @@ from mp_hub.output_dir import claim_output_dir
 from mp_hub.schedules import LR_SCHEDULER_TYPES, METRIC_LR_SCHEDULER_TYPES, build_lr_scheduler
 from mp_hub.training.distributed import assign_tasks, broadcast_parameters, check_in_sync, reduce_min_max
 from mp_hub.training.host_memory import keep_freed_memory
-from mp_hub.training.meta import MetaTrainer, TaskLearner, compile_task_models, seeded_phi
+from mp_hub.training.meta import MetaTrainer, TaskLearner, compile_task_models, phi_sha256, seeded_phi
 from mp_hub.training.report import plot_curves
 from mp_hub.training.threads import cpu_thread_hint
 
@@ -100,6 +101,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     train.add_argument("--lr_scheduler_kwargs", help='JSON for the schedule, e.g. {"min_lr_rate": 0.1}')
     train.add_argument("--num_warmup_steps", type=int, default=0, help="for the schedules with a warm-up")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--perturb_model_id",
+        help="start from this φ (a zoo name, a local folder or a Hub id) instead of the authors' random init",
+    )
     train.add_argument("--torch_compile", action="store_true", help="torch.compile each task model, φ's sites included")
     train.add_argument(
         "--torch_compile_backend", help="torch.compile backend with --torch_compile (default inductor; aot_eager: fast)"
@@ -214,6 +219,13 @@ def meta_train(args: argparse.Namespace, argv: list[str], accelerator: Accelerat
     output_dir = Path(args.output_dir)
     started = time.time()
 
+    # φ to start from: the authors' init drawn from the seed, or a saved φ (loaded first: a bad id fails at once).
+    if args.perturb_model_id:
+        phi = load_phi(args.perturb_model_id, token=args.hub_token).train()
+        initial_phi = dict(id=args.perturb_model_id, sha256=phi_sha256(phi))
+    else:
+        phi, initial_phi = seeded_phi(args.seed), None
+
     # Data: the `train` split, cut into tasks (the same on every process), then only this process's tasks decoded.
     splits = load_image_dataset(
         dataset_name=args.dataset_name,
@@ -242,8 +254,8 @@ def meta_train(args: argparse.Namespace, argv: list[str], accelerator: Accelerat
         f"{len(specs)} tasks; process {accelerator.process_index} holds {list(local_tasks)}", main_process_only=False
     )
 
-    # φ (broadcast from the main process) and one model θ_t per task of this process, all sharing φ.
-    phi = seeded_phi(args.seed).to(accelerator.device)
+    # One model θ_t per task of this process, all sharing φ (broadcast from the main process).
+    phi = phi.to(accelerator.device)
     broadcast_parameters(phi)
     attach_logger, attach_level = logging.getLogger("mp_hub.attach"), logging.getLogger("mp_hub.attach").level
     attach_logger.setLevel(logging.WARNING)  # one site report below, not one per task model
@@ -304,6 +316,7 @@ def meta_train(args: argparse.Namespace, argv: list[str], accelerator: Accelerat
         image_size=args.image_size,
         flip=not args.no_flip,
         lr_schedule=schedule,  # None when constant, as in a checkpoint from before the flag: those still resume
+        initial_phi=initial_phi,  # None: the seeded init, as in a checkpoint from before the flag
     )
     start_step, history, previous_wall = 0, [], 0.0
     if args.resume_from_checkpoint:

@@ -50,6 +50,7 @@ from mp_hub.cli_args import (  # noqa: E402
     check_finite,
     json_object,
     launch_command,
+    load_phi,
     parse_args_with_config,
     run_cli,
 )
@@ -70,7 +71,6 @@ from mp_hub.metrics import plot_reliability_diagram  # noqa: E402
 from mp_hub.models import check_config_overrides  # noqa: E402
 from mp_hub.models.classifier import Classifier, build_classifier, check_image_size  # noqa: E402
 from mp_hub.output_dir import claim_output_dir  # noqa: E402
-from mp_hub.perturb import MetaPerturb  # noqa: E402
 from mp_hub.regularizers import REGULARIZERS, Regularization, apply_regularizer  # noqa: E402
 from mp_hub.robustness import (  # noqa: E402
     RobustnessReport,
@@ -93,7 +93,6 @@ RESULTS_NAME = "all_results.json"
 RELIABILITY_PNG = "reliability_diagram.png"
 CURVE_PNG = "training_curve.png"
 ADVERSARIAL_PNG = "adversarial_accuracy.png"
-ZOO_HINT = "zoo names are listed by `mp-hub zoo`"
 # Arguments a resumed run must share with the run that wrote the checkpoint (else the result is not that run's).
 SIGNATURE = (
     "seed",
@@ -332,16 +331,6 @@ def validate(args: argparse.Namespace) -> None:
 def public_args(args: argparse.Namespace) -> dict[str, Any]:
     """The run's arguments without secrets (for the card, the results and checkpoints)."""
     return {k: v for k, v in sorted(vars(args).items()) if k != "hub_token"}
-
-
-def load_phi(perturb_model_id: str, token: str | None = None) -> MetaPerturb:
-    """φ from a zoo name, a local folder or a Hub id; a zoo entry that cannot be loaded says how to get it."""
-    try:
-        return MetaPerturb.from_pretrained(perturb_model_id, token=token)
-    except NotCachedError as err:
-        raise NotCachedError(f"--perturb_model_id: {err}; or pass a zoo name ({ZOO_HINT})") from err
-    except CheckpointError as err:
-        raise CheckpointError(f"--perturb_model_id '{perturb_model_id}': {err}; {ZOO_HINT}") from err
 
 
 def build_model(args: argparse.Namespace, labels: list[str]) -> Classifier:

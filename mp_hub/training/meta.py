@@ -12,6 +12,7 @@ for its step). The result is therefore the same for any number of processes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import warnings
 from collections.abc import Callable
@@ -73,6 +74,17 @@ def seeded_phi(seed: int, **config_kwargs) -> MetaPerturb:
     with torch.random.fork_rng(devices=[]):
         torch.default_generator.manual_seed(derive_seed(seed, "phi"))
         return MetaPerturb(**config_kwargs)
+
+
+def phi_sha256(phi: MetaPerturb) -> str:
+    """sha256 of φ's parameters (each one's name, shape and float32 bytes): which φ a run started from, whatever
+    it was called."""
+    digest = hashlib.sha256()
+    for name, param in phi.named_parameters():
+        values = param.detach().to("cpu", torch.float32).contiguous()
+        digest.update(f"{name}{tuple(values.shape)}".encode())
+        digest.update(values.numpy().tobytes())
+    return digest.hexdigest()
 
 
 class TaskLearner:

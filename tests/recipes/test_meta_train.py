@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 from torch._dynamo.utils import counters
 
 from mp_hub import MetaPerturb
-from mp_hub.errors import ConfigError, DataError
-from mp_hub.training import seeded_phi
+from mp_hub.errors import CheckpointError, ConfigError, DataError
+from mp_hub.training import phi_sha256, seeded_phi
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "meta_train.py"
@@ -66,6 +66,7 @@ def test_output_loads_and_has_provenance_card_and_curves(full_run):
     assert prov["split_scheme"] == "halves" and prov["source_dataset"] == "tiny" and prov["architecture"]
     assert prov["site_channels"] == [16, 64] and len(prov["task_classes_sha256"]) == 16
     assert prov["lr_schedule"] is None  # the authors' constant rate
+    assert prov["initial_phi"] is None  # the authors' init, drawn from --seed
     assert (full_run / "meta_train_curves.png").stat().st_size > 1000
     card = (full_run / "README.md").read_text()
     assert "meta_train_curves.png" in card and "recipes/meta_train.py" in card and "--num_tasks 4" in card
@@ -90,6 +91,39 @@ def test_stopped_and_resumed_run_is_bit_equal(full_run, dataset, workdir):
         assert torch.equal(a["noise"], b["noise"])
     history = json.loads((out / f"checkpoints/step_{STEPS}/trainer_state.json").read_text())["history"]
     assert [row["step"] for row in history] == [1, 2, 3, 4]
+
+
+def test_a_run_can_start_from_a_saved_phi(full_run, dataset, workdir):
+    """--perturb_model_id: the saved φ is where the run starts, bit for bit (the seeded init, saved and given back,
+    ends with the default run's φ); another φ's config travels on, and the run records which φ it started from."""
+    seeded = workdir / "seeded_phi"
+    seeded_phi(0).save_pretrained(seeded)
+    same = run_meta_train(
+        dataset, workdir, "from_seeded", "--max_train_steps", str(STEPS), "--perturb_model_id", str(seeded)
+    )
+    reference, got = _phi(full_run), _phi(same)
+    assert all(torch.equal(reference[k], got[k]) for k in reference)
+
+    start = seeded_phi(5, clip_value=50.0)
+    start.save_pretrained(workdir / "other_phi")
+    out = run_meta_train(
+        dataset, workdir, "from_other", "--max_train_steps", "1", "--perturb_model_id", str(workdir / "other_phi")
+    )
+    phi = MetaPerturb.from_pretrained(out)
+    assert phi.config.clip_value == 50.0
+    assert phi.config.provenance["initial_phi"] == {"id": str(workdir / "other_phi"), "sha256": phi_sha256(start)}
+    assert phi_sha256(phi) != phi_sha256(start)  # it trained
+    assert "initial_phi" in (out / "README.md").read_text()
+
+
+def test_resuming_from_another_starting_phi_is_a_config_error(dataset, workdir):
+    run_meta_train(dataset, workdir, "switched", "--max_train_steps", "1", "--checkpointing_steps", "1")
+    seeded_phi(6).save_pretrained(workdir / "switched_phi")
+    with pytest.raises(ConfigError, match="belongs to another run.*initial_phi"):
+        run_meta_train(
+            dataset, workdir, "switched", "--max_train_steps", "2", "--resume_from_checkpoint", "latest",
+            "--perturb_model_id", str(workdir / "switched_phi"),
+        )  # fmt: skip
 
 
 def _launch(launches: list[list[str]], dataset: Path, workdir: Path, out: Path) -> list[tuple[int, str, str]]:
@@ -258,6 +292,7 @@ def test_yaml_config_gives_defaults_and_flags_override(tmp_path):
         (["--task_column", "topic"], DataError, "no task column 'topic'"),
         (["--num_tasks", "10", "--split_scheme", "disjoint"], DataError, "8 classes, fewer than the 10 tasks"),
         (["--output_dir", ""], ConfigError, "--output_dir is required"),
+        (["--perturb_model_id", "./no_such_phi"], CheckpointError, "--perturb_model_id './no_such_phi'"),
     ],
 )
 def test_bad_input_is_a_typed_error(dataset, workdir, extra, error, match):
