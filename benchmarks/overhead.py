@@ -36,7 +36,7 @@ Scratch buffers of the fused kernels (a few hundred KiB per thread, allocated on
 time of each kernel call, by pass: `PASSES`), reported in ms per step with their sum as a share of what the
 fused variant adds to the bare step (fused_ms − bare_ms: the rest is the sites' Python, allocations, and the
 bare model's own work running slower beside them). (torch.profiler shows the same calls as `mp_hub::<pass>`
-ranges, but its ranges also hold ~0.1–0.4 ms of its own cost per call inside a step.)
+ranges, but its ranges also hold the profiler's own cost per call inside a step.)
 
 On a machine shared with other jobs, OpenMP threads that spin at barriers while their partner is descheduled
 can make whole phases of a run 5–10× slower (bimodal step times, for every variant); --omp-passive sets
