@@ -1,7 +1,7 @@
 """How closely does one-pass "mean" mode follow the MC average, and how finely can a test set tell?
 
     python benchmarks/mean_vs_mc.py [--work_dirs runs/transfer_gain runs/transfer_gain_1000] [--mc_samples 20]
-                                    [--mc_fit_steps 200]
+                                    [--mc_fit_steps 200] [--seeds 0 1]
 
 Reads the MetaPerturb runs that `benchmarks/transfer_gain.py` saved, predicts their test images in calibrated
 "mean" mode (`mp_hub.calibrate_mean_mode`, as the recipe does it) and with MC-k (`mp_hub.inference.mc_predict`,
@@ -19,8 +19,9 @@ fitted.
 Per-image probabilities are cached in <work_dir>/mean_vs_mc/ (rerun to re-tabulate without recomputing; the
 one-pass predictions are shared by every --mc_samples), each file tied to its run's all_results.json: a run
 folder trained again is predicted again.
+--seeds: only the runs of those seeds (default: every seed in the work dirs).
 The last line printed is JSON with every figure and the git commit, also written to
-benchmarks/results/mean_vs_mc-mc<k>[-fit<N>].json (--results_dir, --results_file).
+benchmarks/results/mean_vs_mc-mc<k>[-fit<N>][-seeds<...>].json (--results_dir, --results_file).
 """
 
 from __future__ import annotations
@@ -90,6 +91,19 @@ def predictions(run_dir: Path, work_dir: Path, target: str, seed: int, mc_sample
     return {"mean": one_pass["mean"], "mc": mc["mc"], "mean_fit": one_pass.get(fit_key), "labels": labels}
 
 
+def finished_phi_runs(work_dir: Path, seeds: list[int] | None = None) -> list[tuple[Path, dict]]:
+    """The finished MetaPerturb runs of the main table's settings in `work_dir` (not an ablation's), with their
+    parsed names; only those of `seeds` when given."""
+    found = []
+    for run_dir in sorted((work_dir / "runs").iterdir()):
+        match = parse_run_name(run_dir.name)
+        if not match or match["regularizer"] != "metaperturb" or not in_main_table(match):
+            continue
+        if (seeds is None or match["seed"] in seeds) and (run_dir / "all_results.json").exists():
+            found.append((run_dir, match))
+    return found
+
+
 def compare(p_mean: torch.Tensor, p_mc: torch.Tensor, labels: torch.Tensor) -> dict:
     right_mean, right_mc = p_mean.argmax(-1) == labels, p_mc.argmax(-1) == labels
     n = len(labels)
@@ -114,6 +128,7 @@ def main() -> None:
     parser.add_argument("--mc_samples", type=int, default=100)
     parser.add_argument("--mc_fit_steps", type=int, default=0, help="also the MC-matched calibration (0: not)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seeds", nargs="+", type=int, help="only the runs of these seeds (default: all)")
     add_results_arguments(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -121,12 +136,7 @@ def main() -> None:
 
     runs = []
     for work_dir in args.work_dirs:
-        for run_dir in sorted((work_dir / "runs").iterdir()):
-            match = parse_run_name(run_dir.name)  # the main table's φ runs (not an ablation's)
-            if not match or match["regularizer"] != "metaperturb" or not in_main_table(match):
-                continue
-            if not (run_dir / "all_results.json").exists():
-                continue
+        for run_dir, match in finished_phi_runs(work_dir, args.seeds):
             steps = json.loads((run_dir / "all_results.json").read_text())["train_steps"]
             seed = match["seed"]
             pred = predictions(run_dir, work_dir, match["target"], seed, args.mc_samples, args.mc_fit_steps)
@@ -168,8 +178,9 @@ def main() -> None:
         resolved = sum(abs(e[variant]["delta"]) - 2 * e[variant]["se"] <= 0.3 for e in table)
         print(f"{variant}: rows with |Δ| <= 0.3: {within} of {len(table)}; "
               f"|Δ| - 2 se <= 0.3: {resolved} of {len(table)}")  # fmt: skip
-    name = results_name("mean_vs_mc", f"mc{args.mc_samples}", args.mc_fit_steps and f"fit{args.mc_fit_steps}")
-    publish("mean_vs_mc", {"mc_samples": args.mc_samples, "mc_fit_steps": args.mc_fit_steps,
+    seeds = args.seeds and "seeds" + "+".join(map(str, sorted(set(args.seeds))))
+    name = results_name("mean_vs_mc", f"mc{args.mc_samples}", args.mc_fit_steps and f"fit{args.mc_fit_steps}", seeds)
+    publish("mean_vs_mc", {"mc_samples": args.mc_samples, "mc_fit_steps": args.mc_fit_steps, "seeds": args.seeds,
                            "work_dirs": [str(d) for d in args.work_dirs], "table": table, "runs": runs},
             results_path(args, name))  # fmt: skip
 

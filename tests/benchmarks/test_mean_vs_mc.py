@@ -32,3 +32,18 @@ def test_compare_counts_the_images_each_gets_right():
     assert (got["n10"], got["n01"], got["images"]) == (2, 1, 4) and got["delta"] == 25.0
     assert got["accuracy_mean"] == 75.0 and got["accuracy_mc"] == 50.0 and got["agreement"] == 0.25
     assert got["se"] > 0
+
+
+def test_only_finished_phi_runs_of_the_seeds_asked_for_are_compared(tmp_path):
+    phi = "metaperturb-glyphs10-resnet20-b128-750-seed1"
+    names = [f"mnist-resnet20-{phi}-s{seed}" for seed in (0, 1, 2)]
+    names += [f"mnist-vit-{phi}-s0", "mnist-resnet20-none-none-s0", f"mnist-resnet20-{phi}-s0-kappa0.1"]
+    for name in [*names, f"mnist-resnet20-{phi}-s3"]:  # seed 3 has not finished
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        if not name.endswith("s3"):
+            (tmp_path / "runs" / name / "all_results.json").write_text("{}")
+    every = [run.name for run, _ in mean_vs_mc.finished_phi_runs(tmp_path)]
+    assert every == sorted([names[0], names[1], names[2], names[3]])  # no baseline, ablation or unfinished run
+    chosen = mean_vs_mc.finished_phi_runs(tmp_path, seeds=[0, 2])
+    assert [run.name for run, _ in chosen] == sorted([names[0], names[2], names[3]])
+    assert {match["seed"] for _, match in chosen} == {0, 2}
