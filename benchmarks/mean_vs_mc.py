@@ -150,7 +150,8 @@ def main() -> None:
                       f"n01 {got['n01']}, agreement {got['agreement']:.3f})", flush=True)  # fmt: skip
             runs.append(row)
     if not runs:
-        sys.exit(f"no MetaPerturb run folders under {[str(d) for d in args.work_dirs]}")
+        which = f" of seeds {args.seeds}" if args.seeds is not None else ""
+        sys.exit(f"no finished MetaPerturb run folders{which} under {[str(d) for d in args.work_dirs]}")
 
     groups: dict[tuple, list[dict]] = {}
     for row in runs:
