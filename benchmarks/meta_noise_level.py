@@ -10,12 +10,15 @@ from its task_<t>.pt. Its first --images validation images (normalised, not augm
 each site then runs --draws times on it in eval mode (running statistics, κ as trained). φ's gradient in
 meta-training comes from these sites: an output the clip holds passes none back. Prints a table per checkpoint and
 stage (averaged over the tasks) and writes
-benchmarks/results/meta_noise_level-<source>-step<s>[+<s>...]-n<images>-draws<d>.json.
+benchmarks/results/meta_noise_level-<source>-seed<seed>-run<digest>-step<s>[+<s>...]-n<images>-draws<d>.json, the
+digest over the run's whole signature (the record holds it as "run"): the checkpoints must all be of one run.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -104,9 +107,21 @@ def task_learners(parser, args, checkpoint: Path, run: dict, source) -> list[Tas
     return learners
 
 
-def results_file_name(args, source: str, steps: list[int]) -> str:
+def run_setting(run: dict) -> str:
+    """The record name's part for the run: `seed<s>-run<digest>`, the digest over its whole signature (starting φ,
+    batch, learning rate, ...), so that two runs' checkpoints of the same step never share a record."""
+    digest = hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()[:8]
+    return f"seed{run['seed']}-run{digest}"
+
+
+def results_file_name(args, source: str, run: dict, steps: list[int]) -> str:
     return results_name(
-        "meta_noise_level", source, "step" + "+".join(map(str, steps)), f"n{args.images}", f"draws{args.draws}"
+        "meta_noise_level",
+        source,
+        run_setting(run),
+        "step" + "+".join(map(str, steps)),
+        f"n{args.images}",
+        f"draws{args.draws}",
     )
 
 
@@ -125,6 +140,12 @@ def main() -> None:
     steps = [step for _, _, step in runs]
     if len(set(steps)) < len(steps):  # the rows of a checkpoint are labelled by its step
         parser.error(f"--checkpoint folders of the same step ({steps}): pass checkpoints of one run")
+    first = runs[0][1]
+    for checkpoint, run, _ in runs[1:]:
+        if run != first:
+            differ = sorted(k for k in {*run, *first} if run.get(k) != first.get(k))
+            parser.error(f"{checkpoint} is of another run than {runs[0][0]} ({', '.join(differ)} differ): pass "
+                         "checkpoints of one run")  # fmt: skip
     try:
         splits = load_image_dataset(dataset_dir=args.dataset_dir)
     except DataError as err:
@@ -148,8 +169,8 @@ def main() -> None:
     summary = stage_summary(rows, group="checkpoint", count="tasks")
     print(summary_markdown(summary, group="checkpoint", count="tasks"))
     source_name = args.dataset_dir.resolve().name
-    figures = {"source": source_name, "steps": steps, "images": args.images, "draws": args.draws}
-    name = results_file_name(args, source_name, steps)
+    figures = {"source": source_name, "run": first, "steps": steps, "images": args.images, "draws": args.draws}
+    name = results_file_name(args, source_name, first, steps)
     publish("meta_noise_level", {**figures, "summary": summary, "tasks": rows}, results_path(args, name))
 
 
