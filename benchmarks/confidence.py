@@ -9,12 +9,14 @@ Each run folder `<target>-resnet20-<regularizer>-<φ>-s<seed>` of --work_dir (th
 (<work_dir>/decoded/<target>.pt): models with φ by MC (--mc_samples passes, each of --draws with its own noise
 seed), the others in one pass. Per run: accuracy, mean confidence (the top probability), their gap (positive:
 over-confident), the mean confidence of the wrong predictions, and the ECE (15 bins) of every draw. Prints a table
-and writes benchmarks/results/confidence-<target>-mc<k>-draws<d>[-seeds<...>][-wd<W>].json.
+and writes benchmarks/results/confidence-<target>-mc<k>-draws<d>[-phi<n>_<digest>][-seeds<...>][-wd<W>].json
+(the digest of the names of the φs read; the record lists the runs).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import sys
 from pathlib import Path
@@ -91,12 +93,20 @@ def saved_runs(parser, args) -> tuple[Path, list[tuple[Path, dict]]]:
     return decoded, folders
 
 
-def results_file_name(args) -> str:
-    """confidence-<target>-mc<k>-draws<d>[-seeds<...>][-wd<W>].json (the seeds where not the default): one file
-    per configuration."""
+def phis_setting(folders: list[tuple[Path, dict]]) -> str | None:
+    """The record name's part for the φs whose runs were read: `phi<n>_<digest of their names>`, as select_phi.py
+    names its candidates (None where no run has φ), so that a work dir holding another φ's runs never writes over
+    this record."""
+    names = sorted({named["phi"] for _, named in folders if named["regularizer"] == "metaperturb"})
+    return f"phi{len(names)}_{hashlib.sha256('+'.join(names).encode()).hexdigest()[:8]}" if names else None
+
+
+def results_file_name(args, folders: list[tuple[Path, dict]]) -> str:
+    """confidence-<target>-mc<k>-draws<d>[-phi<n>_<digest>][-seeds<...>][-wd<W>].json (the seeds where not the
+    default): one file per configuration."""
     return results_name(
-        "confidence", args.target, f"mc{args.mc_samples}", f"draws{args.draws}", seeds_setting(args.seeds),
-        weight_decay_setting(args.weight_decay),
+        "confidence", args.target, f"mc{args.mc_samples}", f"draws{args.draws}", phis_setting(folders),
+        seeds_setting(args.seeds), weight_decay_setting(args.weight_decay),
     )  # fmt: skip
 
 
@@ -134,7 +144,7 @@ def main() -> None:
     figures = {"target": args.target, "seeds": args.seeds, "weight_decay": args.weight_decay,
                "mc_samples": args.mc_samples, "draws": args.draws,
                "test_images": len(labels), "runs": rows}  # fmt: skip
-    publish("confidence", figures, results_path(args, results_file_name(args)))
+    publish("confidence", figures, results_path(args, results_file_name(args, folders)))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ much one noisy pass differs from another. In eval mode the channel scale s is fi
 z = softplus(μ + ε) where the clip does not hold the output. A run without φ gets sites at the same places (φ
 attached with its noise "off", the identity) only to read their inputs. Prints each run's sites and a table per
 regularizer and stage (channel count), and writes
-benchmarks/results/noise_level-<target>-train<steps>-n<images>-draws<d>[-seeds<...>][-wd<W>].json (--weight_decay W:
-the runs of that `transfer_gain.py` ablation).
+benchmarks/results/noise_level-<target>-train<steps>-n<images>-draws<d>[-phi<n>_<digest>][-seeds<...>][-wd<W>].json
+(the digest of the names of the φs read; --weight_decay W: the runs of that `transfer_gain.py` ablation).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from _common import add_results_arguments, publish, results_name, results_path, seeds_setting
-from confidence import add_saved_runs_arguments, run_label, saved_runs
+from confidence import add_saved_runs_arguments, phis_setting, run_label, saved_runs
 from robustness import load_model
 from transfer_gain import load_calibrated, weight_decay_setting
 
@@ -120,12 +120,14 @@ def summary_markdown(summary: list[dict], group: str = "regularizer", count: str
     return "\n".join(lines)
 
 
-def results_file_name(args, train_steps: set[int]) -> str:
-    """noise_level-<target>-train<N>-n<images>-draws<d>[-seeds<...>][-wd<W>].json (N: the runs' training steps, as
-    robustness.py names them): one file per configuration, so the runs of two budgets never share one."""
+def results_file_name(args, train_steps: set[int], folders: list[tuple[Path, dict]]) -> str:
+    """noise_level-<target>-train<N>-n<images>-draws<d>[-phi<n>_<digest>][-seeds<...>][-wd<W>].json (N: the runs'
+    training steps, as robustness.py names them; the φs read as `confidence.phis_setting` names them): one file per
+    configuration, so the runs of two budgets, or of other φs, never share one."""
     return results_name(
         "noise_level", args.target, "train" + "+".join(map(str, sorted(train_steps))), f"n{args.images}",
-        f"draws{args.draws}", seeds_setting(args.seeds), weight_decay_setting(args.weight_decay),
+        f"draws{args.draws}", phis_setting(folders), seeds_setting(args.seeds),
+        weight_decay_setting(args.weight_decay),
     )  # fmt: skip
 
 
@@ -171,7 +173,7 @@ def main() -> None:
     print(summary_markdown(summary))
     figures = {"target": args.target, "seeds": args.seeds, "weight_decay": args.weight_decay, "images": len(images),
                "draws": args.draws}  # fmt: skip
-    name = results_file_name(args, {row["train_steps"] for row in rows})
+    name = results_file_name(args, {row["train_steps"] for row in rows}, folders)
     publish("noise_level", {**figures, "summary": summary, "runs": rows}, results_path(args, name))
 
 

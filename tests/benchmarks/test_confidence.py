@@ -3,6 +3,7 @@ are the main table's finished runs of the target and seeds asked for."""
 
 import json
 from argparse import Namespace
+from pathlib import Path
 
 import confidence
 import pytest
@@ -41,11 +42,26 @@ def test_only_finished_main_table_runs_of_the_target_and_seeds_are_read(tmp_path
 
 def test_each_seed_set_has_its_own_results_file():
     args = Namespace(target="mnist", mc_samples=20, draws=3, seeds=[0, 1, 2], weight_decay=None)
-    assert confidence.results_file_name(args) == "confidence-mnist-mc20-draws3.json"
+    none = [(Path("mnist-resnet20-none-none-s0"), {"regularizer": "none", "phi": "none"})]
+    assert confidence.results_file_name(args, none) == "confidence-mnist-mc20-draws3.json"
     args.seeds = [0, 1]
-    assert confidence.results_file_name(args) == "confidence-mnist-mc20-draws3-seeds0+1.json"
+    assert confidence.results_file_name(args, none) == "confidence-mnist-mc20-draws3-seeds0+1.json"
     args.weight_decay = 5e-4
-    assert confidence.results_file_name(args) == "confidence-mnist-mc20-draws3-seeds0+1-wd0.0005.json"
+    assert confidence.results_file_name(args, none) == "confidence-mnist-mc20-draws3-seeds0+1-wd0.0005.json"
+
+
+def test_runs_of_other_phis_write_another_file():
+    def runs(*phis):
+        return [(Path(f"mnist-resnet20-metaperturb-{p}-s{s}"), {"regularizer": "metaperturb", "phi": p})
+                for p in phis for s in (0, 1)]  # fmt: skip
+
+    assert confidence.phis_setting([(Path("a"), {"regularizer": "none", "phi": "none"})]) is None
+    one, two = confidence.phis_setting(runs("official")), confidence.phis_setting(runs("official", "phi_a"))
+    assert one.startswith("phi1_") and two.startswith("phi2_")
+    assert confidence.phis_setting(runs("phi_a", "official")) == two  # the order runs are read in does not matter
+    assert len({one, two, confidence.phis_setting(runs("official", "phi_b"))}) == 3
+    args = Namespace(target="mnist", mc_samples=20, draws=3, seeds=[0, 1, 2], weight_decay=None)
+    assert confidence.results_file_name(args, runs("official")) == f"confidence-mnist-mc20-draws3-{one}.json"
 
 
 def test_a_run_is_labelled_as_transfer_gains_table_labels_its_row():

@@ -67,12 +67,22 @@ def test_the_summary_averages_a_stages_sites_then_the_seeds():
 
 def test_each_configuration_has_its_own_results_file():
     args = Namespace(target="mnist", images=200, draws=16, seeds=[0, 1, 2], weight_decay=None)
-    assert noise_level.results_file_name(args, {2000}) == "noise_level-mnist-train2000-n200-draws16.json"
-    assert noise_level.results_file_name(args, {1000}) == "noise_level-mnist-train1000-n200-draws16.json"
+    no_phi = [(Path("mnist-resnet20-none-none-s0"), {"regularizer": "none", "phi": "none"})]
+    assert noise_level.results_file_name(args, {2000}, no_phi) == "noise_level-mnist-train2000-n200-draws16.json"
+    assert noise_level.results_file_name(args, {1000}, no_phi) == "noise_level-mnist-train1000-n200-draws16.json"
     one_seed = Namespace(**{**vars(args), "seeds": [0]})
-    assert noise_level.results_file_name(one_seed, {1000, 2000}).endswith("train1000+2000-n200-draws16-seeds0.json")
+    assert noise_level.results_file_name(one_seed, {1000, 2000}, no_phi).endswith(
+        "train1000+2000-n200-draws16-seeds0.json"
+    )
     decayed = Namespace(**{**vars(one_seed), "weight_decay": 5e-4})  # a transfer_gain --weight_decay ablation's runs
-    assert noise_level.results_file_name(decayed, {2000}).endswith("train2000-n200-draws16-seeds0-wd0.0005.json")
+    assert noise_level.results_file_name(decayed, {2000}, no_phi).endswith(
+        "train2000-n200-draws16-seeds0-wd0.0005.json"
+    )
+    # runs of other φs in the work dir: another file (the φ part is confidence.phis_setting's, tested there)
+    with_phi = [*no_phi, (Path("x"), {"regularizer": "metaperturb", "phi": "official"})]
+    assert noise_level.results_file_name(args, {2000}, with_phi).startswith(
+        "noise_level-mnist-train2000-n200-draws16-phi1_"
+    )
 
 
 def test_a_switched_off_feature_counts_as_zeroed_and_not_in_the_spread():
