@@ -15,7 +15,8 @@ benchmark table (`transfer_gain.benchmark_markdown`) and "What it is good for / 
         --selection benchmarks/results/select_phi-<configuration>.json [--benchmark <a record that tested it>]
 
 rewrites a selection candidate's card in place (README.md only): its validation score against the selected φ's,
-and what it is good for where a benchmark record tested it.
+and what it is good for where a benchmark record tested it. With --benchmark and no --selection it rewrites the
+card of an experiment's φ (one that was not a selection candidate) with what the benchmark found.
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ def score_text(score: dict) -> str:
 
 def candidate_card(
     phi_dir: Path,
-    selection: dict,
+    selection: dict | None,
     *,
     benchmark: dict | None = None,
     phi_label: str | None = None,
@@ -264,8 +265,11 @@ def candidate_card(
 ) -> Path:
     """Rewrite the card (README.md only) of a selection candidate's φ folder: how it scored on the validation
     target against the selected φ and, with a `benchmark` record that tested it, what it is good for and where it
-    was not better. Returns the card's path."""
+    was not better. Without a `selection`, the card of an experiment's φ: what the `benchmark` found. Returns the
+    card's path."""
     phi_dir = Path(phi_dir)
+    if selection is None:
+        return experiment_card(phi_dir, benchmark, phi_label=phi_label, reproduction=reproduction)
     mine, selected = candidate_score(selection, phi_dir)
     chosen = Path(selection["selected"]).name == phi_dir.name
     outcome = (
@@ -285,19 +289,41 @@ def candidate_card(
     else:
         good_for = f"## What it is good for\n\nNot measured on a transfer benchmark. {validation}"
     extra = [selection_markdown(selection)] + ([benchmark_markdown(benchmark["table"], benchmark)] if benchmark else [])
+    return rewrite_card(phi_dir, "a selection candidate", good_for, "\n\n".join(extra), reproduction)
+
+
+def rewrite_card(phi_dir: Path, what: str, good_for: str, extra_markdown: str, reproduction: str | None) -> Path:
+    """Write the card (README.md only) of the φ in `phi_dir`, titled with `what` it is."""
     phi = MetaPerturb.from_pretrained(phi_dir)
     prov = phi.config.provenance
     source = f"{prov.get('source_dataset', 'unknown source')}, {prov.get('architecture', 'unknown architecture')}"
     card = render_phi_card(
         phi.config,
         phi.num_parameters(),
-        title=f"MetaPerturb φ `{phi_dir.name}` ({source}): a selection candidate",
+        title=f"MetaPerturb φ `{phi_dir.name}` ({source}): {what}",
         images=sorted(png.name for png in phi_dir.glob("*.png")),
         reproduction=reproduction,
         good_for=good_for,
-        extra_markdown="\n\n".join(extra),
+        extra_markdown=extra_markdown,
     )
     return write_text_atomic(phi_dir / "README.md", card)  # a killed run leaves the previous card whole
+
+
+def experiment_card(
+    phi_dir: Path, benchmark: dict | None, *, phi_label: str | None = None, reproduction: str | None = None
+) -> Path:
+    """The card of an experiment's φ (not a selection candidate): what the `benchmark` record found for it."""
+    if not benchmark:
+        raise ConfigError(f"{phi_dir.name}: a card without a selection record needs a benchmark record that tested it")
+    label = find_phi_label(benchmark["table"], phi_dir.name, phi_dir, phi_label)
+    not_scored = (
+        "It was not scored on the zoo's validation target (`benchmarks/select_phi.py`): it is an experiment, not a "
+        "selection candidate."
+    )
+    good_for = benchmark_good_for(benchmark, label) + "\n\n" + not_scored
+    return rewrite_card(
+        phi_dir, "an experiment", good_for, benchmark_markdown(benchmark["table"], benchmark), reproduction
+    )
 
 
 def main() -> None:
@@ -323,11 +349,14 @@ def main() -> None:
     parser.add_argument(
         "--candidate",
         action="store_true",
-        help="bundle nothing: rewrite PHI_DIR's card as a candidate of --selection (and of --benchmark if given)",
+        help="bundle nothing: rewrite PHI_DIR's card as a candidate of --selection (and of --benchmark if given), "
+        "or with --benchmark alone as an experiment's",
     )
     args = parser.parse_args()
-    if args.candidate == (args.name is not None) or (args.candidate and not args.selection):
-        parser.error("give a zoo NAME to bundle, or --candidate with --selection to rewrite a candidate's card")
+    if args.candidate == (args.name is not None) or (args.candidate and not (args.selection or args.benchmark)):
+        parser.error(
+            "give a zoo NAME to bundle, or --candidate with --selection and/or --benchmark to rewrite a φ's card"
+        )
     bundling_only = [flag for flag, given in (("--other_budget", args.other_budget), ("--notes", args.notes),
                                               ("--out_dir", args.out_dir != BUNDLED_DIR)) if given]  # fmt: skip
     if args.candidate and bundling_only:

@@ -143,6 +143,22 @@ def test_a_benchmarked_candidate_card_says_what_it_is_good_for(tmp_path):
         bundle_zoo.candidate_card(b, SELECTION, benchmark={**BENCHMARK, "table": table, "runs_finished": 3})
 
 
+def test_an_experiments_card_says_what_the_benchmark_found_and_that_it_was_not_selected(tmp_path):
+    phi_dir = MetaPerturb().save_pretrained(tmp_path / "tiny-phi")
+    weights = (phi_dir / "model.safetensors").read_bytes()
+    card = bundle_zoo.candidate_card(phi_dir, None, benchmark=BENCHMARK).read_text()
+    assert "# MetaPerturb φ `tiny-phi` (unknown source, unknown architecture): an experiment" in card
+    section = card.split("## What it is good for, and where it was not better")[1]
+    assert "it was more accurate (accuracy 96.12 ± 1.00 % vs 95.00 ± 1.00 %)" in section
+    assert "not scored on the zoo's validation target" in section and "## Selection" not in card
+    assert "## Benchmark: does it regularize?" in card and (phi_dir / "model.safetensors").read_bytes() == weights
+    with pytest.raises(ConfigError, match="needs a benchmark record"):
+        bundle_zoo.candidate_card(phi_dir, None)
+    tool = Path(bundle_zoo.__file__)
+    done = subprocess.run([sys.executable, tool, phi_dir, "--candidate"], capture_output=True, text=True)
+    assert done.returncode == 2 and "--candidate with --selection and/or --benchmark" in done.stderr
+
+
 def test_records_at_other_budgets_get_their_own_sections(tmp_path):
     phi_dir = MetaPerturb().save_pretrained(tmp_path / "run" / "phi")
     table = BENCHMARK["table"][:3] + [row("metaperturb:tiny-phi", 0.90, 0.02, 0.25)]  # less accurate, calibrated
