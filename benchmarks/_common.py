@@ -3,6 +3,7 @@ where its figures are written (`benchmarks/results/<name>.json`, see `publish`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -77,6 +78,13 @@ def results_name(benchmark: str, *settings: object) -> str:
     i.e. defaults left out by the caller, are skipped): different configurations never share a file."""
     parts = [benchmark, *(str(s).replace("/", "_").replace(":", "") for s in settings if s)]
     return "-".join(parts) + ".json"
+
+
+def phi_set_setting(names: list[str]) -> str:
+    """The record name's part for a set of φs: `phi<count>_<hash of their names>` (folder names, not paths: the
+    same set given from another folder keeps its name), so that a record of other φs never replaces this one."""
+    digest = hashlib.sha256(json.dumps(sorted(names)).encode()).hexdigest()[:8]
+    return f"phi{len(names)}_{digest}"
 
 
 def seeds_setting(seeds: list[int]) -> str | None:

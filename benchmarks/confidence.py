@@ -16,15 +16,14 @@ and writes benchmarks/results/confidence-<target>-mc<k>-draws<d>[-phi<n>_<digest
 from __future__ import annotations
 
 import argparse
-import hashlib
 import statistics
 import sys
 from pathlib import Path
 
 import torch
-from _common import add_results_arguments, publish, results_name, results_path, seeds_setting
+from _common import add_results_arguments, phi_set_setting, publish, results_name, results_path, seeds_setting
 from robustness import load_model
-from transfer_gain import in_main_table, parse_run_name, weight_decay_setting
+from transfer_gain import finished_runs, weight_decay_setting
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -50,16 +49,11 @@ def run_folders(
 ) -> list[tuple[Path, dict]]:
     """The main table's ResNet-20 runs of `target` with those seeds (or those of the `weight_decay` ablation),
     finished, with what their names say (`transfer_gain.parse_run_name`)."""
-    found = []
-    for folder in sorted((work_dir / "runs").iterdir()):
-        named = parse_run_name(folder.name)
-        if not named or (named["target"], named["model"]) != (target, "resnet20"):
-            continue
-        if not in_main_table(named, weight_decay):
-            continue
-        if named["seed"] in seeds and (folder / "all_results.json").exists():
-            found.append((folder, named))
-    return found
+    return [
+        (folder, named)
+        for folder, named in finished_runs(work_dir, weight_decay)
+        if (named["target"], named["model"]) == (target, "resnet20") and named["seed"] in seeds
+    ]
 
 
 def run_label(named: dict) -> str:
@@ -94,11 +88,10 @@ def saved_runs(parser, args) -> tuple[Path, list[tuple[Path, dict]]]:
 
 
 def phis_setting(folders: list[tuple[Path, dict]]) -> str | None:
-    """The record name's part for the φs whose runs were read: `phi<n>_<digest of their names>`, as select_phi.py
-    names its candidates (None where no run has φ), so that a work dir holding another φ's runs never writes over
-    this record."""
+    """The record name's part for the φs whose runs were read (`_common.phi_set_setting`; None where no run has
+    φ), so that a work dir holding another φ's runs never writes over this record."""
     names = sorted({named["phi"] for _, named in folders if named["regularizer"] == "metaperturb"})
-    return f"phi{len(names)}_{hashlib.sha256('+'.join(names).encode()).hexdigest()[:8]}" if names else None
+    return phi_set_setting(names) if names else None
 
 
 def results_file_name(args, folders: list[tuple[Path, dict]]) -> str:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 from _common import add_results_arguments, publish, results_name, results_path
-from transfer_gain import in_main_table, load_calibrated, parse_run_name
+from transfer_gain import finished_runs, load_calibrated
 
 from mp_hub.mean_mode.predict import mc_predict, mean_predict
 
@@ -94,14 +94,11 @@ def predictions(run_dir: Path, work_dir: Path, target: str, seed: int, mc_sample
 def finished_phi_runs(work_dir: Path, seeds: list[int] | None = None) -> list[tuple[Path, dict]]:
     """The finished MetaPerturb runs of the main table's settings in `work_dir` (not an ablation's), with their
     parsed names; only those of `seeds` when given."""
-    found = []
-    for run_dir in sorted((work_dir / "runs").iterdir()):
-        match = parse_run_name(run_dir.name)
-        if not match or match["regularizer"] != "metaperturb" or not in_main_table(match):
-            continue
-        if (seeds is None or match["seed"] in seeds) and (run_dir / "all_results.json").exists():
-            found.append((run_dir, match))
-    return found
+    return [
+        (run_dir, named)
+        for run_dir, named in finished_runs(work_dir)
+        if named["regularizer"] == "metaperturb" and (seeds is None or named["seed"] in seeds)
+    ]
 
 
 def compare(p_mean: torch.Tensor, p_mc: torch.Tensor, labels: torch.Tensor) -> dict:

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _common import add_results_arguments, publish, results_name, results_path  # noqa: E402
+from _common import add_results_arguments, phi_set_setting, publish, results_name, results_path  # noqa: E402
 
 
 def build_validation_target(shared: Path, out: Path, per_class: int) -> Path:
@@ -73,11 +73,9 @@ def best_candidate(scores: dict[str, dict[str, float]]) -> str:
 
 
 def candidates_setting(candidates: list[Path]) -> str:
-    """The record name's part for the candidate set: `phi<count>_<hash of their folder names>`, so that a selection
-    among other candidates at the same settings never replaces this one (names, not paths: the same set given
-    from another folder, or with absolute paths, keeps its name)."""
-    names = json.dumps(sorted(Path(c).name for c in candidates))
-    return f"phi{len(candidates)}_{hashlib.sha256(names.encode()).hexdigest()[:8]}"
+    """The record name's part for the candidate set (`_common.phi_set_setting` of their folder names), so that a
+    selection among other candidates at the same settings never replaces this one."""
+    return phi_set_setting([Path(c).name for c in candidates])
 
 
 def main() -> None:

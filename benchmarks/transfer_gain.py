@@ -135,6 +135,17 @@ def in_main_table(named: dict, weight_decay: float | None = None) -> bool:
     return named["kappa"] is None and named["weight_decay"] == weight_decay
 
 
+def finished_runs(work_dir: Path, weight_decay: float | None = None) -> list[tuple[Path, dict]]:
+    """The finished runs of the main table in `work_dir` (or of the `weight_decay` ablation), each with what its
+    folder name says (`parse_run_name`), in name order: what the diagnostics that read saved runs start from."""
+    found = []
+    for folder in sorted((work_dir / "runs").iterdir()):
+        named = parse_run_name(folder.name)
+        if named and in_main_table(named, weight_decay) and (folder / "all_results.json").exists():
+            found.append((folder, named))
+    return found
+
+
 def transfer_command(args, data_dir: Path, regularizer: str, phi: str | None, seed: int, model: str) -> list[str]:
     """recipes/transfer.py's arguments for one run (without the interpreter and --output_dir)."""
     command = [
