@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from mp_hub import functional as MF
 from mp_hub.output_dir import writing_to
 from mp_hub.training import phi_sha256, seeded_phi
 
@@ -40,6 +41,13 @@ def finite(text: str) -> float:
     return value
 
 
+def positive(text: str) -> float:
+    value = finite(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", type=Path, required=True, help="a new or empty folder")
@@ -51,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="the scale's weight on C/C0 and on H/H0 (default: left at the authors' init)",
     )
     parser.add_argument("--site_shapes", type=site_shape, nargs="+", default=[site_shape(s) for s in RESNET20_SITES])
-    parser.add_argument("--spatial_norm", type=finite, default=32.0, help="H0: the image size of the source")
+    parser.add_argument("--spatial_norm", type=positive, default=32.0, help="H0: the image size of the source")
     return parser
 
 
@@ -67,9 +75,11 @@ def initial_phi(seed: int, scale_size_weight: float | None):
 
 def initial_scale(phi, channels: int, height: int, spatial_norm: float) -> float:
     """s at a site of this shape before any feature statistics move it (mean and var features at 0)."""
-    weight = phi.channel_scale.fc.weight.detach()[0]
-    logit = weight[-2] * channels / phi.config.channel_norm + weight[-1] * height / spatial_norm
-    return float(torch.sigmoid(logit))
+    zeros = torch.zeros(channels, phi.config.h_dim)
+    with torch.no_grad():
+        scale = MF.channel_scale(zeros, zeros, phi.channel_scale.fc.weight, height=height,
+                                 channel_norm=phi.config.channel_norm, spatial_norm=spatial_norm)  # fmt: skip
+    return float(scale[0])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -57,14 +57,21 @@ def test_scale_size_weight_moves_the_scales_start(tool, tmp_path, capsys):
     assert phi_sha256(phi) in printed
 
 
-def test_refuses_a_folder_in_use_and_bad_arguments(tool, tmp_path):
+def test_refuses_a_folder_in_use_and_bad_arguments(tool, tmp_path, capsys):
     used = tmp_path / "used"
     used.mkdir()
     (used / "model.safetensors").write_bytes(b"x")
     with pytest.raises(SystemExit, match="exists and is not an empty folder"):
         tool.main(["--output_dir", str(used)])
     assert (used / "model.safetensors").read_bytes() == b"x"
-    for bad in (["--site_shapes", "16by32"], ["--site_shapes", "0x8"], ["--scale_size_weight", "nan"]):
+    bad_arguments = {
+        ("--site_shapes", "16by32"): "a site shape is CxH",
+        ("--site_shapes", "0x8"): "a site shape is CxH",
+        ("--scale_size_weight", "nan"): "must be a finite number",
+        ("--spatial_norm", "0"): "must be > 0",
+    }
+    for bad, message in bad_arguments.items():
         with pytest.raises(SystemExit):
             tool.main(["--output_dir", str(tmp_path / "new"), *bad])
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
