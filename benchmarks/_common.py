@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -155,9 +156,33 @@ def script_path() -> str:
     return str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
 
 
+def cpu_slug(cpu: str) -> str:
+    """A CPU's model name as a part of a file name: `Intel(R) Xeon(R) Processor` → `intel_xeon_processor`."""
+    words = re.sub(r"\((r|tm)\)", "", cpu.lower())
+    return re.sub(r"[^a-z0-9]+", "_", words).strip("_") or "unknown_cpu"
+
+
+def recorded_cpu(path: Path) -> str | None:
+    """The CPU of the record at `path`, or None where there is no record there (no file, or not a record)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))["host"]["cpu"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+
+
+def record_path(path: Path, cpu: str) -> Path:
+    """Where a record measured on `cpu` goes: `path`, unless that holds a record measured on another CPU; then
+    `<stem>-<cpu_slug(cpu)>.json` beside it. A rerun on the same host replaces its own figures, but one host's
+    figures never replace another's: the docs cite each host's records by name."""
+    earlier = recorded_cpu(path)
+    path = Path(path)
+    return path if earlier is None or earlier == cpu else path.with_name(f"{path.stem}-{cpu_slug(cpu)}{path.suffix}")
+
+
 def publish(benchmark: str, figures: dict, path: Path) -> dict:
     """The benchmark's record: `figures` under its name, with the git commit, the command line, the host and a
-    UTC timestamp; written to `path` (atomically) and printed as the last stdout line. Returns the record."""
+    UTC timestamp; written (atomically) to `path`, or beside it where `path` holds another CPU's record
+    (`record_path`), and printed as the last stdout line. Returns the record."""
     record = {
         "benchmark": benchmark,
         **figures,
@@ -166,8 +191,12 @@ def publish(benchmark: str, figures: dict, path: Path) -> dict:
         "host": host(),
         "utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    write_json_atomic(path, record)
-    print(f"results written to {path}", file=sys.stderr)
+    target = record_path(path, record["host"]["cpu"])
+    if target != Path(path):
+        print(f"{path} holds figures measured on {recorded_cpu(path)}; these, measured on {record['host']['cpu']}, "
+              f"go beside it", file=sys.stderr)  # fmt: skip
+    write_json_atomic(target, record)
+    print(f"results written to {target}", file=sys.stderr)
     print(json.dumps(record), flush=True)
     return record
 

@@ -1,5 +1,6 @@
 """benchmarks/_common.py: the paired ratios, the interleaved timing loop (on a scripted clock: no real timing),
-the results file (atomic, with the commit, the command, the host and the time) and its name."""
+the results file (atomic, with the commit, the command, the host and the time, never over another CPU's record)
+and its name."""
 
 import json
 import time
@@ -8,7 +9,7 @@ from datetime import datetime
 import _common
 import pytest
 import torch
-from _common import paired_ratios, publish, results_name, time_interleaved, write_text_atomic
+from _common import cpu_slug, paired_ratios, publish, results_name, time_interleaved, write_text_atomic
 
 
 def test_the_paired_ratio_is_the_median_of_per_round_ratios_not_a_ratio_of_medians():
@@ -82,3 +83,40 @@ def test_results_names_hold_the_settings_given_and_skip_the_unset_ones():
     assert results_name("overhead", "frozen", "b128", False, None, "cuda:1") == "overhead-frozen-b128-cuda1.json"
     assert results_name("fit_expected_softplus") == "fit_expected_softplus.json"
     assert results_name("x", "a/b") == "x-a_b.json"  # never a subfolder
+
+
+def _record_of(cpu: str, figure: float) -> str:
+    return json.dumps({"benchmark": "overhead", "results": {"bare_ms": figure}, "host": {"cpu": cpu}})
+
+
+def test_a_record_of_another_cpu_is_kept_and_the_new_one_goes_beside_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("sys.argv", ["benchmarks/overhead.py"])
+    monkeypatch.setattr(_common, "cpu_name", lambda: "AMD EPYC")
+    path = tmp_path / "overhead-x.json"
+    path.write_text(_record_of("Intel(R) Xeon(R) Processor", 1.0))
+    record = publish("overhead", {"results": {"bare_ms": 2.0}}, path)
+    beside = tmp_path / "overhead-x-amd_epyc.json"
+    assert json.loads(path.read_text())["results"] == {"bare_ms": 1.0}  # the Xeon's figures, untouched
+    assert json.loads(beside.read_text()) == record and record["host"]["cpu"] == "AMD EPYC"
+    err = capsys.readouterr().err
+    assert "measured on Intel(R) Xeon(R) Processor" in err and f"results written to {beside}" in err
+    # a rerun on the AMD host replaces its own record there, and still leaves the Xeon's alone
+    again = publish("overhead", {"results": {"bare_ms": 3.0}}, path)
+    assert json.loads(beside.read_text()) == again and json.loads(path.read_text())["results"] == {"bare_ms": 1.0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overhead-x-amd_epyc.json", "overhead-x.json"]
+
+
+def test_a_record_of_the_same_cpu_is_replaced(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["benchmarks/overhead.py"])
+    monkeypatch.setattr(_common, "cpu_name", lambda: "AMD EPYC")
+    path = tmp_path / "overhead-x.json"
+    path.write_text(_record_of("AMD EPYC", 1.0))
+    record = publish("overhead", {"results": {"bare_ms": 2.0}}, path)
+    assert json.loads(path.read_text()) == record and [p.name for p in tmp_path.iterdir()] == ["overhead-x.json"]
+
+
+def test_cpu_slugs_are_file_name_parts():
+    assert cpu_slug("Intel(R) Xeon(R) Processor") == "intel_xeon_processor"
+    assert cpu_slug("AMD EPYC 9654 96-Core Processor") == "amd_epyc_9654_96_core_processor"
+    assert cpu_slug("Apple M2 (TM)") == "apple_m2"
+    assert cpu_slug("()") == "unknown_cpu"
