@@ -108,7 +108,12 @@ def find_phi_label(table: list[dict], name: str, phi_dir: Path, given: str | Non
 def budget_sentence(benchmark: dict, goal: Goal) -> str:
     """What the card's figures were measured at (records before the images-per-class fields used the constants)."""
     seeds = f"mean ± std over {goal.planned_seeds} seeds" if goal.planned_seeds > 1 else "one seed (no spread measured)"
-    source = f" (record of commit {benchmark['commit'][:12]}, {benchmark['utc'][:10]})" if "commit" in benchmark else ""
+    cpu = benchmark.get("host", {}).get("cpu")  # a CPU rounds the convolutions its own way: ECE moves with it
+    source = (
+        f" (record of commit {benchmark['commit'][:12]}, {benchmark['utc'][:10]}{f', on {cpu}' if cpu else ''})"
+        if "commit" in benchmark
+        else ""
+    )
     return (
         f"Measured by `benchmarks/transfer_gain.py`{source}: CIFAR ResNet-20 trained from scratch with "
         f"`recipes/transfer.py` on {benchmark.get('train_images_per_class', TRAIN_PER_CLASS)} training images per "

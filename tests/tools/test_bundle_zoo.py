@@ -53,7 +53,9 @@ def test_bundles_a_phi_with_its_selection_and_benchmark(tmp_path):
     assert "| b | 75.0 | 20.0 | 0.900 | selected |" in card and "| mnist | resnet20 | none | 3 | 95.00 ± 1.00 |" in card
     # what it is good for and where not, from the record: its budget, then plain sentences with the numbers
     section = card.split("## What it is good for, and where it was not better")[1].split("## Selection")[0]
-    assert "(record of commit 0123456789ab, 2026-12-06)" in section
+    assert "(record of commit 0123456789ab, 2026-12-06)" in section  # a record with no host names no CPU
+    on_amd = bundle_zoo.benchmark_good_for({**BENCHMARK, "host": {"cpu": "AMD EPYC"}}, "metaperturb:tiny-phi")
+    assert "(record of commit 0123456789ab, 2026-12-06, on AMD EPYC)" in on_amd
     assert "100 training images per class of each of mnist, 2,000 steps of batch 64" in section
     assert "200 test images per class with MC-20" in section and "mean ± std over 3 seeds" in section
     good, not_better = section.split("### Where it was not better")
