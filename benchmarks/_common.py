@@ -156,32 +156,37 @@ def script_path() -> str:
     return str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
 
 
-def cpu_slug(cpu: str) -> str:
-    """A CPU's model name as a part of a file name: `Intel(R) Xeon(R) Processor` → `intel_xeon_processor`."""
-    words = re.sub(r"\((r|tm)\)", "", cpu.lower())
-    return re.sub(r"[^a-z0-9]+", "_", words).strip("_") or "unknown_cpu"
+def device_slug(name: str) -> str:
+    """A device's name as a part of a file name: `Intel(R) Xeon(R) Processor` → `intel_xeon_processor`."""
+    words = re.sub(r"\((r|tm)\)", "", name.lower())
+    return re.sub(r"[^a-z0-9]+", "_", words).strip("_") or "unknown_device"
 
 
-def recorded_cpu(path: Path) -> str | None:
-    """The CPU of the record at `path`, or None where there is no record there (no file, or not a record)."""
+def measured_on(record: dict) -> str | None:
+    """The device a record's figures were measured on: its `device_name` (a GPU's, where a benchmark ran on one),
+    else its host's CPU."""
+    return record.get("device_name") or (record.get("host") or {}).get("cpu")
+
+
+def recorded_device(path: Path) -> str | None:
+    """`measured_on` of the record at `path`, or None where there is no record there (no file, or not a record)."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))["host"]["cpu"]
-    except (OSError, ValueError, TypeError, KeyError):
+        return measured_on(json.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, AttributeError):
         return None
 
 
-def record_path(path: Path, cpu: str) -> Path:
-    """Where a record measured on `cpu` goes: `path`, unless that holds a record measured on another CPU; then
-    `<stem>-<cpu_slug(cpu)>.json` beside it. A rerun on the same host replaces its own figures, but one host's
-    figures never replace another's: the docs cite each host's records by name."""
-    earlier = recorded_cpu(path)
-    path = Path(path)
-    return path if earlier is None or earlier == cpu else path.with_name(f"{path.stem}-{cpu_slug(cpu)}{path.suffix}")
+def record_path(path: Path, device: str) -> Path:
+    """Where a record measured on `device` goes: `path`, unless that holds a record measured on another device;
+    then `<stem>-<device_slug(device)>.json` beside it. A rerun on the same device replaces its own figures, but
+    one machine's figures never replace another's: the docs cite each machine's records by name."""
+    earlier, path = recorded_device(path), Path(path)
+    return path if earlier in (None, device) else path.with_name(f"{path.stem}-{device_slug(device)}{path.suffix}")
 
 
 def publish(benchmark: str, figures: dict, path: Path) -> dict:
     """The benchmark's record: `figures` under its name, with the git commit, the command line, the host and a
-    UTC timestamp; written (atomically) to `path`, or beside it where `path` holds another CPU's record
+    UTC timestamp; written (atomically) to `path`, or beside it where `path` holds another device's record
     (`record_path`), and printed as the last stdout line. Returns the record."""
     record = {
         "benchmark": benchmark,
@@ -191,10 +196,11 @@ def publish(benchmark: str, figures: dict, path: Path) -> dict:
         "host": host(),
         "utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    target = record_path(path, record["host"]["cpu"])
+    device = measured_on(record)
+    target = record_path(path, device)
     if target != Path(path):
-        print(f"{path} holds figures measured on {recorded_cpu(path)}; these, measured on {record['host']['cpu']}, "
-              f"go beside it", file=sys.stderr)  # fmt: skip
+        print(f"{path} holds figures measured on {recorded_device(path)}; these, measured on {device}, go beside it",
+              file=sys.stderr)  # fmt: skip
     write_json_atomic(target, record)
     print(f"results written to {target}", file=sys.stderr)
     print(json.dumps(record), flush=True)

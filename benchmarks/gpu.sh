@@ -56,4 +56,4 @@ step inference "$python" benchmarks/inference.py --device "$device" --compile "$
   --results_file "$results_dir/$prefix-inference.json"
 step meta_train_scaling "$python" benchmarks/meta_train_scaling.py --device "${device%%:*}" --compile \
   "${meta_train[@]}" --results_file "$results_dir/$prefix-meta_train_scaling.json"
-echo "gpu.sh: done; results in $results_dir/$prefix-{overhead,inference,meta_train_scaling}.json" >&2
+echo "gpu.sh: done; results in $results_dir/$prefix-{overhead,inference,meta_train_scaling}.json (or beside each, named for the device, where one of another device was there)" >&2

@@ -1,5 +1,6 @@
 """benchmarks/_common.py: the paired ratios, the interleaved timing loop (on a scripted clock: no real timing),
-the results file (atomic, with the commit, the command, the host and the time, never over another CPU's record)
+the results file (atomic, with the commit, the command, the host and the time, never over another device's
+record)
 and its name."""
 
 import json
@@ -9,7 +10,7 @@ from datetime import datetime
 import _common
 import pytest
 import torch
-from _common import cpu_slug, paired_ratios, publish, results_name, time_interleaved, write_text_atomic
+from _common import device_slug, paired_ratios, publish, results_name, time_interleaved, write_text_atomic
 
 
 def test_the_paired_ratio_is_the_median_of_per_round_ratios_not_a_ratio_of_medians():
@@ -115,8 +116,18 @@ def test_a_record_of_the_same_cpu_is_replaced(tmp_path, monkeypatch):
     assert json.loads(path.read_text()) == record and [p.name for p in tmp_path.iterdir()] == ["overhead-x.json"]
 
 
-def test_cpu_slugs_are_file_name_parts():
-    assert cpu_slug("Intel(R) Xeon(R) Processor") == "intel_xeon_processor"
-    assert cpu_slug("AMD EPYC 9654 96-Core Processor") == "amd_epyc_9654_96_core_processor"
-    assert cpu_slug("Apple M2 (TM)") == "apple_m2"
-    assert cpu_slug("()") == "unknown_cpu"
+def test_a_gpu_record_is_told_apart_by_its_device_not_its_host(tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["benchmarks/overhead.py"])
+    monkeypatch.setattr(_common, "cpu_name", lambda: "AMD EPYC")
+    path = tmp_path / "gpu-overhead.json"
+    path.write_text(json.dumps({"device_name": "NVIDIA H100 80GB HBM3", "host": {"cpu": "AMD EPYC"}}))
+    record = publish("overhead", {"device_name": "NVIDIA H200"}, path)
+    assert json.loads((tmp_path / "gpu-overhead-nvidia_h200.json").read_text()) == record
+    assert json.loads(path.read_text())["device_name"] == "NVIDIA H100 80GB HBM3"
+
+
+def test_device_slugs_are_file_name_parts():
+    assert device_slug("Intel(R) Xeon(R) Processor") == "intel_xeon_processor"
+    assert device_slug("AMD EPYC 9654 96-Core Processor") == "amd_epyc_9654_96_core_processor"
+    assert device_slug("Apple M2 (TM)") == "apple_m2"
+    assert device_slug("()") == "unknown_device"
