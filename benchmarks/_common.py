@@ -176,11 +176,12 @@ def recorded_device(path: Path) -> str | None:
         return None
 
 
-def record_path(path: Path, device: str) -> Path:
-    """Where a record measured on `device` goes: `path`, unless that holds a record measured on another device;
-    then `<stem>-<device_slug(device)>.json` beside it. A rerun on the same device replaces its own figures, but
-    one machine's figures never replace another's: the docs cite each machine's records by name."""
-    earlier, path = recorded_device(path), Path(path)
+def record_path(path: Path, device: str, earlier: str | None) -> Path:
+    """Where a record measured on `device` goes when `path` holds one measured on `earlier` (`recorded_device`):
+    `path`, unless `earlier` is another device; then `<stem>-<device_slug(device)>.json` beside it. A rerun on the
+    same device replaces its own figures, but one machine's figures never replace another's: the docs cite each
+    machine's records by name."""
+    path = Path(path)
     return path if earlier in (None, device) else path.with_name(f"{path.stem}-{device_slug(device)}{path.suffix}")
 
 
@@ -196,11 +197,10 @@ def publish(benchmark: str, figures: dict, path: Path) -> dict:
         "host": host(),
         "utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    device = measured_on(record)
-    target = record_path(path, device)
+    device, earlier = measured_on(record), recorded_device(path)
+    target = record_path(path, device, earlier)
     if target != Path(path):
-        print(f"{path} holds figures measured on {recorded_device(path)}; these, measured on {device}, go beside it",
-              file=sys.stderr)  # fmt: skip
+        print(f"{path} holds figures measured on {earlier}; these, measured on {device}, go beside it", file=sys.stderr)
     write_json_atomic(target, record)
     print(f"results written to {target}", file=sys.stderr)
     print(json.dumps(record), flush=True)

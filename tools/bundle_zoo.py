@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's mp_hub: the bundled folder is written into it
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark's table and goal check, as it prints them
 
-from _common import write_text_atomic  # noqa: E402
+from _common import measured_on, write_text_atomic  # noqa: E402
 from regularization_goal import (  # noqa: E402
     AT_LEAST_AS_GOOD,
     Goal,
@@ -108,9 +108,9 @@ def find_phi_label(table: list[dict], name: str, phi_dir: Path, given: str | Non
 def budget_sentence(benchmark: dict, goal: Goal) -> str:
     """What the card's figures were measured at (records before the images-per-class fields used the constants)."""
     seeds = f"mean ± std over {goal.planned_seeds} seeds" if goal.planned_seeds > 1 else "one seed (no spread measured)"
-    cpu = benchmark.get("host", {}).get("cpu")  # a CPU rounds the convolutions its own way: ECE moves with it
+    device = measured_on(benchmark)  # a CPU rounds the convolutions its own way: ECE moves with it
     source = (
-        f" (record of commit {benchmark['commit'][:12]}, {benchmark['utc'][:10]}{f', on {cpu}' if cpu else ''})"
+        f" (record of commit {benchmark['commit'][:12]}, {benchmark['utc'][:10]}{f', on {device}' if device else ''})"
         if "commit" in benchmark
         else ""
     )

@@ -1,7 +1,6 @@
 """benchmarks/_common.py: the paired ratios, the interleaved timing loop (on a scripted clock: no real timing),
 the results file (atomic, with the commit, the command, the host and the time, never over another device's
-record)
-and its name."""
+record) and its name."""
 
 import json
 import time
