@@ -23,15 +23,23 @@ import argparse
 import gzip
 import hashlib
 import io
-import os
 import pickle
-import shutil
 import sys
-import tempfile
 from importlib import metadata, resources
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is no package: its shared module, when loaded by path
+from dataset_folder import (  # noqa: E402
+    check_output_dir,
+    png_bytes,
+    run_build,
+    split_metadata,
+    split_path,
+    write_dataset_folder,
+    write_split,
+)
 
 PACKAGE = "animal_mnist"  # the import name
 DISTRIBUTION = "animal-mnist"  # the PyPI name
@@ -57,10 +65,6 @@ class MissingSourcePackageError(RuntimeError):
 
 class SourceDataError(ValueError):
     """The package's data files are absent or are not the expected arrays."""
-
-
-class OutputDirError(FileExistsError):
-    """The output folder already holds files and --overwrite was not given."""
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
@@ -159,30 +163,10 @@ def split_rows(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def _png(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def _features():
     from datasets import ClassLabel, Features, Image
 
     return Features({"image": Image(), "label": ClassLabel(names=CLASS_NAMES)})
-
-
-def write_split(images: np.ndarray, labels: np.ndarray, rows: np.ndarray, path: Path) -> int:
-    """Write one split's Parquet file; returns its Arrow size in bytes (the card's num_bytes)."""
-    from datasets import Dataset
-
-    dataset = Dataset.from_dict(
-        {"image": [{"bytes": _png(images[i]), "path": None} for i in rows], "label": labels[rows].tolist()},
-        features=_features(),
-    )
-    dataset.to_parquet(str(path))
-    return int(dataset.data.nbytes)
 
 
 def card(
@@ -197,6 +181,7 @@ def card(
     import yaml
 
     names = {str(i): name for i, name in enumerate(CLASS_NAMES)}
+    splits, configs = split_metadata(sizes, {split: int(counts[split].sum()) for split in counts}, files)
     meta = {
         "license": "mit",
         "pretty_name": "Animal-MNIST (animal silhouettes)",
@@ -208,19 +193,9 @@ def card(
                 {"name": "image", "dtype": "image"},
                 {"name": "label", "dtype": {"class_label": {"names": names}}},
             ],
-            "splits": [
-                {"name": split, "num_bytes": sizes[split], "num_examples": int(counts[split].sum())}
-                for split in ("train", "test")
-            ],
-            "download_size": sum(files.values()),
-            "dataset_size": sum(sizes.values()),
+            **splits,
         },
-        "configs": [
-            {
-                "config_name": "default",
-                "data_files": [{"split": split, "path": f"data/{split}-*"} for split in ("train", "test")],
-            }
-        ],
+        "configs": configs,
     }
     rows = "\n".join(
         f"| {i} | `{name}` | {counts['train'][i]} | {counts['test'][i]} |" for i, name in enumerate(CLASS_NAMES)
@@ -282,45 +257,29 @@ ds = load_dataset("path/to/animal_mnist")      # 'train' ({n_train}) and 'test' 
 
 def build(output_dir: Path, overwrite: bool, test_per_class: int, max_per_class: int | None, seed: int) -> Path:
     """Write the dataset folder aside, then rename it into place."""
-    output_dir = output_dir.resolve()
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
-        raise OutputDirError(f"{output_dir} exists and is not empty; pass --overwrite to replace it")
+    output_dir = check_output_dir(output_dir, overwrite)
     images_path, labels_path, version = source_files()
     images, labels = load_source(images_path, labels_path)
     distinct = unique_rows(images, labels)
     duplicates = len(images) - len(distinct)
     train, test = split_rows(labels, distinct, test_per_class, max_per_class, seed)
+    rows_of = {"train": train, "test": test}
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it owner-only; the renamed folder should read like any other
-    try:
-        (tmp / "data").mkdir()
+    def fill(folder: Path) -> None:
         sizes, files = {}, {}
-        for split, rows in (("train", train), ("test", test)):
-            path = tmp / "data" / f"{split}-00000-of-00001.parquet"
-            sizes[split] = write_split(images, labels, rows, path)
+        for split, rows in rows_of.items():
+            path = split_path(folder, split)
+            columns = {"image": [png_bytes(images[i]) for i in rows], "label": labels[rows].tolist()}
+            sizes[split] = write_split(columns, _features(), path)
             files[split] = path.stat().st_size
-        counts = {
-            split: np.bincount(labels[rows], minlength=len(CLASS_NAMES))
-            for split, rows in (("train", train), ("test", test))
-        }
+        counts = {split: np.bincount(labels[rows], minlength=len(CLASS_NAMES)) for split, rows in rows_of.items()}
         options = f" --test_per_class {test_per_class}" if test_per_class != DEFAULT_TEST_PER_CLASS else ""
         options += f" --max_per_class {max_per_class}" if max_per_class is not None else ""
         options += f" --seed {seed}" if seed != 0 else ""
         command = f"python tools/build_animal_mnist.py --output_dir {output_dir.name}{options}"
-        (tmp / "README.md").write_text(card(version, duplicates, counts, sizes, files, command), encoding="utf-8")
-        if output_dir.exists():  # only reached when empty or --overwrite: move it aside so the rename cannot fail
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, old / "previous")
-            shutil.rmtree(old)
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output_dir
+        (folder / "README.md").write_text(card(version, duplicates, counts, sizes, files, command), encoding="utf-8")
+
+    return write_dataset_folder(output_dir, overwrite, fill)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -333,13 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.test_per_class < 1 or (args.max_per_class is not None and args.max_per_class < 1):
         parser.error("--test_per_class and --max_per_class must be at least 1")
-    try:
-        out = build(args.output_dir, args.overwrite, args.test_per_class, args.max_per_class, args.seed)
-    except (MissingSourcePackageError, SourceDataError, OutputDirError) as error:
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
+    return run_build(
+        lambda: build(args.output_dir, args.overwrite, args.test_per_class, args.max_per_class, args.seed),
+        (MissingSourcePackageError, SourceDataError),
+    )
 
 
 if __name__ == "__main__":

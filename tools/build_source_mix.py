@@ -24,13 +24,21 @@ import argparse
 import hashlib
 import importlib.util
 import io
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tools/ is no package: its shared module, when loaded by path
+from dataset_folder import (  # noqa: E402
+    check_output_dir,
+    png_bytes,
+    run_build,
+    split_metadata,
+    split_path,
+    write_dataset_folder,
+    write_split,
+)
 
 DISTRIBUTION = "scikit-image"
 PINNED_VERSION = "0.26.0"
@@ -73,10 +81,6 @@ class MissingSourcePackageError(RuntimeError):
 
 class SourceDataError(ValueError):
     """A photograph or the glyphs dataset is absent or not what this build expects."""
-
-
-class OutputDirError(FileExistsError):
-    """The output folder already holds files and --overwrite was not given."""
 
 
 def photos_dir() -> Path:
@@ -165,33 +169,15 @@ def glyph_rows(glyphs_dir: Path, tasks: list[str]):
     return out
 
 
-def _png(array: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(array, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_split(rows: list[tuple[bytes, str, str]], label_names: list[str], task_names: list[str], path: Path):
-    """One split's Parquet file; returns its Arrow size in bytes."""
-    from datasets import ClassLabel, Dataset, Features, Image
-
-    features = Features(
-        {"image": Image(), "label": ClassLabel(names=label_names), "task": ClassLabel(names=task_names)}
-    )
+def split_columns(rows: list[tuple[bytes, str, str]], label_names: list[str], task_names: list[str]) -> dict:
+    """(PNG bytes, label name, task name) rows as the columns of one split, the names as ClassLabel ids."""
     label_ids = {name: i for i, name in enumerate(label_names)}
     task_ids = {name: i for i, name in enumerate(task_names)}
-    dataset = Dataset.from_dict(
-        {
-            "image": [{"bytes": image, "path": None} for image, _, _ in rows],
-            "label": [label_ids[label] for _, label, _ in rows],
-            "task": [task_ids[task] for _, _, task in rows],
-        },
-        features=features,
-    )
-    dataset.to_parquet(str(path))
-    return int(dataset.data.nbytes)
+    return {
+        "image": [image for image, _, _ in rows],
+        "label": [label_ids[label] for _, label, _ in rows],
+        "task": [task_ids[task] for _, _, task in rows],
+    }
 
 
 def card(
@@ -205,6 +191,7 @@ def card(
     import yaml
 
     labels = [label for members in tasks.values() for label in members]
+    splits, configs = split_metadata(sizes, {split: sum(counts[split].values()) for split in counts}, files)
     meta = {
         "license": "other",
         "license_name": "mixed",
@@ -219,19 +206,9 @@ def card(
                 {"name": "label", "dtype": {"class_label": {"names": dict(enumerate(labels))}}},
                 {"name": "task", "dtype": {"class_label": {"names": dict(enumerate(tasks))}}},
             ],
-            "splits": [
-                {"name": split, "num_bytes": sizes[split], "num_examples": sum(counts[split].values())}
-                for split in ("train", "test")
-            ],
-            "download_size": sum(files.values()),
-            "dataset_size": sum(sizes.values()),
+            **splits,
         },
-        "configs": [
-            {
-                "config_name": "default",
-                "data_files": [{"split": split, "path": f"data/{split}-*"} for split in ("train", "test")],
-            }
-        ],
+        "configs": configs,
     }
     rows = "\n".join(
         f"| `{task}` | {len(members)} | {counts['train'][task]} | {counts['test'][task]} |"
@@ -274,11 +251,11 @@ def build(
     overwrite: bool,
 ) -> Path:
     """Write the dataset folder aside, then rename it into place."""
-    output_dir = output_dir.resolve()
-    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())) and not overwrite:
-        raise OutputDirError(f"{output_dir} exists and is not empty; pass --overwrite to replace it")
-    folder = photos_dir()
-    photos = {name: load_photo(folder, name) for name in PHOTOS}
+    from datasets import ClassLabel, Features, Image
+
+    output_dir = check_output_dir(output_dir, overwrite)
+    photo_folder = photos_dir()
+    photos = {name: load_photo(photo_folder, name) for name in PHOTOS}
     glyphs = glyph_rows(glyphs_dir, glyph_tasks)
     groups = photo_tasks([name.rsplit(".", 1)[0] for name in PHOTOS], num_photo_tasks, seed)
     files_by_stem = {name.rsplit(".", 1)[0]: name for name in PHOTOS}
@@ -293,21 +270,19 @@ def build(
         for stem in group:
             for split, count in (("train", train_per_photo), ("test", test_per_photo)):
                 for patch in crops(photos[files_by_stem[stem]], split, count, seed, stem):
-                    rows[split].append((_png(patch), f"photo:{stem}", f"photos{index}"))
+                    rows[split].append((png_bytes(patch), f"photo:{stem}", f"photos{index}"))
     label_names = [label for members in tasks.values() for label in members]
     task_names = list(tasks)
 
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.tmp-", dir=output_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it owner-only; the renamed folder should read like any other
-    try:
-        (tmp / "data").mkdir()
+    features = Features(
+        {"image": Image(), "label": ClassLabel(names=label_names), "task": ClassLabel(names=task_names)}
+    )
+
+    def fill(folder: Path) -> None:
         sizes, files, counts = {}, {}, {}
         for split in ("train", "test"):
-            path = tmp / "data" / f"{split}-00000-of-00001.parquet"
-            sizes[split] = write_split(rows[split], label_names, task_names, path)
+            path = split_path(folder, split)
+            sizes[split] = write_split(split_columns(rows[split], label_names, task_names), features, path)
             files[split] = path.stat().st_size
             counts[split] = {task: sum(1 for row in rows[split] if row[2] == task) for task in task_names}
         options = f" --glyph_tasks {' '.join(glyph_tasks)}" if tuple(glyph_tasks) != DEFAULT_GLYPH_TASKS else ""
@@ -316,16 +291,9 @@ def build(
         options += f" --test_per_photo {test_per_photo}" if test_per_photo != 100 else ""
         options += f" --seed {seed}" if seed != 0 else ""
         command = f"python tools/build_source_mix.py --glyphs_dir glyphs10 --output_dir {output_dir.name}{options}"
-        (tmp / "README.md").write_text(card(tasks, counts, sizes, files, command), encoding="utf-8")
-        if output_dir.exists():  # only reached when empty or --overwrite: move it aside so the rename cannot fail
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            os.replace(output_dir, old / "previous")
-            shutil.rmtree(old)
-        os.replace(tmp, output_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return output_dir
+        (folder / "README.md").write_text(card(tasks, counts, sizes, files, command), encoding="utf-8")
+
+    return write_dataset_folder(output_dir, overwrite, fill)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -343,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--train_per_photo and --test_per_photo must be at least 1")
     if len(set(args.glyph_tasks)) != len(args.glyph_tasks):
         parser.error("--glyph_tasks names a script twice")
-    try:
-        out = build(
+    return run_build(
+        lambda: build(
             args.glyphs_dir,
             args.output_dir,
             args.glyph_tasks,
@@ -353,12 +321,9 @@ def main(argv: list[str] | None = None) -> int:
             args.test_per_photo,
             args.seed,
             args.overwrite,
-        )
-    except (MissingSourcePackageError, SourceDataError, OutputDirError) as error:
-        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return 2
-    print(out)
-    return 0
+        ),
+        (MissingSourcePackageError, SourceDataError),
+    )
 
 
 if __name__ == "__main__":
