@@ -145,7 +145,7 @@ def photo_tasks(names: list[str], num_tasks: int, seed: int) -> list[list[str]]:
 
 def glyph_rows(glyphs_dir: Path, tasks: list[str]):
     """glyphs10's rows of the kept scripts, per split: (PNG bytes, label name, task name) triples."""
-    from datasets import load_dataset
+    from datasets import Image, load_dataset
 
     try:
         source = load_dataset(str(glyphs_dir))
@@ -155,7 +155,7 @@ def glyph_rows(glyphs_dir: Path, tasks: list[str]):
     for split in ("train", "test"):
         if split not in source or not {"image", "label", "task"} <= set(source[split].column_names):
             raise SourceDataError(f"{glyphs_dir} has no '{split}' split with image, label and task columns")
-        data = source[split].cast_column("image", source[split].features["image"].__class__(decode=False))
+        data = source[split].cast_column("image", Image(decode=False))  # the PNG bytes as they are
         label_names = data.features["label"].names
         task_names = data.features["task"].names
         unknown = sorted(set(tasks) - set(task_names))
