@@ -36,9 +36,8 @@ from dataset_folder import (  # noqa: E402
     png_bytes,
     run_build,
     split_metadata,
-    split_path,
     write_dataset_folder,
-    write_split,
+    write_splits,
 )
 
 PACKAGE = "animal_mnist"  # the import name
@@ -266,12 +265,11 @@ def build(output_dir: Path, overwrite: bool, test_per_class: int, max_per_class:
     rows_of = {"train": train, "test": test}
 
     def fill(folder: Path) -> None:
-        sizes, files = {}, {}
-        for split, rows in rows_of.items():
-            path = split_path(folder, split)
-            columns = {"image": [png_bytes(images[i]) for i in rows], "label": labels[rows].tolist()}
-            sizes[split] = write_split(columns, _features(), path)
-            files[split] = path.stat().st_size
+        columns = {
+            split: {"image": [png_bytes(images[i]) for i in rows], "label": labels[rows].tolist()}
+            for split, rows in rows_of.items()
+        }
+        sizes, files = write_splits(folder, columns, _features())
         counts = {split: np.bincount(labels[rows], minlength=len(CLASS_NAMES)) for split, rows in rows_of.items()}
         options = f" --test_per_class {test_per_class}" if test_per_class != DEFAULT_TEST_PER_CLASS else ""
         options += f" --max_per_class {max_per_class}" if max_per_class is not None else ""

@@ -25,6 +25,7 @@ import hashlib
 import importlib.util
 import io
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,8 @@ from dataset_folder import (  # noqa: E402
     png_bytes,
     run_build,
     split_metadata,
-    split_path,
     write_dataset_folder,
-    write_split,
+    write_splits,
 )
 
 DISTRIBUTION = "scikit-image"
@@ -70,6 +70,8 @@ PHOTOS = {
 }
 # The six largest of glyphs10's ten scripts: with four photo tasks the source keeps glyphs10's ten tasks.
 DEFAULT_GLYPH_TASKS = ("greek", "cyrillic", "katakana", "thai", "hebrew", "arabic")
+DEFAULT_NUM_PHOTO_TASKS = 4
+DEFAULT_TRAIN_PER_PHOTO, DEFAULT_TEST_PER_PHOTO = 400, 100
 IMAGE_SIDE = 32
 MIN_CROP, MAX_CROP = 32, 96
 TRAIN_SHARE = 0.75  # the left part of each photograph gives the train crops, the rest the test crops
@@ -164,6 +166,8 @@ def glyph_rows(glyphs_dir: Path, tasks: list[str]):
         rows = []
         for image, label, task in zip(data["image"], data["label"], data["task"]):
             if task_names[task] in tasks:
+                if image["bytes"] is None:  # an image stored as a path to a file: this build copies bytes only
+                    raise SourceDataError(f"{glyphs_dir}: a '{split}' image has no bytes (path {image['path']!r})")
                 rows.append((image["bytes"], label_names[label], task_names[task]))
         out[split] = rows
     return out
@@ -257,8 +261,8 @@ def build(
     photo_folder = photos_dir()
     photos = {name: load_photo(photo_folder, name) for name in PHOTOS}
     glyphs = glyph_rows(glyphs_dir, glyph_tasks)
-    groups = photo_tasks([name.rsplit(".", 1)[0] for name in PHOTOS], num_photo_tasks, seed)
     files_by_stem = {name.rsplit(".", 1)[0]: name for name in PHOTOS}
+    groups = photo_tasks(list(files_by_stem), num_photo_tasks, seed)
 
     tasks: dict[str, list[str]] = {}
     for task in glyph_tasks:
@@ -279,16 +283,13 @@ def build(
     )
 
     def fill(folder: Path) -> None:
-        sizes, files, counts = {}, {}, {}
-        for split in ("train", "test"):
-            path = split_path(folder, split)
-            sizes[split] = write_split(split_columns(rows[split], label_names, task_names), features, path)
-            files[split] = path.stat().st_size
-            counts[split] = {task: sum(1 for row in rows[split] if row[2] == task) for task in task_names}
+        columns = {split: split_columns(rows[split], label_names, task_names) for split in rows}
+        sizes, files = write_splits(folder, columns, features)
+        counts = {split: Counter(task for _, _, task in rows[split]) for split in rows}
         options = f" --glyph_tasks {' '.join(glyph_tasks)}" if tuple(glyph_tasks) != DEFAULT_GLYPH_TASKS else ""
-        options += f" --num_photo_tasks {num_photo_tasks}" if num_photo_tasks != 4 else ""
-        options += f" --train_per_photo {train_per_photo}" if train_per_photo != 400 else ""
-        options += f" --test_per_photo {test_per_photo}" if test_per_photo != 100 else ""
+        options += f" --num_photo_tasks {num_photo_tasks}" if num_photo_tasks != DEFAULT_NUM_PHOTO_TASKS else ""
+        options += f" --train_per_photo {train_per_photo}" if train_per_photo != DEFAULT_TRAIN_PER_PHOTO else ""
+        options += f" --test_per_photo {test_per_photo}" if test_per_photo != DEFAULT_TEST_PER_PHOTO else ""
         options += f" --seed {seed}" if seed != 0 else ""
         command = f"python tools/build_source_mix.py --glyphs_dir glyphs10 --output_dir {output_dir.name}{options}"
         (folder / "README.md").write_text(card(tasks, counts, sizes, files, command), encoding="utf-8")
@@ -301,9 +302,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--glyphs_dir", type=Path, required=True, help="glyphs10 (Hub dataset layout)")
     parser.add_argument("--output_dir", type=Path, required=True, help="folder to create (Hub dataset layout)")
     parser.add_argument("--glyph_tasks", nargs="+", default=list(DEFAULT_GLYPH_TASKS), help="glyphs10 scripts kept")
-    parser.add_argument("--num_photo_tasks", type=int, default=4, help="tasks the photographs are cut into")
-    parser.add_argument("--train_per_photo", type=int, default=400, help="train crops of each photograph")
-    parser.add_argument("--test_per_photo", type=int, default=100, help="test crops of each photograph")
+    parser.add_argument(
+        "--num_photo_tasks", type=int, default=DEFAULT_NUM_PHOTO_TASKS, help="tasks the photographs are cut into"
+    )
+    parser.add_argument(
+        "--train_per_photo", type=int, default=DEFAULT_TRAIN_PER_PHOTO, help="train crops of each photograph"
+    )
+    parser.add_argument(
+        "--test_per_photo", type=int, default=DEFAULT_TEST_PER_PHOTO, help="test crops of each photograph"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the crops and of the photo tasks")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty output_dir")
     args = parser.parse_args(argv)

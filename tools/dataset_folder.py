@@ -2,7 +2,7 @@
 
 A builder hands `write_dataset_folder` a function that fills a fresh folder (`data/<split>-00000-of-00001.parquet`
 files, then the README.md card); the folder is written beside the output and renamed into place, so a killed
-build leaves the output as it was. `write_split` writes one split's Parquet file, `split_metadata` the card's
+build leaves the output as it was. `write_splits` writes the splits' Parquet files, `split_metadata` the card's
 YAML that `datasets.load_dataset` reads back.
 """
 
@@ -34,22 +34,23 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_split(columns: dict[str, list], features, path: Path) -> int:
-    """One split's Parquet file from its columns (`image`: PNG bytes); returns its Arrow size in bytes."""
+def write_splits(folder: Path, columns: dict[str, dict[str, list]], features) -> tuple[dict[str, int], dict[str, int]]:
+    """Each split's Parquet file in `folder`/data from its columns (`image`: PNG bytes); returns the splits' Arrow
+    sizes and file sizes in bytes (the card's `num_bytes` and `download_size`)."""
     from datasets import Dataset
 
-    rows = {**columns, "image": [{"bytes": image, "path": None} for image in columns["image"]]}
-    dataset = Dataset.from_dict(rows, features=features)
-    dataset.to_parquet(str(path))
-    return int(dataset.data.nbytes)
+    sizes, files = {}, {}
+    for split in SPLITS:
+        path = folder / "data" / f"{split}-00000-of-00001.parquet"
+        rows = {**columns[split], "image": [{"bytes": image, "path": None} for image in columns[split]["image"]]}
+        dataset = Dataset.from_dict(rows, features=features)
+        dataset.to_parquet(str(path))
+        sizes[split], files[split] = int(dataset.data.nbytes), path.stat().st_size
+    return sizes, files
 
 
-def split_path(folder: Path, split: str) -> Path:
-    return folder / "data" / f"{split}-00000-of-00001.parquet"
-
-
-def split_metadata(sizes: dict[str, int], examples: dict[str, int], files: dict[str, int]) -> dict:
-    """The card's `dataset_info` splits and sizes and its `configs`, for the splits train and test."""
+def split_metadata(sizes: dict[str, int], examples: dict[str, int], files: dict[str, int]) -> tuple[dict, list]:
+    """The card's `dataset_info` splits and sizes, and its `configs`, for the splits train and test."""
     return {
         "splits": [{"name": split, "num_bytes": sizes[split], "num_examples": examples[split]} for split in SPLITS],
         "download_size": sum(files.values()),

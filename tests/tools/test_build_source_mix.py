@@ -107,6 +107,15 @@ def test_bad_inputs_are_typed_errors(tool, glyphs, photos, tmp_path, monkeypatch
         tool.glyph_rows(glyphs, ["greek", "runic"])
     with pytest.raises(tool.SourceDataError, match="does not load"):
         tool.glyph_rows(tmp_path / "nowhere", ["greek"])
+    by_path = tmp_path / "by_path"  # a dataset whose image cells name files instead of holding their bytes
+    PILImage.new("L", (32, 32)).save(tmp_path / "a.png")
+    features = Features({"image": Image(), "label": ClassLabel(names=["greek:a"]), "task": ClassLabel(names=["greek"])})
+    for split in ("train", "test"):
+        Dataset.from_dict(
+            {"image": [{"bytes": None, "path": str(tmp_path / "a.png")}], "label": [0], "task": [0]}, features=features
+        ).to_parquet(str(by_path / "data" / f"{split}-00000-of-00001.parquet"))
+    with pytest.raises(tool.SourceDataError, match="has no bytes"):
+        tool.glyph_rows(by_path, ["greek"])
     with pytest.raises(tool.SourceDataError, match="cannot make"):
         tool.photo_tasks(["a", "b", "c"], 2, seed=0)
 
