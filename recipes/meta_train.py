@@ -69,7 +69,7 @@ CURVES = "meta_train_curves.png"
 STEP_LR_SCHEDULER_TYPES = tuple(t for t in LR_SCHEDULER_TYPES if t not in METRIC_LR_SCHEDULER_TYPES)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", help="YAML file of flag values (the command line overrides them)")
     data = parser.add_argument_group("data")
@@ -128,7 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     out.add_argument("--hub_model_id")
     out.add_argument("--hub_token")
     out.add_argument("--sync_check_steps", type=int, default=50, help="compare φ across processes every N steps")
-    args = parse_args_with_config(parser, argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The flags (and `--config FILE.yaml` defaults), checked: a bad value is a `ConfigError` before any work."""
+    args = parse_args_with_config(build_parser(), argv)
     if not args.output_dir:
         raise ConfigError("--output_dir is required")
     check_at_least(

@@ -618,6 +618,7 @@ def train_and_evaluate(args: argparse.Namespace, accelerator: Accelerator, comma
         "train_loss": sum(row["loss"] for row in history) / len(history),
         "regularizer": reg.kind,
         "perturb_model_id": reg.phi_id,
+        "mixed_precision": accelerator.mixed_precision,  # the figures depend on it: "no", "fp16" or "bf16"
         "train_runtime_s": round(time.time() - start_time, 1),
         # the training steps of this process's run alone (no evaluation, checkpoint or set-up)
         "train_steps_per_second": round((steps - start) / loop_time, 4) if loop_time > 0 else None,

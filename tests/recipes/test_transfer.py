@@ -57,11 +57,12 @@ def launch(args: list[str]) -> subprocess.CompletedProcess:
     return proc
 
 
-def check_report(out: Path, stdout: str, regularizer: str) -> dict:
+def check_report(out: Path, stdout: str, regularizer: str, mixed_precision: str = "no") -> dict:
     results = json.loads((out / "all_results.json").read_text())
     for key in ("eval_accuracy", "eval_nll", "eval_ece"):
         assert 0.0 <= results[key] < 10.0
     assert results["regularizer"] == regularizer and results["eval_samples"] == 20
+    assert results["mixed_precision"] == mixed_precision
     assert "accuracy" in stdout and "ECE" in stdout
     for png in ("reliability_diagram.png", "training_curve.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -228,6 +229,20 @@ def test_channels_last_trains_as_the_nchw_model_resumes_exactly_and_saves_plain_
     _same_run(full, split)
     model, handle = mp_hub.load_perturbed(full)
     assert model.config.num_labels == 10 and handle.site_list()
+
+
+def test_bf16_mixed_precision_trains_in_bf16_and_saves_float32(tmp_path, phi_dir, uninterrupted):
+    """--mixed_precision bf16 on CPU: accelerate's autocast changes the run (it is not ignored), which stays close
+    to the float32 one; the saved model, φ and the sites' statistics stay float32."""
+    out = tmp_path / "out"
+    proc = launch([*_resume_base(phi_dir), "--mixed_precision", "bf16", "--output_dir", str(out)])
+    results = check_report(out, proc.stdout, "metaperturb", mixed_precision="bf16")
+    float32 = json.loads((uninterrupted / "all_results.json").read_text())
+    assert results["train_loss"] != float32["train_loss"]
+    assert results["train_loss"] == pytest.approx(float32["train_loss"], rel=0.05)
+    for name in ("model.safetensors", "metaperturb.safetensors"):
+        floats = {t.dtype for t in load_file(str(out / name)).values() if t.is_floating_point()}
+        assert floats == {torch.float32}, name
 
 
 def test_gradient_accumulation_averages_the_batches_of_one_optimizer_step(tmp_path, recipe, monkeypatch):
