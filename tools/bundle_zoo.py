@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -297,8 +298,19 @@ def candidate_card(
     return rewrite_card(phi_dir, "a selection candidate", good_for, "\n\n".join(extra), reproduction)
 
 
+REPRODUCTION = re.compile(r"^## Reproduction\n\n```bash\n(.*?)\n```$", re.MULTILINE | re.DOTALL)
+
+
+def card_reproduction(card: Path) -> str | None:
+    """The commands of a card's "Reproduction" section (what meta_train.py wrote there), or None."""
+    found = REPRODUCTION.search(card.read_text(encoding="utf-8")) if card.is_file() else None
+    return found.group(1) if found else None
+
+
 def rewrite_card(phi_dir: Path, what: str, good_for: str, extra_markdown: str, reproduction: str | None) -> Path:
-    """Write the card (README.md only) of the φ in `phi_dir`, titled with `what` it is."""
+    """Write the card (README.md only) of the φ in `phi_dir`, titled with `what` it is; without new
+    `reproduction` commands it keeps the card's own, which exist nowhere else."""
+    reproduction = reproduction or card_reproduction(phi_dir / "README.md")
     phi = MetaPerturb.from_pretrained(phi_dir)
     prov = phi.config.provenance
     source = f"{prov.get('source_dataset', 'unknown source')}, {prov.get('architecture', 'unknown architecture')}"

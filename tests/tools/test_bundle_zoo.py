@@ -129,6 +129,9 @@ def test_a_candidate_card_says_how_it_scored_against_the_selected_phi(tmp_path):
     )
     assert "| a | 50.0 | 10.0 | 1.500 |  |" in card and "python recipes/meta_train.py --seed 0" in card
     assert (a / "model.safetensors").read_bytes() == weights  # the card only
+    # rewritten without new commands (a new selection record), the card keeps the ones it has
+    card = bundle_zoo.candidate_card(a, SELECTION).read_text()
+    assert "## Reproduction\n\n```bash\npython recipes/meta_train.py --seed 0\n```" in card
     with pytest.raises(ConfigError, match=r"'c' is not a candidate of the selection record: \['a', 'b'\]"):
         bundle_zoo.candidate_card(MetaPerturb().save_pretrained(tmp_path / "c"), SELECTION)
 
