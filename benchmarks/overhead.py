@@ -32,10 +32,13 @@ the level at its start (saved activations, gradients, temporaries; parameters an
 On CUDA: torch.cuda.max_memory_allocated over one step, above the level at its start.
 Scratch buffers of the fused kernels (a few hundred KiB per thread, allocated once) are outside this count.
 
---breakdown: after the timing, --steps more fused steps under `mp_hub.kernels.fused.pass_timer()` (the wall
-time of each kernel call, by pass: `PASSES`), reported in ms per step with their sum as a share of what the
-fused variant adds to the bare step (fused_ms − bare_ms: the rest is the sites' Python, allocations, and the
-bare model's own work running slower beside them). (torch.profiler shows the same calls as `mp_hub::<pass>`
+--breakdown: after the timing, --steps more steps of each fused variant timed (fused; fused_compiled and
+fused_channels_last with --compile and --channels-last) under `mp_hub.kernels.fused.pass_timer()` (the wall time
+of each kernel call, by pass: `PASSES`), reported in ms per step with their sum as a share of what the variant
+adds to its bare twin (fused_ms − bare_ms, fused_compiled_ms − bare_compiled_ms, ...: the rest is the sites'
+Python, allocations, and the bare model's own work running slower beside them). Record keys: `kernel_ms`,
+`kernel_total_ms`, `kernel_share_of_fused_overhead` for fused, the same prefixed by the variant's name for the
+others (`fused_compiled_kernel_ms`, ...). (torch.profiler shows the same calls as `mp_hub::<pass>`
 ranges, but its ranges also hold the profiler's own cost per call inside a step.)
 
 On a machine shared with other jobs, OpenMP threads that spin at barriers while their partner is descheduled
@@ -148,12 +151,21 @@ def peak_step_memory(step, variant: str, device: torch.device) -> float | None:
     return peak / 2**20
 
 
-def kernel_breakdown(step, steps: int) -> dict[str, float]:
-    """ms per step in each pass of the fused kernels over `steps` fused steps."""
+# each fused variant and the bare variant its sites are added to
+BARE_OF = {"fused": "bare", "fused_compiled": "bare_compiled", "fused_channels_last": "bare_channels_last"}
+
+
+def kernel_breakdown(step, steps: int, variant: str = "fused") -> dict[str, float]:
+    """ms per step in each pass of the fused kernels over `steps` steps of a fused `variant`."""
     with pass_timer() as seconds:
         for _ in range(steps):
-            step("fused")
+            step(variant)
     return {name: 1e3 * seconds[name] / steps for name in PASSES}
+
+
+def breakdown_prefix(variant: str) -> str:
+    """The record keys' prefix of a variant's breakdown: none for "fused" (the keys it always had)."""
+    return "" if variant == "fused" else f"{variant}_"
 
 
 def wanted(variant: str, device: torch.device, args) -> bool:
@@ -192,11 +204,13 @@ def measure(trainable_phi: bool, args) -> dict:
         out.update({f"{variant}_compile_s": seconds for variant, seconds in compile_s.items()})
     if "fused_channels_last" in variants:
         out["fused_channels_last_vs_bare_channels_last"] = out["fused_channels_last_ms"] / out["bare_channels_last_ms"]
-    if args.breakdown and "fused" in variants:
-        out["kernel_ms"] = kernel_breakdown(step, args.steps)
-        out["kernel_total_ms"] = sum(out["kernel_ms"].values())
-        added = out["fused_ms"] - out["bare_ms"]  # can be <= 0 on tiny batches or a noisy run: no share then
-        out["kernel_share_of_fused_overhead"] = out["kernel_total_ms"] / added if added > 0 else None
+    timed_fused = [v for v in variants if v in BARE_OF] if args.breakdown else []
+    for variant in timed_fused:
+        key = breakdown_prefix(variant)
+        out[f"{key}kernel_ms"] = passes = kernel_breakdown(steps[variant], args.steps, variant)
+        out[f"{key}kernel_total_ms"] = sum(passes.values())
+        added = out[f"{variant}_ms"] - out[f"{BARE_OF[variant]}_ms"]  # <= 0 on tiny batches or a noisy run: no share
+        out[f"{key}kernel_share_of_{variant}_overhead"] = out[f"{key}kernel_total_ms"] / added if added > 0 else None
     if not args.no_memory:
         for variant in variants:
             out[f"{variant}_peak_mib"] = peak_step_memory(steps[variant], variant, device)
@@ -249,7 +263,9 @@ def main() -> None:
         "--channels-last", action="store_true", help="also time bare and fused models in channels-last memory"
     )
     parser.add_argument(
-        "--breakdown", action="store_true", help="time more fused steps: ms per step of each fused-kernel pass"
+        "--breakdown",
+        action="store_true",
+        help="time more steps of each fused variant: ms per step of each kernel pass",
     )
     add_results_arguments(parser)
     args = parser.parse_args()
@@ -274,12 +290,13 @@ def main() -> None:
         print(f"φ {mode}: ms/step (median of {args.steps}, wall | process CPU; ratios wall | CPU | paired wall)")
         for variant in r["variants"]:
             print("  " + row(r, variant))
-        if "kernel_ms" in r:
-            passes = ", ".join(f"{name} {ms:.1f}" for name, ms in r["kernel_ms"].items())
-            share = r["kernel_share_of_fused_overhead"]
-            print(f"  fused kernels, ms/step: {passes}; total {r['kernel_total_ms']:.1f}"
-                  + (f" = {100 * share:.0f}% of the {r['fused_ms'] - r['bare_ms']:.1f} ms fused adds to bare"
-                     if share is not None else ""))  # fmt: skip
+        for variant in [v for v in r["variants"] if f"{breakdown_prefix(v)}kernel_ms" in r]:
+            key, bare = breakdown_prefix(variant), BARE_OF[variant]
+            passes = ", ".join(f"{name} {ms:.1f}" for name, ms in r[f"{key}kernel_ms"].items())
+            share = r[f"{key}kernel_share_of_{variant}_overhead"]
+            print(f"  {variant} kernels, ms/step: {passes}; total {r[f'{key}kernel_total_ms']:.1f}"
+                  + (f" = {100 * share:.0f}% of the {r[f'{variant}_ms'] - r[f'{bare}_ms']:.1f} ms {variant} adds to "
+                     f"{bare}" if share is not None else ""))  # fmt: skip
         if args.compile:
             compiled = [v for v in COMPILED if v + "_compile_s" in r]
             print("  compiled, sites vs bare: " + ", ".join(f"{v} ×{r[v + '_vs_bare_compiled']:.3f}"

@@ -61,6 +61,9 @@ def test_channels_last_steps_keep_the_layout_through_the_fused_sites(monkeypatch
     for variant in overhead.CHANNELS_LAST:
         step(variant)
     assert layouts == [True] * 9  # the fused step's nine sites; the bare step runs none
+    passes = overhead.kernel_breakdown(step, 1, "fused_channels_last")  # --breakdown of this variant
+    assert list(passes) == list(PASSES) and all(ms > 0 for ms in passes.values())
+    assert len(layouts) == 18 and all(layouts)  # the breakdown ran the channels-last step, not the NCHW one
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert [v for v in overhead.CHANNELS_LAST if overhead.wanted(v, cuda, settings())] == ["bare_channels_last"]
     assert all(overhead.wanted(v, cpu, settings(no_eager=True)) for v in overhead.CHANNELS_LAST)
@@ -81,9 +84,11 @@ def test_overhead_benchmark_runs_and_writes_its_record(run_script):
         assert result["variants"][-2:] == ["bare_channels_last", "fused_channels_last"]
         ratio = result["fused_channels_last_ms"] / result["bare_channels_last_ms"]
         assert result["fused_channels_last_vs_bare_channels_last"] == pytest.approx(ratio)
-        if kernels.fused_available():  # every pass ran in the timed steps, frozen and trainable
-            assert list(result["kernel_ms"]) == list(PASSES) and all(ms > 0 for ms in result["kernel_ms"].values())
-            assert result["kernel_total_ms"] == pytest.approx(sum(result["kernel_ms"].values()))
+        if kernels.fused_available():  # every pass ran in the timed steps, frozen and trainable, in both layouts
+            for key in ("", "fused_channels_last_"):
+                assert list(result[f"{key}kernel_ms"]) == list(PASSES)
+                assert all(ms > 0 for ms in result[f"{key}kernel_ms"].values())
+                assert result[f"{key}kernel_total_ms"] == pytest.approx(sum(result[f"{key}kernel_ms"].values()))
 
 
 @pytest.mark.slow
