@@ -18,8 +18,9 @@ SECTIONS = [
 
 def section(start: str, end: str) -> str:
     text = DOC.read_text(encoding="utf-8")
-    begin = text.index(f"\n{start}")
-    return text[begin : text.index(f"\n{end}", begin)]
+    begin, stop = text.find(f"\n{start}"), text.find(f"\n{end}")
+    assert 0 <= begin < stop, f"docs/recipes.md has no section from {start!r} to {end!r}: update SECTIONS"
+    return text[begin:stop]
 
 
 def flags(recipe: str) -> set[str]:
