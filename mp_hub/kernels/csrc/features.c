@@ -170,7 +170,7 @@ int mp_features(const float *x, long B, long C, long H, long W, const float *K, 
     if (nhwc) {
 #pragma omp for schedule(dynamic, 1)
       for (long b = 0; b < B; b++) {
-        image_to_planes(xi, n, x + b * C * n, C, n);
+        image_to_planes(xi, n, x + b * C * n, C, n, NULL);
         for (long c = 0; c < C; c++) {
           const long bc = b * C + c;
           bad |= features_plane(xi + c * n, K, h, &g, xp, cm, f + bc * h, masks ? masks + bc * mw : NULL);
@@ -204,7 +204,7 @@ static void masked_kernel_grad(const float *x, const uint64_t *masks, long B, lo
       double acc[36];
       const float *xb = x + b * C * n;
       if (nhwc) {
-        image_to_planes(xi, n, xb, C, n);
+        image_to_planes(xi, n, xb, C, n, NULL);
         xb = xi;
       }
       for (long c = 0; c < C; c++) load_plane(xs + c * g.PS, xb + c * n, &g);
@@ -282,7 +282,7 @@ void mp_features_backward(const float *x, const uint64_t *masks, float *gx, long
     if (nhwc) {
 #pragma omp for schedule(dynamic, 1)
       for (long b = 0; b < B; b++) {
-        if (!masks) image_to_planes(xi, n, x + b * C * n, C, n);  // with masks, masked_kernel_grad read x
+        if (!masks) image_to_planes(xi, n, x + b * C * n, C, n, NULL);  // with masks, masked_kernel_grad read x
         for (long c = 0; c < C; c++) {
           const long bc = b * C + c;
           features_grad_plane(xi + c * n, masks ? masks + bc * mw : NULL, cf + bc * h, K, h, &g, xp, cm, pat, m, o,

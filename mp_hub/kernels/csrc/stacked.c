@@ -79,15 +79,10 @@ static void stacked_phase1(const float *xb, long C, long H, long W, const float 
   const long sp = n + W;
   const uint32_t *restrict ml = s->ml, *restrict mrk = s->mrk;
   float *restrict mx = s->mx, *restrict mr = s->mr, *restrict t = s->t;
-  memset(mx, 0, sizeof(float) * (size_t)n);
-  if (nhwc) {  // x's planes into the stacked ones, then the channels summed in the order of the NCHW loop below
-    image_to_planes(s->xs, sp, xb, C, n);
-    for (long c = 0; c < C; c++) {
-      const float *restrict src = s->xs + c * sp;
-#pragma omp simd
-      for (long k = 0; k < n; k++) mx[k] += src[k];
-    }
+  if (nhwc) {  // x's planes into the stacked ones, the channels summed on the way in the order of the loop below
+    image_to_planes(s->xs, sp, xb, C, n, mx);
   } else {
+    memset(mx, 0, sizeof(float) * (size_t)n);
     for (long c = 0; c < C; c++) {  // copy x into the stacked planes and sum the channels in the same loop
       const float *restrict src = xb + c * n;
       float *restrict dst = s->xs + c * sp;
@@ -243,7 +238,7 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
       double acc[36] = {0};
       float *gx_b = nhwc ? s.gxi : gx + b * C * n;
       stacked_phase1(x + b * C * n, C, H, W, ng, &s, nhwc);
-      if (nhwc) image_to_planes(s.gyi, n, gy + b * C * n, C, n);
+      if (nhwc) image_to_planes(s.gyi, n, gy + b * C * n, C, n, NULL);
       memset(s.s2, 0, sizeof(float) * (size_t)n);
       for (long c = 0; c < C; c++) {
         stacked_mu(c, n, W, ng, &s);
