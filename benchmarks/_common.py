@@ -110,6 +110,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa(cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """The CPU's widest vector extension the fused kernels use (`avx512`, `avx2`; `asimd` on Arm), from the flags
+    in `cpuinfo`; None where they are not known. CPUs of one model name can differ in it (a virtual machine's
+    "AMD EPYC" may or may not have AVX-512), and with it the kernels' speed."""
+    try:
+        with open(cpuinfo) as info:
+            flags = next((line for line in info if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return None
+    words = set(flags.split(":", 1)[-1].split())
+    widest_first = (("avx512", "avx512f"), ("avx2", "avx2"), ("asimd", "asimd"))
+    return next((isa for isa, flag in widest_first if flag in words), None)
+
+
 def host() -> dict:
     """The machine and runtime the figures were measured on."""
     import torch  # here: a script refusing its arguments should not wait for torch
@@ -117,6 +131,7 @@ def host() -> dict:
     affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     return {
         "cpu": cpu_name(),
+        "cpu_isa": cpu_isa(),
         "cpu_count": os.cpu_count(),
         "cpus_usable": len(affinity) if affinity is not None else os.cpu_count(),
         "torch": torch.__version__,
@@ -164,8 +179,13 @@ def device_slug(name: str) -> str:
 
 def measured_on(record: dict) -> str | None:
     """The device a record's figures were measured on: its `device_name` (a GPU's, where a benchmark ran on one),
-    else its host's CPU."""
-    return record.get("device_name") or (record.get("host") or {}).get("cpu")
+    else its host's CPU with its vector extension where the record has it (`AMD EPYC (avx2)`; a record made before
+    hosts recorded it names the CPU alone, so a new record of that name goes beside it rather than over it)."""
+    if record.get("device_name"):
+        return record["device_name"]
+    machine = record.get("host") or {}
+    cpu, isa = machine.get("cpu"), machine.get("cpu_isa")
+    return f"{cpu} ({isa})" if cpu and isa else cpu
 
 
 def recorded_device(path: Path) -> str | None:

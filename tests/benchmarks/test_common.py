@@ -85,13 +85,15 @@ def test_results_names_hold_the_settings_given_and_skip_the_unset_ones():
     assert results_name("x", "a/b") == "x-a_b.json"  # never a subfolder
 
 
-def _record_of(cpu: str, figure: float) -> str:
-    return json.dumps({"benchmark": "overhead", "results": {"bare_ms": figure}, "host": {"cpu": cpu}})
+def _record_of(cpu: str, figure: float, isa: str | None = None) -> str:
+    machine = {"cpu": cpu, **({"cpu_isa": isa} if isa else {})}
+    return json.dumps({"benchmark": "overhead", "results": {"bare_ms": figure}, "host": machine})
 
 
 def test_a_record_of_another_cpu_is_kept_and_the_new_one_goes_beside_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("sys.argv", ["benchmarks/overhead.py"])
     monkeypatch.setattr(_common, "cpu_name", lambda: "AMD EPYC")
+    monkeypatch.setattr(_common, "cpu_isa", lambda: None)
     path = tmp_path / "overhead-x.json"
     path.write_text(_record_of("Intel(R) Xeon(R) Processor", 1.0))
     record = publish("overhead", {"results": {"bare_ms": 2.0}}, path)
@@ -109,15 +111,45 @@ def test_a_record_of_another_cpu_is_kept_and_the_new_one_goes_beside_it(tmp_path
 def test_a_record_of_the_same_cpu_is_replaced(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["benchmarks/overhead.py"])
     monkeypatch.setattr(_common, "cpu_name", lambda: "AMD EPYC")
+    monkeypatch.setattr(_common, "cpu_isa", lambda: "avx2")
     path = tmp_path / "overhead-x.json"
-    path.write_text(_record_of("AMD EPYC", 1.0))
+    path.write_text(_record_of("AMD EPYC", 1.0, isa="avx2"))
     record = publish("overhead", {"results": {"bare_ms": 2.0}}, path)
     assert json.loads(path.read_text()) == record and [p.name for p in tmp_path.iterdir()] == ["overhead-x.json"]
+
+
+@pytest.mark.parametrize("earlier_isa", ["avx512", None])
+def test_a_cpu_of_the_same_name_with_other_vector_units_is_another_machine(tmp_path, monkeypatch, earlier_isa):
+    """ "AMD EPYC" with AVX2 and with AVX-512 run the kernels at different speeds; a record that does not say which
+    (made before hosts recorded it) may be of either, so it is kept too."""
+    monkeypatch.setattr("sys.argv", ["benchmarks/overhead.py"])
+    monkeypatch.setattr(_common, "cpu_name", lambda: "AMD EPYC")
+    monkeypatch.setattr(_common, "cpu_isa", lambda: "avx2")
+    path = tmp_path / "overhead-x.json"
+    path.write_text(_record_of("AMD EPYC", 1.0, isa=earlier_isa))
+    record = publish("overhead", {"results": {"bare_ms": 2.0}}, path)
+    assert json.loads(path.read_text())["results"] == {"bare_ms": 1.0}
+    assert json.loads((tmp_path / "overhead-x-amd_epyc_avx2.json").read_text()) == record
+    assert record["host"]["cpu_isa"] == "avx2"
+
+
+def test_the_cpu_isa_is_read_from_the_cpu_flags(tmp_path):
+    lines = {
+        "avx512": "flags\t\t: fpu sse2 avx avx2 fma avx512f avx512bw\n",
+        "avx2": "flags\t\t: fpu sse2 avx avx2 fma vaes\n",
+        "asimd": "Features\t: fp asimd evtstrm aes\n",
+        None: "flags\t\t: fpu sse2\n",
+    }
+    for isa, line in lines.items():
+        (tmp_path / "cpuinfo").write_text("processor\t: 0\n" + line)
+        assert _common.cpu_isa(str(tmp_path / "cpuinfo")) == isa
+    assert _common.cpu_isa(str(tmp_path / "missing")) is None
 
 
 def test_a_gpu_record_is_told_apart_by_its_device_not_its_host(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["benchmarks/overhead.py"])
     monkeypatch.setattr(_common, "cpu_name", lambda: "AMD EPYC")
+    monkeypatch.setattr(_common, "cpu_isa", lambda: "avx2")
     path = tmp_path / "gpu-overhead.json"
     path.write_text(json.dumps({"device_name": "NVIDIA H100 80GB HBM3", "host": {"cpu": "AMD EPYC"}}))
     record = publish("overhead", {"device_name": "NVIDIA H200"}, path)

@@ -139,8 +139,9 @@ static void feat4_masks(const float *restrict xp, const float *restrict cm, cons
   }
   for (int j = 0; j < 4; j++) out[j] = sum8(acc[j]);
 }
-// One kernel at a time (9 accumulators: AVX2 has 16 registers, not the 32 that hold two kernels' 18); x's
-// positions outside a mask are zeroed, not skipped, as the AVX-512 masked FMAs skip them (a finite sum either way).
+// One kernel at a time (9 accumulators: AVX2 has 16 registers, not the 32 that hold two kernels' 18); outside a
+// mask the coefficient is zeroed, where the AVX-512 masked FMAs skip the position: the same sums, since x is finite
+// wherever masks were kept (mp_features refuses a non-finite x in training, the only time it keeps them).
 static void masked_wgrad4(const uint64_t *restrict mk, long mw, const float *cf, const float *restrict xs, long C,
                           const Geom *g, double *acc) {
   const long s = g->Wp, nb = (g->hi - g->lo + 15) / 16;
@@ -156,8 +157,8 @@ static void masked_wgrad4(const uint64_t *restrict mk, long mw, const float *cf,
         for (int h = 0; h < 2; h++) {
           const long k = g->lo + 16 * b + 8 * h;
           const __m256 on = _mm256_castsi256_ps(bits_to_lanes((uint32_t)(m[b] >> (16 * j + 8 * h)) & 0xffu));
-          for (int d = 0; d < 9; d++)
-            a[d] = _mm256_fmadd_ps(cj, _mm256_and_ps(on, _mm256_loadu_ps(xp + k + off[d])), a[d]);
+          const __m256 cv = _mm256_and_ps(on, cj);
+          for (int d = 0; d < 9; d++) a[d] = _mm256_fmadd_ps(cv, _mm256_loadu_ps(xp + k + off[d]), a[d]);
         }
     }
     for (int d = 0; d < 9; d++) acc[9 * j + d] = sum8(a[d]);
