@@ -181,11 +181,10 @@ def measured_on(record: dict) -> str | None:
     """The device a record's figures were measured on: its `device_name` (a GPU's, where a benchmark ran on one),
     else its host's CPU with its vector extension where the record has it (`AMD EPYC (avx2)`; a record made before
     hosts recorded it names the CPU alone, so a new record of that name goes beside it rather than over it)."""
-    if record.get("device_name"):
-        return record["device_name"]
     machine = record.get("host") or {}
     cpu, isa = machine.get("cpu"), machine.get("cpu_isa")
-    return f"{cpu} ({isa})" if cpu and isa else cpu
+    device = record.get("device_name") or cpu
+    return f"{device} ({isa})" if device and device == cpu and isa else device  # a GPU's name stands alone
 
 
 def recorded_device(path: Path) -> str | None:

@@ -131,6 +131,10 @@ def test_a_cpu_of_the_same_name_with_other_vector_units_is_another_machine(tmp_p
     assert json.loads(path.read_text())["results"] == {"bare_ms": 1.0}
     assert json.loads((tmp_path / "overhead-x-amd_epyc_avx2.json").read_text()) == record
     assert record["host"]["cpu_isa"] == "avx2"
+    # a CPU benchmark that names its device (overhead.py's device_name: the CPU's name) is told apart the same way
+    again = publish("overhead", {"device_name": "AMD EPYC", "results": {"bare_ms": 3.0}}, path)
+    assert json.loads((tmp_path / "overhead-x-amd_epyc_avx2.json").read_text()) == again
+    assert json.loads(path.read_text())["results"] == {"bare_ms": 1.0}
 
 
 def test_the_cpu_isa_is_read_from_the_cpu_flags(tmp_path):
