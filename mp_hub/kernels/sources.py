@@ -1,8 +1,9 @@
 """The fused kernels' C sources: the files under `csrc/` (package data) and the one header generated at build time.
 
-`csrc/kernels.c` is the translation unit; it `#include`s the parts (`common.c`, `features.c`, `site.c`,
-`stacked.c`) and the ABI header `mp_kernels.h`. The only generated input is `esp_table.h`, the E[softplus]
-coefficients, rendered from `mp_hub.functional.ESP_TABLE` (their one source) into the build folder.
+`csrc/kernels.c` is the translation unit; it `#include`s the parts (`common.c`, `channels_last.c`, `masks.c`,
+`features.c`, `site.c`, `stacked.c`) and the ABI header `mp_kernels.h`. The only generated input is
+`esp_table.h`, the E[softplus] coefficients, rendered from `mp_hub.functional.ESP_TABLE` (their one source) into
+the build folder.
 """
 
 from __future__ import annotations

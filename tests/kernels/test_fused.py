@@ -201,7 +201,7 @@ def test_the_kernels_build_with_native_flags_on_x86_64_gcc():
     assert info and info["path"].endswith(".so")
     if platform.machine() == "x86_64" and shutil.which("gcc"):  # a fallback flag set means a source bug
         assert info["flags"] == _FLAG_SETS[0]
-        # a CPU with AVX-512, or AVX2 and FMA, keeps the features' ReLU masks as bits (features.c has both paths)
+        # a CPU with AVX-512, or AVX2 and FMA, keeps the features' ReLU masks as bits (masks.c has both paths)
         try:
             with open("/proc/cpuinfo") as cpuinfo:
                 flags = set(next(line for line in cpuinfo if line.startswith("flags")).split(":", 1)[1].split())
