@@ -131,8 +131,8 @@ static void feat4_masks(const float *restrict xp, const float *restrict cm, cons
   for (int j = 0; j < 4; j++) out[j] = sum8(acc[j]);
 }
 // One kernel at a time (9 accumulators: AVX2 has 16 registers, not the 32 that hold two kernels' 18); outside a
-// mask the coefficient is zeroed, where the AVX-512 masked FMAs skip the position: the same sums, since x is finite
-// wherever masks were kept (mp_features refuses a non-finite x in training, the only time it keeps them).
+// mask the coefficient is zeroed, where the AVX-512 masked FMAs skip the position: the same terms, since x is
+// finite wherever masks were kept (mp_features refuses a non-finite x in training, the only time it keeps them).
 static void masked_wgrad4(const uint64_t *restrict mk, long mw, const float *cf, const float *restrict xs, long C,
                           const Geom *g, double *acc) {
   const long s = g->Wp, nb = (g->hi - g->lo + 15) / 16;
@@ -161,8 +161,8 @@ static inline __m256 table_lookup(__m256 lo, __m256 hi, const int32_t *pattern) 
   return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx),
                           _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));  // bit 3 of the index to the sign
 }
-// As the AVX-512 version: the same table, built by the same FMAs, and the same sum over d, so dL/dx comes out
-// bit for bit as there; a lookup is a permute of each half of the table and a blend on bit 3 of the pattern.
+// As the AVX-512 version: the same table, built by the same FMAs, and the same sum over d, the float operations
+// of that path; a lookup is a permute of each half of the table and a blend on bit 3 of the pattern.
 static void masked_transpose4(const uint64_t *restrict mk, const float *c, const float *K, int32_t *restrict pat,
                               float *restrict o, const Geom *g) {
   const long s = g->Wp, nb = (g->hi - g->lo + 15) / 16;
