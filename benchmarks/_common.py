@@ -114,14 +114,11 @@ def cpu_isa(cpuinfo: str = "/proc/cpuinfo") -> str | None:
     """The CPU's widest vector extension the fused kernels use (`avx512`, `avx2`; `asimd` on Arm), from the flags
     in `cpuinfo`; None where they are not known. CPUs of one model name can differ in it (a virtual machine's
     "AMD EPYC" may or may not have AVX-512), and with it the kernels' speed."""
-    try:
-        with open(cpuinfo) as info:
-            flags = next((line for line in info if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return None
-    words = set(flags.split(":", 1)[-1].split())
+    from mp_hub.kernels.build import cpu_flags  # here: mp_hub loads torch, which a refused command should not wait for
+
+    flags = set(cpu_flags(cpuinfo) or ())
     widest_first = (("avx512", "avx512f"), ("avx2", "avx2"), ("asimd", "asimd"))
-    return next((isa for isa, flag in widest_first if flag in words), None)
+    return next((isa for isa, flag in widest_first if flag in flags), None)
 
 
 def host() -> dict:

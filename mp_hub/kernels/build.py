@@ -74,13 +74,21 @@ def _compiler() -> str | None:
     return None
 
 
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str] | None:
+    """The CPU's feature flags as `cpuinfo` lists them ("flags" on x86, "Features" on Arm): what -march=native
+    builds for. None where the file cannot be read (not Linux); empty where it has no such line."""
+    try:
+        with open(cpuinfo) as fh:
+            line = next((line for line in fh if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return None
+    return line.split(":", 1)[-1].split()
+
+
 def _cpu_signature() -> str:
     # -march=native output depends on the CPU: a cache shared between machines must not mix them up
-    try:
-        with open("/proc/cpuinfo") as fh:
-            return next((line for line in fh if line.startswith(("flags", "Features"))), "")
-    except OSError:
-        return platform.processor()
+    flags = cpu_flags()
+    return " ".join(flags) if flags is not None else platform.processor()
 
 
 @functools.cache
