@@ -51,13 +51,23 @@ from mp_hub.perturb import MetaPerturb  # noqa: E402
 from mp_hub.zoo import BUNDLED_DIR  # noqa: E402
 
 
+def record_source(record: dict) -> str | None:
+    """"record of commit <12 digits>, <date>[, on <device>]" for a benchmark record that has its commit, else None.
+    The device is named because a CPU rounds the convolutions its own way: scores and ECE move with it."""
+    if "commit" not in record:
+        return None
+    device = measured_on(record)
+    return f"record of commit {record['commit'][:12]}, {record['utc'][:10]}{f', on {device}' if device else ''}"
+
+
 def selection_markdown(selection: dict) -> str:
+    source = record_source(selection)
     lines = [
         "## Selection",
         "",
         f"Rule: {selection['rule']}. Validation target: {selection['validation_target']} "
         f"({selection.get('max_train_steps')} steps, MC-{selection.get('eval_mc_samples')}; "
-        "`benchmarks/select_phi.py`).",
+        f"`benchmarks/select_phi.py`{f', {source}' if source else ''}).",
         "",
         "| candidate | validation accuracy (%) | ECE (%) | NLL | |",
         "|---|---|---|---|---|",
@@ -109,12 +119,8 @@ def find_phi_label(table: list[dict], name: str, phi_dir: Path, given: str | Non
 def budget_sentence(benchmark: dict, goal: Goal) -> str:
     """What the card's figures were measured at (records before the images-per-class fields used the constants)."""
     seeds = f"mean ± std over {goal.planned_seeds} seeds" if goal.planned_seeds > 1 else "one seed (no spread measured)"
-    device = measured_on(benchmark)  # a CPU rounds the convolutions its own way: ECE moves with it
-    source = (
-        f" (record of commit {benchmark['commit'][:12]}, {benchmark['utc'][:10]}{f', on {device}' if device else ''})"
-        if "commit" in benchmark
-        else ""
-    )
+    source = record_source(benchmark)
+    source = f" ({source})" if source else ""
     return (
         f"Measured by `benchmarks/transfer_gain.py`{source}: CIFAR ResNet-20 trained from scratch with "
         f"`recipes/transfer.py` on {benchmark.get('train_images_per_class', TRAIN_PER_CLASS)} training images per "
@@ -204,6 +210,8 @@ def bundle(
         # candidates by folder name: the paths are the maintainer's machine's
         prov["selection"]["scores"] = {Path(c).name: score for c, score in selection["scores"].items()}
         prov["selection"]["selected"] = Path(selection["selected"]).name
+        if measured_on(selection):
+            prov["selection"]["measured_on"] = measured_on(selection)
         extra.append(selection_markdown(selection))
     if benchmark:
         extra.append(benchmark_markdown(benchmark["table"], benchmark))

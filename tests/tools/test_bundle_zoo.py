@@ -72,6 +72,20 @@ def test_bundles_a_phi_with_its_selection_and_benchmark(tmp_path):
     assert card.index("## Benchmark: does it regularize?") < card.index("## Notes")  # --notes: extra markdown
 
 
+def test_the_selection_names_the_machine_its_scores_were_measured_on(tmp_path):
+    # validation scores move with the CPU's rounding: a selection made on another host than the benchmark says so
+    measured = {**SELECTION, "commit": "fedcba9876543210", "utc": "2026-12-07T22:00:00+00:00",
+                "host": {"cpu": "AMD EPYC", "cpu_isa": "avx2"}}  # fmt: skip
+    phi_dir = MetaPerturb().save_pretrained(tmp_path / "run" / "phi")
+    out = bundle_zoo.bundle(phi_dir, "tiny-phi", selection=measured, out_dir=tmp_path / "zoo")
+    card = (out / "README.md").read_text()
+    assert "`benchmarks/select_phi.py`, record of commit fedcba987654, 2026-12-07, on AMD EPYC (avx2))." in card
+    assert MetaPerturb.from_pretrained(out).config.provenance["selection"]["measured_on"] == "AMD EPYC (avx2)"
+    bare = bundle_zoo.bundle(phi_dir, "tiny-phi", selection=SELECTION, out_dir=tmp_path / "zoo")
+    assert "MC-1; `benchmarks/select_phi.py`)." in (bare / "README.md").read_text()  # no record source, no claim
+    assert "measured_on" not in MetaPerturb.from_pretrained(bare).config.provenance["selection"]
+
+
 def test_each_bundle_is_a_new_revision(tmp_path):
     phi_dir = MetaPerturb().save_pretrained(tmp_path / "run" / "phi")
     revisions = [

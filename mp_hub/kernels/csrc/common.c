@@ -257,23 +257,32 @@ static void random_words(uint32_t *restrict words, long count, uint32_t plane_id
   for (long i = 0; i < count; i++) words[i] = mix32(mix32((base + (uint32_t)i) ^ k1) + k2);
 }
 #endif
+// One Box-Muller pair from two random words: *o1 from the cosine side, *o2 from the sine side (or swapped).
+static inline void box_muller(uint32_t ha, uint32_t hb, float *o1, float *o2) {
+  float u = ((float)(ha >> 8) + 0.5f) * 5.9604644775390625e-8f;  // (0, 1)
+  float r = sqrtf(-2.0f * log_pos(u));
+  float x = (float)(hb >> 9) * 9.36301e-08f, x2 = x * x;  // [0, pi/4): 2^-23 * pi/4
+  float sn = x * (1.0f - x2 * (1.6666667e-1f - x2 * (8.3333333e-3f - x2 * (1.9841270e-4f - x2 * 2.7557319e-6f))));
+  float cs = 1.0f - x2 * (0.5f - x2 * (4.1666667e-2f - x2 * (1.3888889e-3f - x2 * 2.4801587e-5f)));
+  float a = (hb & 1u) ? sn : cs, b = (hb & 1u) ? cs : sn;  // swap: angles in [pi/4, pi/2)
+  *o1 = (hb & 2u) ? -r * a : r * a;
+  *o2 = (hb & 4u) ? -r * b : r * b;
+}
 static void normals(float *restrict out, uint32_t *restrict words, long n, uint32_t plane_idx, uint32_t k1,
                     uint32_t k2) {
-  const long half = (n + 1) / 2, hr = round16(half);
+  const long half = (n + 1) / 2, hr = round16(half), full = n - half;  // full: pairs with both draws in the plane
   random_words(words, 2 * hr, plane_idx, k1, k2);
   const uint32_t *restrict wa = words, *restrict wb = words + hr;
-#pragma omp simd
-  for (long j = 0; j < half; j++) {
-    const uint32_t ha = wa[j], hb = wb[j];
-    float u = ((float)(ha >> 8) + 0.5f) * 5.9604644775390625e-8f;  // (0, 1)
-    float r = sqrtf(-2.0f * log_pos(u));
-    float x = (float)(hb >> 9) * 9.36301e-08f, x2 = x * x;  // [0, pi/4): 2^-23 * pi/4
-    float sn = x * (1.0f - x2 * (1.6666667e-1f - x2 * (8.3333333e-3f - x2 * (1.9841270e-4f - x2 * 2.7557319e-6f))));
-    float cs = 1.0f - x2 * (0.5f - x2 * (4.1666667e-2f - x2 * (1.3888889e-3f - x2 * 2.4801587e-5f)));
-    float a = (hb & 1u) ? sn : cs, b = (hb & 1u) ? cs : sn;  // swap: angles in [pi/4, pi/2)
-    out[j] = (hb & 2u) ? -r * a : r * a;
-    float o2 = (hb & 4u) ? -r * b : r * b;
-    if (j + half < n) out[j + half] = o2;
+  float o1, o2;
+#pragma omp simd private(o1, o2)
+  for (long j = 0; j < full; j++) {  // no condition on the second store: it vectorises without masked stores
+    box_muller(wa[j], wb[j], &o1, &o2);
+    out[j] = o1;
+    out[j + half] = o2;
+  }
+  if (full < half) {  // n odd: the last pair's second draw would fall outside the plane
+    box_muller(wa[full], wb[full], &o1, &o2);
+    out[full] = o1;
   }
 }
 void mp_normal(float *out, long n, uint32_t plane_idx, uint32_t k1, uint32_t k2) {

@@ -111,18 +111,28 @@ static void feat4_masks(const float *restrict xp, const float *restrict cm, cons
   const __m256 zero = _mm256_setzero_ps();
   __m256 acc[4] = {zero, zero, zero, zero};
   for (long b = 0; b < nb; b++) {
+    const long k = g->lo + 16 * b;
+    // both halves' 4 kernels, tap by tap (a weight broadcast serves 16 positions); each kernel's sum keeps the
+    // order w0 p0, then d = 1..8, so the features and masks are those of a kernel at a time
+    __m256 u[2][4];
+    for (int h = 0; h < 2; h++) {
+      const __m256 p0 = _mm256_loadu_ps(xp + k + 8 * h + off[0]);
+      for (int j = 0; j < 4; j++) u[h][j] = _mm256_mul_ps(_mm256_set1_ps(K[9 * j]), p0);
+    }
+    for (int d = 1; d < 9; d++) {
+      const __m256 pa = _mm256_loadu_ps(xp + k + off[d]), pb = _mm256_loadu_ps(xp + k + 8 + off[d]);
+      for (int j = 0; j < 4; j++) {
+        const __m256 w = _mm256_set1_ps(K[9 * j + d]);
+        u[0][j] = _mm256_fmadd_ps(w, pa, u[0][j]);
+        u[1][j] = _mm256_fmadd_ps(w, pb, u[1][j]);
+      }
+    }
     uint64_t bits = 0;
     for (int h = 0; h < 2; h++) {
-      const long k = g->lo + 16 * b + 8 * h;
-      __m256 p[9];
-      for (int d = 0; d < 9; d++) p[d] = _mm256_loadu_ps(xp + k + off[d]);
-      const __m256 real = _mm256_cmp_ps(_mm256_loadu_ps(cm + k), zero, _CMP_NEQ_OQ);
+      const __m256 real = _mm256_cmp_ps(_mm256_loadu_ps(cm + k + 8 * h), zero, _CMP_NEQ_OQ);
       for (int j = 0; j < 4; j++) {
-        const float *w = K + 9 * j;
-        __m256 u = _mm256_mul_ps(_mm256_set1_ps(w[0]), p[0]);
-        for (int d = 1; d < 9; d++) u = _mm256_fmadd_ps(_mm256_set1_ps(w[d]), p[d], u);
-        const __m256 pos = _mm256_and_ps(_mm256_cmp_ps(u, zero, _CMP_GT_OQ), real);
-        acc[j] = _mm256_add_ps(acc[j], _mm256_and_ps(pos, u));
+        const __m256 pos = _mm256_and_ps(_mm256_cmp_ps(u[h][j], zero, _CMP_GT_OQ), real);
+        acc[j] = _mm256_add_ps(acc[j], _mm256_and_ps(pos, u[h][j]));
         bits |= (uint64_t)(uint32_t)_mm256_movemask_ps(pos) << (16 * j + 8 * h);
       }
     }
