@@ -52,8 +52,8 @@ from mp_hub.zoo import BUNDLED_DIR  # noqa: E402
 
 
 def record_source(record: dict) -> str | None:
-    """"record of commit <12 digits>, <date>[, on <device>]" for a benchmark record that has its commit, else None.
-    The device is named because a CPU rounds the convolutions its own way: scores and ECE move with it."""
+    """A record's source, `record of commit <12 digits>, <date>[, on <device>]`, or None for a record without its
+    commit. The device is named because a CPU rounds the convolutions its own way: scores and ECE move with it."""
     if "commit" not in record:
         return None
     device = measured_on(record)
