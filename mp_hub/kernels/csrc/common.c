@@ -226,7 +226,8 @@ static inline __m512 esp16(__m512 mu, const EspTable *tab) {
 // indexed by (plane, position), then Box-Muller; pair j of a plane fills out[j] and out[j + half]. The same
 // (plane, keys) always give the same draws, so the backward regenerates them instead of storing them.
 // Words: ARS-7 (7 AES rounds on a counter, Salmon et al. 2011, "Parallel random numbers: as easy as 1, 2, 3")
-// with VAES; else a 2-round integer hash (lowbias32) of the counter. words needs round16(n + 1) + 32 entries.
+// with VAES (and AVX-512 or AVX2); else a 2-round integer hash (lowbias32) of the counter. words needs
+// round16(n + 1) + 32 entries.
 static inline long round16(long v) { return (v + 15) / 16 * 16; }
 static inline uint32_t mix32(uint32_t x) {  // "lowbias32" integer hash
   x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
@@ -248,6 +249,25 @@ static void random_words(uint32_t *restrict words, long count, uint32_t plane_id
     v = _mm512_aesenclast_epi128(v, keys[7]);
     _mm512_storeu_si512(words + i, v);
     ctr = _mm512_add_epi32(ctr, step);
+  }
+}
+#elif defined(__VAES__) && defined(__AVX2__)
+// The same ARS-7 words two blocks to a register: block m of a plane is counter (m, 0, plane, 0x243F6A88) as above,
+// so a CPU with VAES and AVX2 draws the words an AVX-512 one does.
+static void random_words(uint32_t *restrict words, long count, uint32_t plane_idx, uint32_t k1, uint32_t k2) {
+  const __m128i weyl128 = _mm_set_epi64x((long long)0xBB67AE8584CAA73BULL, 0x9E3779B97F4A7C15LL);
+  const __m256i weyl = _mm256_broadcastsi128_si256(weyl128);
+  __m256i keys[8];
+  keys[0] = _mm256_broadcastsi128_si256(_mm_set_epi32(0x03707344, 0x13198A2E, (int)k2, (int)k1));
+  for (int r = 1; r < 8; r++) keys[r] = _mm256_add_epi64(keys[r - 1], weyl);
+  const __m256i step = _mm256_set_epi32(0, 0, 0, 2, 0, 0, 0, 2);
+  __m256i ctr = _mm256_set_epi32(0x243F6A88, (int)plane_idx, 0, 1, 0x243F6A88, (int)plane_idx, 0, 0);
+  for (long i = 0; i < count; i += 8) {
+    __m256i v = _mm256_xor_si256(ctr, keys[0]);
+    for (int r = 1; r < 7; r++) v = _mm256_aesenc_epi128(v, keys[r]);
+    v = _mm256_aesenclast_epi128(v, keys[7]);
+    _mm256_storeu_si256((__m256i *)(words + i), v);
+    ctr = _mm256_add_epi32(ctr, step);
   }
 }
 #else
