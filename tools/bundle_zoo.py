@@ -210,8 +210,8 @@ def bundle(
         # candidates by folder name: the paths are the maintainer's machine's
         prov["selection"]["scores"] = {Path(c).name: score for c, score in selection["scores"].items()}
         prov["selection"]["selected"] = Path(selection["selected"]).name
-        if measured_on(selection):
-            prov["selection"]["measured_on"] = measured_on(selection)
+        if device := measured_on(selection):
+            prov["selection"]["measured_on"] = device
         extra.append(selection_markdown(selection))
     if benchmark:
         extra.append(benchmark_markdown(benchmark["table"], benchmark))

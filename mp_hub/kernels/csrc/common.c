@@ -233,16 +233,25 @@ static inline uint32_t mix32(uint32_t x) {  // "lowbias32" integer hash
   x ^= x >> 16; x *= 0x7feb352du; x ^= x >> 15; x *= 0x846ca68bu; x ^= x >> 16;
   return x;
 }
+#if defined(__VAES__) && (defined(__AVX512F__) || defined(__AVX2__))
+// ARS-7's round keys, one 128-bit block: key r = (k1, k2, 0x13198A2E, 0x03707344) plus r times a Weyl constant (in
+// 64-bit lanes). Block m of a plane encrypts the counter (m, 0, plane, 0x243F6A88): ars_counter(plane) + m.
+static inline void ars_round_keys(__m128i keys[8], uint32_t k1, uint32_t k2) {
+  const __m128i weyl = _mm_set_epi64x((long long)0xBB67AE8584CAA73BULL, 0x9E3779B97F4A7C15LL);
+  keys[0] = _mm_set_epi32(0x03707344, 0x13198A2E, (int)k2, (int)k1);
+  for (int r = 1; r < 8; r++) keys[r] = _mm_add_epi64(keys[r - 1], weyl);
+}
+static inline __m128i ars_counter(uint32_t plane_idx) { return _mm_set_epi32(0x243F6A88, (int)plane_idx, 0, 0); }
+#endif
 #if defined(__VAES__) && defined(__AVX512F__)
 static void random_words(uint32_t *restrict words, long count, uint32_t plane_idx, uint32_t k1, uint32_t k2) {
-  const __m512i weyl = _mm512_broadcast_i32x4(_mm_set_epi64x((long long)0xBB67AE8584CAA73BULL, 0x9E3779B97F4A7C15LL));
-  const __m512i key0 = _mm512_broadcast_i32x4(_mm_set_epi32(0x03707344, 0x13198A2E, (int)k2, (int)k1));
+  __m128i k128[8];
+  ars_round_keys(k128, k1, k2);
   __m512i keys[8];
-  keys[0] = key0;
-  for (int r = 1; r < 8; r++) keys[r] = _mm512_add_epi64(keys[r - 1], weyl);
+  for (int r = 0; r < 8; r++) keys[r] = _mm512_broadcast_i32x4(k128[r]);
   const __m512i step = _mm512_set_epi32(0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4, 0, 0, 0, 4);
-  __m512i ctr = _mm512_set_epi32(0x243F6A88, (int)plane_idx, 0, 3, 0x243F6A88, (int)plane_idx, 0, 2, 0x243F6A88,
-                                 (int)plane_idx, 0, 1, 0x243F6A88, (int)plane_idx, 0, 0);
+  __m512i ctr = _mm512_add_epi32(_mm512_broadcast_i32x4(ars_counter(plane_idx)),  // blocks 0-3, a lane each
+                                 _mm512_set_epi32(0, 0, 0, 3, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 0));
   for (long i = 0; i < count; i += 16) {
     __m512i v = _mm512_xor_si512(ctr, keys[0]);
     for (int r = 1; r < 7; r++) v = _mm512_aesenc_epi128(v, keys[r]);
@@ -252,16 +261,15 @@ static void random_words(uint32_t *restrict words, long count, uint32_t plane_id
   }
 }
 #elif defined(__VAES__) && defined(__AVX2__)
-// The same ARS-7 words two blocks to a register: block m of a plane is counter (m, 0, plane, 0x243F6A88) as above,
-// so a CPU with VAES and AVX2 draws the words an AVX-512 one does.
+// The same ARS-7 words two blocks to a register, so a CPU with VAES and AVX2 draws the words an AVX-512 one does.
 static void random_words(uint32_t *restrict words, long count, uint32_t plane_idx, uint32_t k1, uint32_t k2) {
-  const __m128i weyl128 = _mm_set_epi64x((long long)0xBB67AE8584CAA73BULL, 0x9E3779B97F4A7C15LL);
-  const __m256i weyl = _mm256_broadcastsi128_si256(weyl128);
+  __m128i k128[8];
+  ars_round_keys(k128, k1, k2);
   __m256i keys[8];
-  keys[0] = _mm256_broadcastsi128_si256(_mm_set_epi32(0x03707344, 0x13198A2E, (int)k2, (int)k1));
-  for (int r = 1; r < 8; r++) keys[r] = _mm256_add_epi64(keys[r - 1], weyl);
+  for (int r = 0; r < 8; r++) keys[r] = _mm256_broadcastsi128_si256(k128[r]);
   const __m256i step = _mm256_set_epi32(0, 0, 0, 2, 0, 0, 0, 2);
-  __m256i ctr = _mm256_set_epi32(0x243F6A88, (int)plane_idx, 0, 1, 0x243F6A88, (int)plane_idx, 0, 0);
+  __m256i ctr = _mm256_add_epi32(_mm256_broadcastsi128_si256(ars_counter(plane_idx)),  // blocks 0 and 1
+                                 _mm256_set_epi32(0, 0, 0, 1, 0, 0, 0, 0));
   for (long i = 0; i < count; i += 8) {
     __m256i v = _mm256_xor_si256(ctr, keys[0]);
     for (int r = 1; r < 7; r++) v = _mm256_aesenc_epi128(v, keys[r]);
