@@ -246,17 +246,23 @@ def git_commit() -> str:
         return "unknown"
 
 
-def time_interleaved(variants: dict, warmup: int, repeats: int, settle: int = 0) -> dict[str, float]:
+def time_interleaved(
+    variants: dict, warmup: int, repeats: int, settle: int = 0, baselines: dict[str, str] | None = None
+) -> dict[str, float]:
     """Median wall and CPU milliseconds of each callable, run in turn within every round (so that load on a
     shared machine falls on all variants alike): {"<name>_ms": ..., "<name>_cpu_ms": ...}, and
     "<name>_paired_ratio": the median over rounds of its wall time over the first variant's in the same round
     (a slow phase of the host then cancels out instead of shifting one median more than another), with the
     quartiles of those per-round ratios, "<name>_paired_q25" and "<name>_paired_q75": how far to trust it.
+    baselines: {name: other variant} for more such ratios, "<name>_vs_<other>_paired_ratio" (and _q25, _q75).
     settle: untimed calls of a variant right before each timed one, so that the timed call follows a call of
     its own kind (as in a loop that runs only that variant) rather than another variant's."""
     import statistics
     import time
 
+    for name, other in (baselines or {}).items():  # before any timing: a typo costs no run
+        if name not in variants or other not in variants:
+            raise ValueError(f"baselines pairs variants that are not timed: {name} with {other}")
     wall = {name: [] for name in variants}
     cpu = {name: [] for name in variants}
     for i in range(warmup + repeats):
@@ -276,4 +282,8 @@ def time_interleaved(variants: dict, warmup: int, repeats: int, settle: int = 0)
         paired = paired_ratios(wall[name], wall[first])
         out[f"{name}_paired_ratio"], out[f"{name}_paired_q25"] = paired["ratio"], paired["q25"]
         out[f"{name}_paired_q75"] = paired["q75"]
+    for name, other in (baselines or {}).items():
+        paired = paired_ratios(wall[name], wall[other])
+        for stat in ("ratio", "q25", "q75"):
+            out[f"{name}_vs_{other}_paired_{stat}"] = paired[stat]
     return out

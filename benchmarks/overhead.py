@@ -19,7 +19,9 @@ With --compile, more variants, each its own model instance compiled once (torch.
   eager_compiled  the model with its sites on the `functional` path, compiled with the rest,
   fused_compiled  the model with its sites on the fused kernels, which stay in the graph as the custom ops
                   `mp_hub::site_forward` / `mp_hub::site_backward` (`mp_hub.kernels.ops`).
-The ratios of the compiled variants to bare_compiled are the sites' cost when both sides are compiled.
+The ratios of the compiled variants to bare_compiled are the sites' cost when both sides are compiled: of the
+medians (`<variant>_vs_bare_compiled`) and paired by round (`<variant>_vs_bare_compiled_paired_ratio`, with its
+quartiles); fused_channels_last against bare_channels_last likewise.
 --device cuda runs everything on the GPU (synchronised after every step); "fused" and "fused_compiled" are
 CPU-only and are left out there. "frozen" φ (transfer: only grad wrt x flows through the sites) and "trainable"
 φ (meta-training: also grads wrt φ) are measured separately. Reported: median wall-clock ms/step and median
@@ -193,7 +195,13 @@ def measure(trainable_phi: bool, args) -> dict:
         layout_variants = [v for v in CHANNELS_LAST if wanted(v, device, args)]
         steps.update(dict.fromkeys(layout_variants, last))
         variants += layout_variants
-    out = time_interleaved({v: (lambda v=v: steps[v](v)) for v in variants}, args.warmup, args.steps, args.settle)
+    # the sites' cost against the bare model of the same kind, per round as well as of the medians
+    baselines = {v: "bare_compiled" for v in variants if v in COMPILED[1:]}
+    if "fused_channels_last" in variants:
+        baselines["fused_channels_last"] = "bare_channels_last"
+    out = time_interleaved(
+        {v: (lambda v=v: steps[v](v)) for v in variants}, args.warmup, args.steps, args.settle, baselines
+    )
     out["variants"] = variants
     for variant in variants[1:]:
         out[f"{variant}_ratio"] = out[f"{variant}_ms"] / out["bare_ms"]
@@ -230,6 +238,11 @@ def row(r: dict, variant: str) -> str:
         if variant != "bare" and r.get(variant + "_peak_ratio"):
             text += f" (×{r[variant + '_peak_ratio']:.3f})"
     return text
+
+
+def paired_text(r: dict, key: str) -> str:
+    """The text "paired ×median [q25, q75]" of the per-round ratios stored under `key`_paired_*."""
+    return f"paired ×{r[key + '_paired_ratio']:.3f} [{r[key + '_paired_q25']:.3f}, {r[key + '_paired_q75']:.3f}]"
 
 
 def results_file_name(args, modes: list[str]) -> str:
@@ -299,11 +312,12 @@ def main() -> None:
                      f"{bare}" if share is not None else ""))  # fmt: skip
         if args.compile:
             compiled = [v for v in COMPILED if v + "_compile_s" in r]
-            print("  compiled, sites vs bare: " + ", ".join(f"{v} ×{r[v + '_vs_bare_compiled']:.3f}"
-                  for v in compiled[1:]) + "; compile time " + ", ".join(f"{v} {r[v + '_compile_s']:.0f} s"
-                  for v in compiled))  # fmt: skip
+            print("  compiled, sites vs bare: " + ", ".join(f"{v} ×{r[v + '_vs_bare_compiled']:.3f} ("
+                  + paired_text(r, f"{v}_vs_bare_compiled") + ")" for v in compiled[1:]) + "; compile time "
+                  + ", ".join(f"{v} {r[v + '_compile_s']:.0f} s" for v in compiled))  # fmt: skip
         if "fused_channels_last_vs_bare_channels_last" in r:
-            print(f"  channels-last, sites vs bare: ×{r['fused_channels_last_vs_bare_channels_last']:.3f}")
+            print(f"  channels-last, sites vs bare: ×{r['fused_channels_last_vs_bare_channels_last']:.3f} ("
+                  + paired_text(r, "fused_channels_last_vs_bare_channels_last") + ")")  # fmt: skip
     for mode, r in results.items():
         if "fused_ms" in r and "eager_ms" in r:
             print(f"speed-up of fused over eager (φ {mode}): ×{r['eager_ms'] / r['fused_ms']:.2f}")

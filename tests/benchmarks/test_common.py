@@ -40,6 +40,32 @@ def test_time_interleaved_pairs_each_round_with_the_first_variants(monkeypatch):
     assert all(out[f"{name}_cpu_ms"] >= 0 for name in ("bare", "fused"))
 
 
+def test_time_interleaved_pairs_a_variant_with_another_baseline_when_asked(monkeypatch):
+    now = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: now[0])
+    durations = {  # ms per round, no warm-up: bare_compiled is not the first variant, so it needs naming
+        "bare": iter([10.0, 10.0, 10.0]),
+        "bare_compiled": iter([10.0, 20.0, 40.0]),
+        "fused_compiled": iter([15.0, 22.0, 48.0]),
+    }
+
+    def variant(name):
+        def call():
+            now[0] += next(durations[name]) / 1e3
+
+        return call
+
+    out = time_interleaved(
+        {name: variant(name) for name in durations}, warmup=0, repeats=3,
+        baselines={"fused_compiled": "bare_compiled"},
+    )  # fmt: skip
+    assert out["fused_compiled_vs_bare_compiled_paired_ratio"] == pytest.approx(1.2)  # 1.5, 1.1, 1.2
+    assert out["fused_compiled_vs_bare_compiled_paired_q25"] < 1.2 < out["fused_compiled_vs_bare_compiled_paired_q75"]
+    assert out["fused_compiled_paired_ratio"] == pytest.approx(2.2)  # against the first variant, as before
+    with pytest.raises(ValueError, match="not timed: fused with bare_compiled"):
+        time_interleaved({"fused": lambda: None}, warmup=0, repeats=1, baselines={"fused": "bare_compiled"})
+
+
 def test_time_interleaved_settles_each_timed_call_with_untimed_ones_of_its_own_kind():
     calls = []
     variants = {name: (lambda name=name: calls.append(name)) for name in ("bare", "fused")}

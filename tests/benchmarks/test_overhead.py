@@ -84,6 +84,8 @@ def test_overhead_benchmark_runs_and_writes_its_record(run_script):
         assert result["variants"][-2:] == ["bare_channels_last", "fused_channels_last"]
         ratio = result["fused_channels_last_ms"] / result["bare_channels_last_ms"]
         assert result["fused_channels_last_vs_bare_channels_last"] == pytest.approx(ratio)
+        paired = "fused_channels_last_vs_bare_channels_last_paired_"
+        assert result[paired + "q25"] <= result[paired + "ratio"] <= result[paired + "q75"]
         if kernels.fused_available():  # every pass ran in the timed steps, frozen and trainable, in both layouts
             for key in ("", "fused_channels_last_"):
                 assert list(result[f"{key}kernel_ms"]) == list(PASSES)
@@ -104,6 +106,10 @@ def test_overhead_benchmark_compiles_the_bare_and_both_perturbed_models(run_scri
     assert report["compile"] and frozen["variants"] == ["bare", "eager", "fused", *compiled]
     assert all(frozen[f"{variant}_compile_s"] > 0 for variant in compiled)
     assert frozen["eager_compiled_vs_bare_compiled"] > 0 and frozen["fused_compiled_vs_bare_compiled"] > 0
+    assert frozen["fused_compiled_vs_bare_compiled_paired_ratio"] > 0  # one step: the ratio of the medians
+    assert frozen["fused_compiled_vs_bare_compiled_paired_ratio"] == pytest.approx(
+        frozen["fused_compiled_vs_bare_compiled"]
+    )
 
 
 def test_overhead_benchmark_refuses_settings_it_cannot_use(tmp_path):
