@@ -195,8 +195,9 @@ def measure(trainable_phi: bool, args) -> dict:
         layout_variants = [v for v in CHANNELS_LAST if wanted(v, device, args)]
         steps.update(dict.fromkeys(layout_variants, last))
         variants += layout_variants
-    # the sites' cost against the bare model of the same kind, per round as well as of the medians
-    baselines = {v: "bare_compiled" for v in variants if v in COMPILED[1:]}
+    # the sites' cost against the bare model of the same kind (both compiled, both channels-last): of the medians
+    # and per round
+    baselines = dict.fromkeys(compiled[1:], "bare_compiled") if args.compile else {}
     if "fused_channels_last" in variants:
         baselines["fused_channels_last"] = "bare_channels_last"
     out = time_interleaved(
@@ -206,12 +207,9 @@ def measure(trainable_phi: bool, args) -> dict:
     for variant in variants[1:]:
         out[f"{variant}_ratio"] = out[f"{variant}_ms"] / out["bare_ms"]
         out[f"{variant}_cpu_ratio"] = out[f"{variant}_cpu_ms"] / out["bare_cpu_ms"]
-    if args.compile:  # the sites' cost when both sides are compiled
-        for variant in compiled[1:]:
-            out[f"{variant}_vs_bare_compiled"] = out[f"{variant}_ms"] / out["bare_compiled_ms"]
-        out.update({f"{variant}_compile_s": seconds for variant, seconds in compile_s.items()})
-    if "fused_channels_last" in variants:
-        out["fused_channels_last_vs_bare_channels_last"] = out["fused_channels_last_ms"] / out["bare_channels_last_ms"]
+    for variant, bare in baselines.items():
+        out[f"{variant}_vs_{bare}"] = out[f"{variant}_ms"] / out[f"{bare}_ms"]
+    out.update({f"{variant}_compile_s": seconds for variant, seconds in compile_s.items()})
     timed_fused = [v for v in variants if v in BARE_OF] if args.breakdown else []
     for variant in timed_fused:
         key = breakdown_prefix(variant)
