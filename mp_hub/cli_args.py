@@ -43,12 +43,34 @@ def parse_args_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] 
                 f"--config {path} must hold a mapping of flag names to values, got {type(values).__name__}"
             )
         values = {str(k).lstrip("-").replace("-", "_"): v for k, v in values.items()}
-        dests = {action.dest for action in parser._actions} - {"help", "config"}
-        unknown = sorted(set(values) - dests)
+        actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+        unknown = sorted(set(values) - set(actions))
         if unknown:
-            raise ConfigError(f"--config {path} has unknown keys {unknown}; known: {sorted(dests)}")
-        parser.set_defaults(**values)
+            raise ConfigError(f"--config {path} has unknown keys {unknown}; known: {sorted(actions)}")
+        parser.set_defaults(**{k: _config_value(actions[k], v, f"--config {path}: {k}") for k, v in values.items()})
     return parser.parse_args(argv)
+
+
+def _config_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A `--config` value converted and checked as argparse would the same value on the command line (it checks
+    neither the type nor the choices of a default): a switch takes true / false, a typed flag a value of its type,
+    a flag with choices one of them (null only where the flag's default is None)."""
+    unset = value is None and action.default is None
+    if action.nargs == 0:  # store_true / store_false
+        if not (isinstance(value, bool) or unset):
+            raise ConfigError(f"{where} is a switch: true or false, got {value!r}")
+        return value
+    if action.type in (int, float) and value is not None:
+        wrong = f"{where} must be {'an int' if action.type is int else 'a float'}, got {value!r}"
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise ConfigError(wrong)
+        try:
+            value = action.type(str(value))  # as argparse converts the flag's text: 7.5 is no int
+        except ValueError:
+            raise ConfigError(wrong) from None
+    if action.choices is not None and value not in action.choices and not unset:
+        raise ConfigError(f"{where} must be one of {list(action.choices)}, got {value!r}")
+    return value
 
 
 def check_at_least(args: argparse.Namespace, minimum: int, *names: str) -> None:

@@ -33,6 +33,16 @@ def test_yaml_config_gives_defaults_and_cli_overrides(tmp_path):
     config.write_text("learning_rat: 0.01\n")
     with pytest.raises(ConfigError, match="unknown keys"):
         parse_args(["--config", str(config)])
+    # a YAML value gets the checks of the same value on the command line (argparse checks no default)
+    for body, match in [
+        ("no_flip: 'no'\n", "no_flip is a switch: true or false, got 'no'"),  # 'no' is truthy: it flipped nothing
+        ("inference_mode: meen\n", r"inference_mode must be one of \['mc', 'mean'\], got 'meen'"),
+        ("regularizer: dropblok\n", "regularizer must be one of"),
+        ("max_train_steps: 7.5\n", "max_train_steps must be an int, got 7.5"),
+    ]:
+        config.write_text(body)
+        with pytest.raises(ConfigError, match=match):
+            parse_args(["--config", str(config)])
 
 
 @pytest.mark.parametrize(
