@@ -323,6 +323,10 @@ def validate(args: argparse.Namespace) -> None:
         )
     if args.torch_compile_mode is not None and args.torch_compile_backend != "inductor":
         raise ConfigError(f"--torch_compile_mode goes with the inductor backend, not {args.torch_compile_backend!r}")
+    if not args.torch_compile:  # without it nothing is compiled: a backend or mode given alone would be ignored
+        for name, value in (("backend", args.torch_compile_backend), ("mode", args.torch_compile_mode)):
+            if value not in (None, "inductor"):  # inductor: the default backend
+                raise ConfigError(f"--torch_compile_{name} {value!r} needs --torch_compile")
 
 
 # --- the recipe's parts ---------------------------------------------------------------------------------------------

@@ -62,6 +62,8 @@ def test_yaml_config_gives_defaults_and_cli_overrides(tmp_path):
         (["--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"cycles": 2}'], "cycles"),
         (["--torch_compile", "--torch_compile_backend", "inductr"], "--torch_compile_backend 'inductr'"),
         (["--torch_compile_backend", "aot_eager", "--torch_compile_mode", "max-autotune"], "inductor backend"),
+        (["--torch_compile_backend", "aot_eager"], "--torch_compile_backend 'aot_eager' needs --torch_compile"),
+        (["--torch_compile_mode", "max-autotune"], "--torch_compile_mode 'max-autotune' needs --torch_compile"),
         (["--eval_adversarial", "linf:8/255,l3:0.5"], "l3"),
         (["--eval_adversarial", "linf:8/255", "--adv_steps", "0"], "--adv_steps must be >= 1, got 0"),
         (["--eval_adversarial", "linf:8/255", "--adv_eot_samples", "0"], "--adv_eot_samples must be >= 1"),
