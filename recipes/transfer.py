@@ -67,6 +67,7 @@ from mp_hub.data import (  # noqa: E402
 from mp_hub.datasets import FASHION_MNIST_TINY  # noqa: E402
 from mp_hub.errors import AttachError, CheckpointError, ConfigError, NotCachedError  # noqa: E402
 from mp_hub.evaluation import compute_metrics, predict_proba  # noqa: E402
+from mp_hub.hub import create_hub_repo, hub_client, upload_to_hub  # noqa: E402
 from mp_hub.metrics import plot_reliability_diagram  # noqa: E402
 from mp_hub.models import check_config_overrides  # noqa: E402
 from mp_hub.models.classifier import Classifier, build_classifier, check_image_size  # noqa: E402
@@ -719,6 +720,9 @@ def save_outputs(
 ) -> None:
     output_dir = Path(args.output_dir)
     repo_id = args.hub_model_id or (output_dir.name if args.push_to_hub else str(output_dir))
+    if args.push_to_hub:  # first: a bare name is created in the token's namespace, and the card names the full id
+        api = hub_client(args.hub_token)
+        repo_id = create_hub_repo(repo_id, private=args.hub_private_repo, token=args.hub_token, api=api)
     if reg.kind == "metaperturb":
         if args.inference_mode == "mean":
             reg.handle.set_inference_mode("mean")
@@ -770,15 +774,13 @@ def save_outputs(
     )
     (output_dir / "README.md").write_text(card)
     if args.push_to_hub:
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=args.hub_token)
-        api.create_repo(repo_id, private=args.hub_private_repo, exist_ok=True)
-        info = api.upload_folder(
-            repo_id=repo_id,
-            folder_path=str(output_dir),
-            ignore_patterns=["checkpoints/*", ".*"],
+        info = upload_to_hub(
+            output_dir,
+            repo_id,
             commit_message=f"mp_hub transfer: {reg.kind}, {results['train_steps']} steps",
+            token=args.hub_token,
+            ignore_patterns=["checkpoints/*", ".*"],
+            api=api,
         )
         logger.info("pushed to %s", getattr(info, "commit_url", repo_id))
     print(

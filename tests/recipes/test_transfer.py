@@ -372,7 +372,9 @@ def local_hub_resnet(tmp_path_factory) -> Path:
 
 
 def test_fine_tune_pretrained_model_and_push(tmp_path, recipe, phi_dir, local_hub_resnet, monkeypatch):
-    import huggingface_hub
+    from huggingface_hub import RepoUrl
+
+    import mp_hub.hub
 
     calls = []
 
@@ -382,12 +384,13 @@ def test_fine_tune_pretrained_model_and_push(tmp_path, recipe, phi_dir, local_hu
 
         def create_repo(self, repo_id, **kwargs):
             calls.append(("create_repo", repo_id))
+            return RepoUrl(f"https://huggingface.co/{repo_id}")
 
         def upload_folder(self, **kwargs):
             calls.append(("upload_folder", kwargs))
             assert (Path(kwargs["folder_path"]) / "README.md").is_file()  # everything is written before the push
 
-    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(mp_hub.hub, "HfApi", FakeApi)
     out = tmp_path / "out"
     base = [*SMALL, "--perturb_model_id", str(phi_dir), "--model_name_or_path", str(local_hub_resnet)]
     with pytest.raises(ConfigError, match="ignore_mismatched_sizes"):  # 5 pretrained labels, 10 classes here
@@ -405,6 +408,36 @@ def test_fine_tune_pretrained_model_and_push(tmp_path, recipe, phi_dir, local_hu
     model, handle = mp_hub.load_perturbed(out)
     assert type(model).__name__ == "ResNetForImageClassification" and model.config.num_labels == 10
     assert len(handle.sites) == 2 and handle.spatial_norm == 32  # H0 from the image processor's size
+
+
+def test_push_with_a_bare_repo_name_goes_to_the_namespace_the_hub_resolves(tmp_path, recipe, phi_dir, monkeypatch):
+    """Without --hub_model_id the repo is the output folder's name, a bare name: the Hub creates it in the token's
+    namespace, and the upload and the card's usage must name that full id, not the bare name (no such repo)."""
+    import huggingface_hub
+    from huggingface_hub import RepoUrl
+
+    import mp_hub.hub
+
+    calls = []
+
+    class FakeApi:  # the Hub's answer to a bare name: the repo in the token's namespace
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, *, private=None, **kwargs):
+            calls.append(("create_repo", repo_id, private))
+            return RepoUrl(f"https://huggingface.co/{repo_id if '/' in repo_id else f'me/{repo_id}'}")
+
+        def upload_folder(self, *, repo_id, folder_path, **kwargs):
+            calls.append(("upload_folder", repo_id, kwargs.get("ignore_patterns")))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(mp_hub.hub, "HfApi", FakeApi)
+    out = tmp_path / "my-run"
+    argv = [*SMALL, *RESNET8, "--perturb_model_id", str(phi_dir), "--max_train_steps", "1", "--output_dir", str(out)]
+    assert recipe.main([*argv, "--push_to_hub", "--hub_private_repo"]) == 0
+    assert calls == [("create_repo", "my-run", True), ("upload_folder", "me/my-run", ["checkpoints/*", ".*"])]
+    assert 'load_perturbed("me/my-run")' in (out / "README.md").read_text()
 
 
 @pytest.mark.slow
