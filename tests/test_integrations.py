@@ -181,6 +181,9 @@ def test_callback_errors():
         MetaPerturbCallback(handle, eval_inference_mode="sometimes")
     with pytest.raises(ConfigError, match="anneal_fraction"):
         MetaPerturbCallback(handle, anneal_fraction=1.5)
+    for bad in ("0.4", None, True, float("nan")):  # a string or None was a bare TypeError; True passed as 1.0
+        with pytest.raises(ConfigError, match=r"anneal_fraction must be a number in \[0, 1\], got"):
+            MetaPerturbCallback(handle, anneal_fraction=bad)
     with pytest.raises(AttachError, match="expected an mp_hub.attach handle"):
         MetaPerturbCallback(object())
     for bad in (1, -2, True, 2.5):

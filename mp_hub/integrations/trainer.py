@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import numbers
 from collections.abc import Iterable
 from typing import Any
 
@@ -79,8 +80,12 @@ class MetaPerturbCallback(TrainerCallback):
         ):
             if mode not in INFERENCE_MODES:
                 raise ConfigError(f"{name} must be one of {INFERENCE_MODES}, got {mode!r}")
-        if not 0.0 <= anneal_fraction <= 1.0:
-            raise ConfigError(f"anneal_fraction must be in [0, 1], got {anneal_fraction!r}")
+        if (
+            isinstance(anneal_fraction, bool)
+            or not isinstance(anneal_fraction, numbers.Real)
+            or not 0.0 <= anneal_fraction <= 1.0
+        ):
+            raise ConfigError(f"anneal_fraction must be a number in [0, 1], got {anneal_fraction!r}")
         if (
             isinstance(calibration_images, bool)
             or not isinstance(calibration_images, int)
