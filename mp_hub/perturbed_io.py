@@ -226,11 +226,24 @@ def _attach_saved(model: nn.Module, saved: SavedPerturbation, *, given: bool) ->
     return handle
 
 
+def _dtype_named(value: Any) -> Any:
+    """`value` with a dtype's name ('float16', 'torch.float16', 'half') read as its torch.dtype, also in a dict of
+    them (per sub-config), so that two spellings of one dtype compare equal; 'auto' and the rest as given."""
+    if isinstance(value, dict):
+        return {key: _dtype_named(v) for key, v in value.items()}
+    if isinstance(value, str) and value != "auto":
+        named = getattr(torch, value.removeprefix("torch."), None)
+        return named if isinstance(named, torch.dtype) else value
+    return value
+
+
 def _resolve_dtype(dtype: Any, torch_dtype: Any) -> Any:
-    """transformers 5 calls it `dtype` and still takes `torch_dtype`: either, not two different ones."""
-    if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+    """transformers 5 calls it `dtype` and still takes `torch_dtype`: either, not two different ones (two spellings
+    of one dtype, torch.float16 and 'float16', are one)."""
+    named, torch_named = _dtype_named(dtype), _dtype_named(torch_dtype)
+    if torch_dtype is not None and dtype is not None and torch_named != named:
         raise ConfigError(f"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree: pass dtype only")
-    return dtype if dtype is not None else torch_dtype
+    return named if dtype is not None else torch_named
 
 
 def load_perturbed(

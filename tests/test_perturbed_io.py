@@ -255,3 +255,14 @@ def test_a_local_subfolder_and_bad_loader_arguments(trained_dir, tmp_path):
     spread.hf_device_map = {"conv4": "cpu", "classifier": 0}
     with pytest.raises(ConfigError, match=r"device_map placed the model on \['0', 'cpu'\]"):
         mp_hub.attach_pretrained(spread, trained_dir)
+
+
+def test_dtype_and_torch_dtype_naming_the_same_dtype_agree(trained_dir):
+    same = [(torch.float16, "float16"), ("torch.bfloat16", torch.bfloat16), ("half", "torch.float16"), ("auto", "auto")]
+    for dtype, torch_dtype in same:
+        model, _ = mp_hub.load_perturbed(trained_dir, dtype=dtype, torch_dtype=torch_dtype)
+        expected = torch.float32 if dtype == "auto" else getattr(torch, str(dtype).removeprefix("torch."))
+        assert {p.dtype for p in model.parameters()} == {expected}, (dtype, torch_dtype)
+    for dtype, torch_dtype in [("float16", torch.bfloat16), ("auto", torch.float32), (torch.float64, "float32")]:
+        with pytest.raises(ConfigError, match=rf"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree"):
+            mp_hub.load_perturbed(trained_dir, dtype=dtype, torch_dtype=torch_dtype)
