@@ -4,6 +4,7 @@ field, on every load path; `attach_pretrained` puts the saved φ + sites on a ba
 
 import json
 import logging
+import re
 import shutil
 
 import pytest
@@ -266,3 +267,49 @@ def test_dtype_and_torch_dtype_naming_the_same_dtype_agree(trained_dir):
     for dtype, torch_dtype in [("float16", torch.bfloat16), ("auto", torch.float32), (torch.float64, "float32")]:
         with pytest.raises(ConfigError, match=rf"dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree"):
             mp_hub.load_perturbed(trained_dir, dtype=dtype, torch_dtype=torch_dtype)
+
+
+BAD_LOADER_ARGUMENTS = [
+    ("dtype", "float17"),
+    ("dtype", 3),
+    ("dtype", True),
+    ("dtype", torch.int64),
+    ("dtype", "nn"),  # an attribute of torch, not a dtype
+    ("dtype", {"": "float17"}),
+    ("torch_dtype", "float17"),
+    ("torch_dtype", torch.complex64),
+    ("device_map", "nope"),
+    ("device_map", 5.5),
+    ("device_map", -1),
+    ("device_map", True),
+    ("device_map", "0"),
+    ("device_map", {"": "nope"}),
+    ("device_map", {0: "cpu"}),
+]
+
+
+@pytest.mark.parametrize(("argument", "value"), BAD_LOADER_ARGUMENTS)
+def test_a_bad_dtype_or_device_map_is_a_config_error_naming_it_before_anything_is_read(tmp_path, argument, value):
+    with pytest.raises(ConfigError, match=f"^{argument}={re.escape(repr(value))}"):
+        mp_hub.load_perturbed(tmp_path, **{argument: value})  # an empty folder: read, a CheckpointError
+
+
+GOOD_LOADER_ARGUMENTS = [
+    ("dtype", torch.float16),
+    ("dtype", "bfloat16"),
+    ("dtype", "torch.float64"),
+    ("dtype", "half"),
+    ("dtype", "auto"),
+    ("dtype", {"": torch.bfloat16, "text_config": "float16"}),  # per sub-config, as transformers takes it
+    ("torch_dtype", "float32"),
+    *[("device_map", m) for m in ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "cuda", "cuda:1")],
+    *[("device_map", m) for m in ("meta", "cpu:0", torch.device("cpu"), 0, 2)],
+    ("device_map", {"": "cpu"}),
+    ("device_map", {"conv4": 0, "classifier": "disk", "head": torch.device("cpu")}),
+]
+
+
+@pytest.mark.parametrize(("argument", "value"), GOOD_LOADER_ARGUMENTS)
+def test_what_from_pretrained_takes_as_dtype_or_device_map_passes_the_check(tmp_path, argument, value):
+    with pytest.raises(CheckpointError, match=r"has no metaperturb_config\.json"):
+        mp_hub.load_perturbed(tmp_path, **{argument: value})
