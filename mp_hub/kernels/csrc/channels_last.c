@@ -62,6 +62,10 @@ static inline void transpose_block(const float *src, long ss, __m256 *out) {
   }
 }
 #endif
+// The plane stride of the dense planes an image goes to: n rounded up to 16 floats, plus 16, so that the TB planes
+// a block transposes to or from do not all map to the same L1 sets (at 32 x 32 images n floats are 4 KiB, a
+// multiple of the set stride, and TB planes n apart conflict in an 8-way L1).
+static inline long nhwc_plane_stride(long n) { return (n + 15) / 16 * 16 + 16; }
 #ifdef TB
 #define NHWC_BLOCKS(C, n) ((C) % TB == 0 ? (n) / TB * TB : 0)  // positions done in TB x TB blocks
 #else
@@ -96,26 +100,57 @@ static void image_to_planes(float *restrict planes, long ps, const float *restri
     if (sum) sum[k] = t;
   }
 }
-// add: img += the planes, else img = the planes.
-static void planes_to_image(float *restrict img, const float *restrict planes, long ps, long C, long n, int add) {
+// img = the planes.
+static void planes_to_image(float *restrict img, const float *restrict planes, long ps, long C, long n) {
   const long blocked = NHWC_BLOCKS(C, n);
 #ifdef TB
   tvec row[TB];
   for (long k0 = 0; k0 < blocked; k0 += TB)
     for (long c0 = 0; c0 < C; c0 += TB) {
       transpose_block(planes + c0 * ps + k0, ps, row);
-      for (int j = 0; j < TB; j++) {
-        float *dst = img + (k0 + j) * C + c0;
-        tv_store(dst, add ? tv_add(tv_load(dst), row[j]) : row[j]);
-      }
+      for (int j = 0; j < TB; j++) tv_store(img + (k0 + j) * C + c0, row[j]);
     }
 #endif
   for (long k = blocked; k < n; k++)
-    for (long c = 0; c < C; c++) {
-      const float v = planes[c * ps + k];
-      if (add)
-        img[k * C + c] += v;
-      else
-        img[k * C + c] = v;
-    }
+    for (long c = 0; c < C; c++) img[k * C + c] = planes[c * ps + k];
+}
+// An image into C padded planes of common.c's layout (plane c at planes + c * ps, row stride wp, position (r, q) at
+// (r + 1) * wp + q + 1), the interiors only: the caller keeps the borders zero. With add, img += the interiors of
+// the planes instead (padded_to_image). Rows go in TB x TB blocks where both W and C are multiples of TB.
+static void image_to_padded(float *restrict planes, long ps, long wp, const float *restrict img, long C, long H,
+                            long W) {
+#ifdef TB
+  if (C % TB == 0 && W % TB == 0) {
+    tvec col[TB];
+    for (long r = 0; r < H; r++)
+      for (long q0 = 0; q0 < W; q0 += TB)
+        for (long c0 = 0; c0 < C; c0 += TB) {
+          transpose_block(img + (r * W + q0) * C + c0, C, col);
+          for (int j = 0; j < TB; j++) tv_store(planes + (c0 + j) * ps + (r + 1) * wp + q0 + 1, col[j]);
+        }
+    return;
+  }
+#endif
+  for (long k = 0; k < H * W; k++)
+    for (long c = 0; c < C; c++) planes[c * ps + (k / W + 1) * wp + k % W + 1] = img[k * C + c];
+}
+static void padded_to_image_add(float *restrict img, const float *restrict planes, long ps, long wp, long C, long H,
+                                long W) {
+#ifdef TB
+  if (C % TB == 0 && W % TB == 0) {
+    tvec row[TB];
+    for (long r = 0; r < H; r++)
+      for (long q0 = 0; q0 < W; q0 += TB)
+        for (long c0 = 0; c0 < C; c0 += TB) {
+          transpose_block(planes + c0 * ps + (r + 1) * wp + q0 + 1, ps, row);
+          for (int j = 0; j < TB; j++) {
+            float *dst = img + (r * W + q0 + j) * C + c0;
+            tv_store(dst, tv_add(tv_load(dst), row[j]));
+          }
+        }
+    return;
+  }
+#endif
+  for (long k = 0; k < H * W; k++)
+    for (long c = 0; c < C; c++) img[k * C + c] += planes[c * ps + (k / W + 1) * wp + k % W + 1];
 }

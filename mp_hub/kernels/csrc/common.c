@@ -81,14 +81,6 @@ static void expand_add(float *restrict dst, const float *restrict p, const Geom 
   }
 }
 
-static void expand(float *restrict dst, const float *restrict p, const Geom *g) {  // dst = interior of p
-  const long W = g->W, Wp = g->Wp;
-  for (long i = 0; i < g->H; i++) {
-#pragma omp simd
-    for (long j = 0; j < W; j++) dst[i * W + j] = p[(i + 1) * Wp + 1 + j];
-  }
-}
-
 #define TAPS(p, k, s)                                                                                            \
   (v0 * p[k - s - 1] + v1 * p[k - s] + v2 * p[k - s + 1] + v3 * p[k - 1] + v4 * p[k] + v5 * p[k + 1] +         \
    v6 * p[k + s - 1] + v7 * p[k + s] + v8 * p[k + s + 1])

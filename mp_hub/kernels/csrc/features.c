@@ -12,16 +12,15 @@
 
 static long mask_words(const Geom *g) { return (g->hi - g->lo + 15) / 16; }
 
-// f[b, c, j] = mean_hw relu(K_j * x_bc) of one plane xs into fo (h values), with its ReLU masks into mk when
-// given; xp and cm: the thread's padded plane and column mask. Returns 1 if the plane has a non-finite value.
-static int features_plane(const float *restrict xs, const float *K, long h, const Geom *g, float *restrict xp,
-                          const float *restrict cm, float *fo, uint64_t *mk) {
-  const long n = g->n, s = g->Wp;
-  const float inv = 1.0f / (float)n;
+// f[b, c, j] = mean_hw relu(K_j * x_bc) of one padded plane xp into fo (h values), with its ReLU masks into mk
+// when given; cm: the column mask. Returns 1 if the plane has a non-finite value.
+static int features_padded(const float *restrict xp, const float *K, long h, const Geom *g, const float *restrict cm,
+                           float *fo, uint64_t *mk) {
+  const long s = g->Wp;
+  const float inv = 1.0f / (float)g->n;
   int nf = 0;
 #pragma omp simd reduction(| : nf)
-  for (long i = 0; i < n; i++) nf |= !(fabsf(xs[i]) <= 3.4028234e38f);
-  load_plane(xp, xs, g);
+  for (long k = g->lo; k < g->hi; k++) nf |= !(fabsf(xp[k]) <= 3.4028234e38f);  // (the pads are zeros)
   if (mk) {
     feat4_masks(xp, cm, K, g, fo, mk);
     for (int j = 0; j < 4; j++) fo[j] *= inv;
@@ -48,11 +47,17 @@ static int features_plane(const float *restrict xs, const float *K, long h, cons
   }
   return nf;
 }
+// The same from a dense plane xs, through the thread's padded plane xp.
+static int features_plane(const float *restrict xs, const float *K, long h, const Geom *g, float *restrict xp,
+                          const float *restrict cm, float *fo, uint64_t *mk) {
+  load_plane(xp, xs, g);
+  return features_padded(xp, K, h, g, cm, fo, mk);
+}
 
 // f[b, c, j] = mean_hw relu(K_j * x_bc); masks (optional; only where mp_has_masks() and h == 4) keep the ReLU
 // masks for mp_features_backward, mask_words(g) uint64 per plane. Returns 1 if x has a non-finite value: the
 // training-time check rides on this pass, which reads x anyway. nhwc: x is channels-last (an image at a time,
-// through C dense planes).
+// straight into C padded planes).
 int mp_features(const float *x, long B, long C, long H, long W, const float *K, long h, float *f, uint64_t *masks,
                 int nhwc, int nt) {
   Geom g = geom(H, W);
@@ -60,16 +65,17 @@ int mp_features(const float *x, long B, long C, long H, long W, const float *K, 
   int bad = 0;
 #pragma omp parallel num_threads(nt) reduction(| : bad)
   {
-    float *ws = scratch(2 * g.PS + (nhwc ? (size_t)(C * n) : 0));
-    float *restrict xp = plane(ws, &g, 0), *restrict cm = plane(ws, &g, 1), *restrict xi = ws + 2 * g.PS;
+    float *ws = scratch((2 + (nhwc ? (size_t)C : 0)) * g.PS);
+    float *restrict xp = plane(ws, &g, 0), *restrict cm = plane(ws, &g, 1);
     colmask(cm, &g);
     if (nhwc) {
+      memset(ws + 2 * g.PS, 0, sizeof(float) * (size_t)(C * g.PS));  // the planes' borders, never written below
 #pragma omp for schedule(dynamic, 1)
       for (long b = 0; b < B; b++) {
-        image_to_planes(xi, n, x + b * C * n, C, n, NULL);
+        image_to_padded(plane(ws, &g, 2), g.PS, g.Wp, x + b * C * n, C, H, W);
         for (long c = 0; c < C; c++) {
           const long bc = b * C + c;
-          bad |= features_plane(xi + c * n, K, h, &g, xp, cm, f + bc * h, masks ? masks + bc * mw : NULL);
+          bad |= features_padded(plane(ws, &g, 2 + c), K, h, &g, cm, f + bc * h, masks ? masks + bc * mw : NULL);
         }
       }
     } else {
@@ -93,17 +99,18 @@ static void masked_kernel_grad(const float *x, const uint64_t *masks, long B, lo
   float *gk = (float *)malloc(sizeof(float) * (size_t)(B * 36));
 #pragma omp parallel num_threads(nt)
   {
-    float *ws = scratch((size_t)C * g.PS + (nhwc ? (size_t)(C * n) : 0));
+    const long ps = nhwc ? nhwc_plane_stride(n) : n;
+    float *ws = scratch((size_t)C * g.PS + (nhwc ? (size_t)(C * ps) : 0));
     float *xs = plane(ws, &g, 0), *xi = ws + C * g.PS;
 #pragma omp for schedule(dynamic, 1)
     for (long b = 0; b < B; b++) {
       double acc[36];
       const float *xb = x + b * C * n;
       if (nhwc) {
-        image_to_planes(xi, n, xb, C, n, NULL);
+        image_to_planes(xi, ps, xb, C, n, NULL);
         xb = xi;
       }
-      for (long c = 0; c < C; c++) load_plane(xs + c * g.PS, xb + c * n, &g);
+      for (long c = 0; c < C; c++) load_plane(xs + c * g.PS, xb + c * ps, &g);
       masked_wgrad4(masks + b * C * mw, mw, cf + b * C * 4, xs, C, &g, acc);
       for (int i = 0; i < 36; i++) gk[b * 36 + i] = (float)acc[i];
     }
@@ -167,25 +174,26 @@ void mp_features_backward(const float *x, const uint64_t *masks, float *gx, long
   const long n = g.n, mw = mask_words(&g);
 #pragma omp parallel num_threads(nt)
   {
-    const size_t image = nhwc ? (size_t)(2 * C * n) : 0;  // channels-last: C planes of x and C of dL/dx
+    // channels-last: C padded planes of dL/dx, and (without masks) C dense planes of x
+    const long ps = nhwc_plane_stride(n);
+    const size_t image = nhwc ? (size_t)(C * g.PS) + (masks ? 0 : (size_t)(C * ps)) : 0;
     float *ws = scratch((4 + h) * g.PS + image);
     float *restrict xp = plane(ws, &g, 0), *restrict cm = plane(ws, &g, 1), *restrict o = plane(ws, &g, 2);
     int32_t *pat = (int32_t *)plane(ws, &g, 3);
-    float *m = plane(ws, &g, 4), *xi = ws + (4 + h) * g.PS, *gi = xi + C * n;
+    float *m = plane(ws, &g, 4), *gp = ws + (4 + h) * g.PS, *xi = gp + C * g.PS;
     colmask(cm, &g);
     for (long j = 0; j < h; j++) zero_plane(m + j * g.PS, &g);
     memset(pat - GUARD, 0, sizeof(float) * g.PS);
     if (nhwc) {
 #pragma omp for schedule(dynamic, 1)
       for (long b = 0; b < B; b++) {
-        if (!masks) image_to_planes(xi, n, x + b * C * n, C, n, NULL);  // with masks, masked_kernel_grad read x
+        if (!masks) image_to_planes(xi, ps, x + b * C * n, C, n, NULL);  // with masks, masked_kernel_grad read x
         for (long c = 0; c < C; c++) {
           const long bc = b * C + c;
-          features_grad_plane(xi + c * n, masks ? masks + bc * mw : NULL, cf + bc * h, K, h, &g, xp, cm, pat, m, o,
-                              gk ? gk + bc * h * 9 : NULL);
-          expand(gi + c * n, o, &g);
+          features_grad_plane(xi + c * ps, masks ? masks + bc * mw : NULL, cf + bc * h, K, h, &g, xp, cm, pat, m,
+                              plane(gp, &g, c), gk ? gk + bc * h * 9 : NULL);
         }
-        planes_to_image(gx + b * C * n, gi, n, C, n, 1);
+        padded_to_image_add(gx + b * C * n, plane(gp, &g, 0), g.PS, g.Wp, C, H, W);
       }
     } else {
 #pragma omp for schedule(guided)  // as in mp_features

@@ -25,7 +25,8 @@ typedef struct {
   float *t, *mu, *eps;       // t = gamma * mean_c(.), mu of one channel, the normals of one plane
   uint32_t *words, *ml, *mrk;
   uint32_t *mlc, *mrc;       // weight gradients only: ml and mrk over all C planes (each starts at a multiple of W)
-  float *yi, *gyi, *gxi;     // channels-last only: an image's C planes of y (forward), of dL/dy and of dL/dx
+  float *yi, *gyi, *gxi;     // channels-last only: an image's C planes of y (forward), of dL/dy and of dL/dx,
+  long ips;                  // ips floats apart (nhwc_plane_stride)
 } Stack;
 // bwd: room for the backward's planes; weights: also the masks over all C planes (the weight gradients); nhwc:
 // the dense planes that channels-last tensors go through
@@ -35,7 +36,7 @@ static Stack stack_layout(long C, long H, long W, int bwd, int weights, int nhwc
   const size_t blocks = bwd ? 4 : 2;  // of C planes, and as many single planes
   const size_t whole = weights ? (size_t)round16(C * sp) : 0;
   const size_t total = blocks * (planes + single) + 3 * (size_t)round16(n) + (size_t)round16(n + 1) + 32 +
-                       2 * (size_t)round16(n) + 2 * whole + (nhwc ? (bwd ? 2 : 1) * (size_t)round16(C * n) : 0);
+                       2 * (size_t)round16(n) + 2 * whole + (nhwc ? (bwd ? 2 : 1) * (size_t)(C * nhwc_plane_stride(n)) : 0);
   float *ws = scratch(total);
   memset(ws, 0, sizeof(float) * total);  // the zero rows: only plane interiors are written below
   Stack s;
@@ -54,7 +55,8 @@ static Stack stack_layout(long C, long H, long W, int bwd, int weights, int nhwc
   s.mlc = weights ? s.mrk + round16(n) : NULL; s.mrc = weights ? s.mlc + whole : NULL;
   float *image = (float *)(s.mrk + round16(n) + 2 * whole);  // after the masks
   s.yi = nhwc && !bwd ? image : NULL;
-  s.gyi = nhwc && bwd ? image : NULL; s.gxi = nhwc && bwd ? image + round16(C * n) : NULL;
+  s.ips = nhwc_plane_stride(n);
+  s.gyi = nhwc && bwd ? image : NULL; s.gxi = nhwc && bwd ? image + C * s.ips : NULL;
   if (weights)  // the plane's pattern, then its zero row (whose masks do not matter), C times
     for (long c = 0; c < C; c++) {
       memcpy(s.mlc + c * sp, s.ml, sizeof(uint32_t) * (size_t)n);
@@ -126,7 +128,7 @@ static void plane_output_nhwc(const Outputs *o, long b, long c, long W, const St
     es = o->eps ? o->eps + (b * o->C + c) * o->n : s->eps;
     if (!o->eps) normals(s->eps, s->words, o->n, (uint32_t)(b * o->C + c), o->k1, o->k2);
   }
-  site_output(s->xs + c * (o->n + W), s->mu, es, s->yi + c * o->n, o->n, o->scale[c], o->kappa, o->clip, o->relu);
+  site_output(s->xs + c * (o->n + W), s->mu, es, s->yi + c * s->ips, o->n, o->scale[c], o->kappa, o->clip, o->relu);
 }
 
 // y = the site's output. mode: 0 = eps given, 1 = counter-based normal draws (keys k1, k2), 2 = "mean"
@@ -152,7 +154,7 @@ void mp_forward_stacked(const float *x, float *y, long B, long C, long H, long W
         else
           plane_output(&out, b, c, s.mu, s.eps, s.words);
       }
-      if (nhwc) planes_to_image(y + b * C * n, s.yi, n, C, n, 0);
+      if (nhwc) planes_to_image(y + b * C * n, s.yi, s.ips, C, n);
     }
   }
 }
@@ -203,15 +205,17 @@ static void stacked_ceo1_grad(const float *ng, const Stack *s, long C, long n, l
     }
   }
 }
-// gx_b += CEO1^T of the C planes ga: lambda1^T * ga_c + gamma1^T * mean_c(ga), from s1 = sum_c ga_c.
-static void stacked_ceo1_transpose_add(float *gx_b, const float *ng, const Stack *s, long C, long n, long W) {
+// gx_b (planes gps floats apart) += CEO1^T of the C planes ga: lambda1^T * ga_c + gamma1^T * mean_c(ga), from
+// s1 = sum_c ga_c.
+static void stacked_ceo1_transpose_add(float *gx_b, long gps, const float *ng, const Stack *s, long C, long n,
+                                       long W) {
   const uint32_t *restrict ml = s->ml, *restrict mrk = s->mrk;
   float *restrict t = s->t;
   mean_term_transposed(t, s->s1, ng + 9, 1.0f / (float)C, s, n, W);
   LOADW(ng, 1, 1.0f)
   for (long c = 0; c < C; c++) {
     const float *restrict ga = s->ga + c * (n + W);
-    float *restrict gxs = gx_b + c * n;
+    float *restrict gxs = gx_b + c * gps;
 #pragma omp simd
     for (long k = 0; k < n; k++) gxs[k] += t[k] + TAPS_M(ga, k, W, ml, mrk);
   }
@@ -237,15 +241,16 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
     for (long b = 0; b < B; b++) {
       double acc[36] = {0};
       float *gx_b = nhwc ? s.gxi : gx + b * C * n;
+      const long gps = nhwc ? s.ips : n;  // gx_b's plane stride
       stacked_phase1(x + b * C * n, C, H, W, ng, &s, nhwc);
-      if (nhwc) image_to_planes(s.gyi, n, gy + b * C * n, C, n, NULL);
+      if (nhwc) image_to_planes(s.gyi, s.ips, gy + b * C * n, C, n, NULL);
       memset(s.s2, 0, sizeof(float) * (size_t)n);
       for (long c = 0; c < C; c++) {
         stacked_mu(c, n, W, ng, &s);
         const long off = (b * C + c) * n;
-        const float *restrict xs = nhwc ? s.xs + c * sp : x + off, *restrict gys = nhwc ? s.gyi + c * n : gy + off;
+        const float *restrict xs = nhwc ? s.xs + c * sp : x + off, *restrict gys = nhwc ? s.gyi + c * s.ips : gy + off;
         const float *restrict mu = s.mu;
-        float *restrict gxs = gx_b + c * n, *restrict gmu = s.gm + c * sp, *restrict s2 = s.s2;
+        float *restrict gxs = gx_b + c * gps, *restrict gmu = s.gm + c * sp, *restrict s2 = s.s2;
         const float sc = scale[c];
         float gsum = 0.0f, dz, gxv, gsz;
         if (mode == 2) {
@@ -280,8 +285,8 @@ void mp_backward(const float *x, const float *gy, float *gx, long B, long C, lon
         wgrad3_stacked(acc, s.ga, s.xs, C * sp - W, W, s.mlc, s.mrc);
         wgrad3_stacked(acc + 9, s.s1, s.mx, n, W, s.ml, s.mrk);
       }
-      stacked_ceo1_transpose_add(gx_b, ng, &s, C, n, W);
-      if (nhwc) planes_to_image(gx + b * C * n, gx_b, n, C, n, 0);
+      stacked_ceo1_transpose_add(gx_b, gps, ng, &s, C, n, W);
+      if (nhwc) planes_to_image(gx + b * C * n, gx_b, s.ips, C, n);
       if (gng)
         for (int d = 0; d < 36; d++) gng[b * 36 + d] = (float)acc[d];
     }
