@@ -114,43 +114,39 @@ static void planes_to_image(float *restrict img, const float *restrict planes, l
   for (long k = blocked; k < n; k++)
     for (long c = 0; c < C; c++) img[k * C + c] = planes[c * ps + k];
 }
-// An image into C padded planes of common.c's layout (plane c at planes + c * ps, row stride wp, position (r, q) at
-// (r + 1) * wp + q + 1), the interiors only: the caller keeps the borders zero. With add, img += the interiors of
-// the planes instead (padded_to_image). Rows go in TB x TB blocks where both W and C are multiples of TB.
-static void image_to_padded(float *restrict planes, long ps, long wp, const float *restrict img, long C, long H,
-                            long W) {
+// An image and C padded planes of common.c's layout (plane c at planes + c * ps, row stride wp, position (r, q) at
+// (r + 1) * wp + q + 1), in TB x TB blocks where both W and C are multiples of TB: to_planes copies the image
+// into the planes' interiors, else the interiors are added into the image. Returns 0 (nothing done) otherwise.
+static int padded_blocks(float *img, float *planes, long ps, long wp, long C, long H, long W, int to_planes) {
 #ifdef TB
-  if (C % TB == 0 && W % TB == 0) {
-    tvec col[TB];
-    for (long r = 0; r < H; r++)
-      for (long q0 = 0; q0 < W; q0 += TB)
-        for (long c0 = 0; c0 < C; c0 += TB) {
-          transpose_block(img + (r * W + q0) * C + c0, C, col);
-          for (int j = 0; j < TB; j++) tv_store(planes + (c0 + j) * ps + (r + 1) * wp + q0 + 1, col[j]);
+  if (C % TB != 0 || W % TB != 0) return 0;
+  tvec t[TB];
+  for (long r = 0; r < H; r++)
+    for (long q0 = 0; q0 < W; q0 += TB)
+      for (long c0 = 0; c0 < C; c0 += TB) {
+        float *im = img + (r * W + q0) * C + c0, *pl = planes + c0 * ps + (r + 1) * wp + q0 + 1;
+        if (to_planes) {
+          transpose_block(im, C, t);
+          for (int j = 0; j < TB; j++) tv_store(pl + j * ps, t[j]);
+        } else {
+          transpose_block(pl, ps, t);
+          for (int j = 0; j < TB; j++) tv_store(im + j * C, tv_add(tv_load(im + j * C), t[j]));
         }
-    return;
-  }
+      }
+  return 1;
+#else
+  return 0;
 #endif
+}
+// The image into the planes' interiors (the caller keeps their borders zero).
+static void image_to_padded(float *planes, long ps, long wp, const float *img, long C, long H, long W) {
+  if (padded_blocks((float *)img, planes, ps, wp, C, H, W, 1)) return;
   for (long k = 0; k < H * W; k++)
     for (long c = 0; c < C; c++) planes[c * ps + (k / W + 1) * wp + k % W + 1] = img[k * C + c];
 }
-static void padded_to_image_add(float *restrict img, const float *restrict planes, long ps, long wp, long C, long H,
-                                long W) {
-#ifdef TB
-  if (C % TB == 0 && W % TB == 0) {
-    tvec row[TB];
-    for (long r = 0; r < H; r++)
-      for (long q0 = 0; q0 < W; q0 += TB)
-        for (long c0 = 0; c0 < C; c0 += TB) {
-          transpose_block(planes + c0 * ps + (r + 1) * wp + q0 + 1, ps, row);
-          for (int j = 0; j < TB; j++) {
-            float *dst = img + (r * W + q0 + j) * C + c0;
-            tv_store(dst, tv_add(tv_load(dst), row[j]));
-          }
-        }
-    return;
-  }
-#endif
+// img += the planes' interiors.
+static void padded_to_image_add(float *img, const float *planes, long ps, long wp, long C, long H, long W) {
+  if (padded_blocks(img, (float *)planes, ps, wp, C, H, W, 0)) return;
   for (long k = 0; k < H * W; k++)
     for (long c = 0; c < C; c++) img[k * C + c] += planes[c * ps + (k / W + 1) * wp + k % W + 1];
 }
