@@ -38,10 +38,11 @@ def run_site(x, layout, *, training, mode, trainable_phi, relu, through_ops):
 
 # channels 1 and planes 1x1 are dense in both layouts (the NCHW path serves them); odd planes test the edges;
 # channels in multiples of 8 (AVX2) and 16 (AVX-512) take the blocked transposes, the last n % 8 or 16 positions
-# the element-wise ones (all of them where a plane has fewer); the scale features' padded planes go in blocks of
-# rows whose width is a multiple of 8 or 16 too (several blocks to a row at width 32)
+# the element-wise ones (all of them where a plane has fewer); the scale features' padded planes go row by row,
+# in blocks of 8 or 16 positions and the rest of the row one by one (several blocks to a row at width 32, a block
+# and a rest at 20)
 SHAPES = [(3, 5, 7, 6), (2, 16, 8, 8), (4, 3, 1, 9), (2, 64, 4, 4), (2, 8, 3, 5), (2, 48, 5, 7), (2, 16, 2, 3),
-          (2, 16, 3, 32)]  # fmt: skip
+          (2, 16, 3, 32), (2, 16, 2, 20)]  # fmt: skip
 CASES = [
     (True, passes.MODE_RNG, True, True),
     (True, passes.MODE_EPS, False, False),

@@ -115,14 +115,16 @@ static void planes_to_image(float *restrict img, const float *restrict planes, l
     for (long c = 0; c < C; c++) img[k * C + c] = planes[c * ps + k];
 }
 // An image and C padded planes of common.c's layout (plane c at planes + c * ps, row stride wp, position (r, q) at
-// (r + 1) * wp + q + 1), in TB x TB blocks where both W and C are multiples of TB: to_planes copies the image
-// into the planes' interiors, else the interiors are added into the image. Returns 0 (nothing done) otherwise.
-static int padded_blocks(float *img, float *planes, long ps, long wp, long C, long H, long W, int to_planes) {
+// (r + 1) * wp + q + 1), in TB x TB blocks where C is a multiple of TB: to_planes copies the image into the planes'
+// interiors, else the interiors are added into the image. Returns how many positions of each row it did (a
+// multiple of TB, 0 without blocks): the callers do the rest of each row one element at a time.
+static long padded_blocks(float *img, float *planes, long ps, long wp, long C, long H, long W, int to_planes) {
 #ifdef TB
-  if (C % TB != 0 || W % TB != 0) return 0;
+  if (C % TB != 0) return 0;
+  const long done = W / TB * TB;
   tvec t[TB];
   for (long r = 0; r < H; r++)
-    for (long q0 = 0; q0 < W; q0 += TB)
+    for (long q0 = 0; q0 < done; q0 += TB)
       for (long c0 = 0; c0 < C; c0 += TB) {
         float *im = img + (r * W + q0) * C + c0, *pl = planes + c0 * ps + (r + 1) * wp + q0 + 1;
         if (to_planes) {
@@ -133,20 +135,22 @@ static int padded_blocks(float *img, float *planes, long ps, long wp, long C, lo
           for (int j = 0; j < TB; j++) tv_store(im + j * C, tv_add(tv_load(im + j * C), t[j]));
         }
       }
-  return 1;
+  return done;
 #else
   return 0;
 #endif
 }
 // The image into the planes' interiors (the caller keeps their borders zero).
 static void image_to_padded(float *planes, long ps, long wp, const float *img, long C, long H, long W) {
-  if (padded_blocks((float *)img, planes, ps, wp, C, H, W, 1)) return;
-  for (long k = 0; k < H * W; k++)
-    for (long c = 0; c < C; c++) planes[c * ps + (k / W + 1) * wp + k % W + 1] = img[k * C + c];
+  const long done = padded_blocks((float *)img, planes, ps, wp, C, H, W, 1);
+  for (long r = 0; r < H; r++)
+    for (long q = done; q < W; q++)
+      for (long c = 0; c < C; c++) planes[c * ps + (r + 1) * wp + q + 1] = img[(r * W + q) * C + c];
 }
 // img += the planes' interiors.
 static void padded_to_image_add(float *img, const float *planes, long ps, long wp, long C, long H, long W) {
-  if (padded_blocks(img, (float *)planes, ps, wp, C, H, W, 0)) return;
-  for (long k = 0; k < H * W; k++)
-    for (long c = 0; c < C; c++) img[k * C + c] += planes[c * ps + (k / W + 1) * wp + k % W + 1];
+  const long done = padded_blocks(img, (float *)planes, ps, wp, C, H, W, 0);
+  for (long r = 0; r < H; r++)
+    for (long q = done; q < W; q++)
+      for (long c = 0; c < C; c++) img[(r * W + q) * C + c] += planes[c * ps + (r + 1) * wp + q + 1];
 }
